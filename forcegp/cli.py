@@ -1,0 +1,301 @@
+"""The ``forcegp`` command: train, test, predict, info.
+
+Each command parses its options, calls :mod:`forcegp.workflow` / :mod:`forcegp.io`, and prints.
+Errors are reported by :class:`forcegp.cli_common.ForceGPGroup` as one line
+``forcegp: error: <message>`` with exit status 2 for bad input (1 for numerical or resource
+failures, 130 for Ctrl-C); ``--debug`` adds the traceback. Output files are written atomically,
+so a failed command leaves none behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli_common import (
+    ByteSize,
+    ForceGPGroup,
+    TrainProgress,
+    check_output,
+    defaults,
+    enable_x64,
+    format_summary,
+    metrics_table,
+    model_summary,
+    reader_kwargs,
+    reader_options,
+)
+from .descriptors import DESCRIPTORS
+from .model import Config
+from .train import TrainSettings
+
+CONFIG = defaults(Config)
+SETTINGS = defaults(TrainSettings)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@click.group(cls=ForceGPGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(version=_version(), prog_name="forcegp")
+def cli(debug: bool) -> None:
+    """Gaussian-process force fields with calibrated uncertainties (DSoftKI).
+
+    Energies are in eV, lengths in Å and forces in eV/Å throughout.
+    """
+    enable_x64()  # also here, for callers that invoke the group directly (CliRunner)
+
+
+def main(argv=None) -> None:
+    """Console entry point (``forcegp`` and ``python -m forcegp``)."""
+    enable_x64()  # first thing: models are float64
+    cli.main(args=argv, prog_name="forcegp")
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write."
+)
+@click.option(
+    "--valid",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Validation data file (repeatable); default: a random part of DATA.",
+)
+@click.option(
+    "--valid-fraction",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Fraction of DATA held out for validation when --valid is not given.",
+)
+@click.option(
+    "--inducing",
+    default=CONFIG["n_inducing"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Number of interpolation points M.",
+)
+@click.option(
+    "--features",
+    default=CONFIG["n_features"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Deep-kernel feature dimension p (0 = no MLP).",
+)
+@click.option(
+    "--width",
+    default=CONFIG["width"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Width of the deep-kernel MLP.",
+)
+@click.option(
+    "--depth",
+    default=CONFIG["depth"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Hidden layers of the deep-kernel MLP.",
+)
+@click.option(
+    "--descriptor",
+    default=CONFIG["descriptor"],
+    show_default=True,
+    type=click.Choice(DESCRIPTORS),
+    help="Invariant descriptor of a structure.",
+)
+@click.option(
+    "--explicit",
+    default=CONFIG["explicit"],
+    show_default=True,
+    type=click.Choice(["quadratic", "none"]),
+    help="Exact explicit-feature kernel block added to the soft interpolation.",
+)
+@click.option(
+    "--explicit-dim",
+    default=CONFIG["explicit_dim"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Descriptor components of the explicit block.",
+)
+@click.option(
+    "--symmetrize/--no-symmetrize",
+    default=True,
+    show_default=True,
+    help="Average the model over the molecule's atom permutations (methyl groups...).",
+)
+@click.option("--epochs", default=SETTINGS["epochs"], show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=SETTINGS["batch_size"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Structures per optimisation step.",
+)
+@click.option(
+    "--lr",
+    default=SETTINGS["lr"],
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Learning rate of GP parameters.",
+)
+@click.option(
+    "--lr-mlp",
+    default=SETTINGS["lr_mlp"],
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Learning rate of the MLP.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the split, initialisation and batch order.",
+)
+@reader_options
+@click.option("--devices", type=click.IntRange(min=1), help="Devices to use (default: all).")
+@click.option("--max-memory", type=ByteSize(), help="Memory cap of the posterior fit, e.g. 4G.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint of an earlier run.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="Checkpoint written after every epoch [default: MODEL.ckpt].",
+)
+def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_memory, resume,
+          checkpoint, **opts) -> None:  # fmt: skip
+    """Train a model on DATA (files of one molecule with energies and forces)."""
+    from .data import read_dataset
+    from .io import save_model
+    from .workflow import MAX_SYMMETRY_PERMUTATIONS, train_model
+
+    output = check_output(output)
+    checkpoint = check_output(checkpoint or output.with_name(output.name + ".ckpt"))
+    read = reader_kwargs(opts)
+    train_data = read_dataset(data, **read)
+    valid_data = read_dataset(valid, **read) if valid else None
+    config_kwargs = {
+        "n_inducing": opts["inducing"],
+        "n_features": opts["features"],
+        "width": opts["width"],
+        "depth": opts["depth"],
+        "descriptor": opts["descriptor"],
+        "explicit": opts["explicit"],
+        "explicit_dim": opts["explicit_dim"],
+        "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
+    }
+    settings = TrainSettings(
+        epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], lr_mlp=opts["lr_mlp"]
+    )
+    model, metadata = train_model(
+        train_data,
+        config_kwargs=config_kwargs,
+        settings=settings,
+        seed=seed,
+        valid=valid_data,
+        valid_fraction=valid_fraction,
+        checkpoint=checkpoint,
+        resume=resume,
+        devices=devices,
+        max_memory=max_memory,
+        progress=TrainProgress(),
+    )
+    save_model(output, model, metadata=metadata)
+    checkpoint.unlink(missing_ok=True)  # the model file now holds everything the run made
+    validation = metadata["metrics"]["validation"]
+    click.echo(metrics_table(validation, "validation:"))
+    click.echo(f"wrote {output}")
+
+
+# ----------------------------------------------------------------------------- test
+
+
+@cli.command("test")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    help="Also write the metrics (eV, eV/Å) to this JSON file.",
+)
+@reader_options
+def test_command(model, data, json_path, **opts) -> None:
+    """Errors and uncertainty calibration of MODEL on labelled DATA."""
+    from .data import atomic_write, read_dataset
+    from .io import json_safe, load_model
+    from .workflow import evaluate
+
+    if json_path is not None:
+        check_output(json_path)
+    dataset = read_dataset(data, **reader_kwargs(opts))
+    gp, _ = load_model(model, numbers=dataset.numbers)
+    metrics = evaluate(gp, dataset)
+    click.echo(metrics_table(metrics, f"{model} on {', '.join(map(str, data))}:"))
+    if json_path is not None:
+        record = {
+            **metrics,
+            "model": str(model),
+            "data": [str(p) for p in data],
+            "fingerprint": dataset.fingerprint(),
+            "units": {"energy": "eV", "forces": "eV/Ang"},
+        }
+        text = json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n"
+        with atomic_write(json_path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {json_path}")
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="extxyz file to write: energy, forces, energy_std, forces_std per frame.",
+)
+@reader_options
+def predict(model, data, output, **opts) -> None:
+    """Predict energies, forces and their standard deviations for DATA (labels not needed)."""
+    from .data import read_dataset, write_extxyz_atomic
+    from .io import load_model
+    from .workflow import predict_dataset
+
+    output = check_output(output)
+    dataset = read_dataset(data, require_labels=False, **reader_kwargs(opts))
+    gp, _ = load_model(model, numbers=dataset.numbers)
+    write_extxyz_atomic(output, predict_dataset(gp, dataset))
+    click.echo(f"wrote {output} ({dataset.n_frames} frames)")
+
+
+# ----------------------------------------------------------------------------- info
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(model, as_json) -> None:
+    """Describe MODEL: molecule, training data, settings, hyperparameters, history."""
+    from .io import json_safe, load_model
+
+    gp, header = load_model(model)
+    summary = model_summary(gp, header)
+    if as_json:
+        click.echo(json.dumps(json_safe(summary), indent=2))
+        return
+    click.echo(format_summary(model, summary))
