@@ -1,0 +1,137 @@
+"""Invariant descriptors phi(x) and the deep-kernel MLP h: the feature map u(x) = h(phi(x)).
+
+Everything here acts on ONE structure, flattened coordinates x = vec(R) of shape (3 n_atoms,);
+callers vmap. Autodiff through these functions gives d u / d x.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DESCRIPTORS = ("inverse-distance", "cartesian")
+
+
+def pair_indices(n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Atom index pairs i < j, in the order of numpy's triu_indices(n_atoms, 1)."""
+    return np.triu_indices(n_atoms, 1)
+
+
+def descriptor_size(kind: str, n_atoms: int) -> int:
+    if kind == "inverse-distance":
+        return n_atoms * (n_atoms - 1) // 2
+    if kind == "cartesian":
+        return 3 * n_atoms
+    raise ValueError(f"unknown descriptor {kind!r}; use one of {DESCRIPTORS}")
+
+
+def raw_descriptor(kind: str, x: jax.Array, n_atoms: int) -> jax.Array:
+    """phi(x) before standardisation. x: (3 n_atoms,) in Å. Returns (P,).
+
+    inverse-distance: 1/r_ij for i < j (invariant to rotation and translation).
+    cartesian: x itself (not invariant; kept to reproduce the paper's setting).
+    """
+    if kind == "cartesian":
+        return x
+    r = x.reshape(n_atoms, 3)
+    i, j = pair_indices(n_atoms)
+    diff = r[i] - r[j]
+    # A safe norm: never differentiate sqrt at 0 (coincident atoms give a huge but finite value).
+    d2 = jnp.sum(diff * diff, axis=-1) + 1e-12
+    return jax.lax.rsqrt(d2)
+
+
+def symmetric_pair_orbits(numbers: np.ndarray, permutations: np.ndarray) -> np.ndarray:
+    """For each pair (i<j), a representative index of its orbit under the given atom permutations.
+
+    Used to make the descriptor standardisation share statistics across symmetric pairs.
+    """
+    n = len(numbers)
+    i, j = pair_indices(n)
+    index = {(a, b): k for k, (a, b) in enumerate(zip(i, j, strict=True))}
+    rep = np.arange(len(i))
+    for perm in permutations:
+        for k, (a, b) in enumerate(zip(i, j, strict=True)):
+            pa, pb = perm[a], perm[b]
+            other = index[(min(pa, pb), max(pa, pb))]
+            rep[k] = min(rep[k], rep[other])
+    return rep
+
+
+def molecular_permutations(
+    numbers: np.ndarray, positions: np.ndarray, limit: int = 24
+) -> np.ndarray:
+    """Atom permutations that map the bonded graph of a reference geometry onto itself.
+
+    Bonds: pairs closer than 1.25 x the sum of covalent radii. Returns (n_perm, n_atoms) int array,
+    identity first, at most ``limit`` permutations (breadth-first over the automorphism search).
+    This is how sGDML's symmetric kernels find methyl rotations and ring flips; we use the
+    permutations to symmetrise the model, f_sym(x) = mean_pi f(pi x), which is again a GP.
+    """
+    from ase.data import covalent_radii
+
+    numbers = np.asarray(numbers)
+    n = len(numbers)
+    r = positions.reshape(n, 3)
+    dist = np.linalg.norm(r[:, None] - r[None], axis=-1)
+    rad = covalent_radii[numbers]
+    bonded = (dist < 1.25 * (rad[:, None] + rad[None])) & ~np.eye(n, dtype=bool)
+    # Colour refinement (1-WL) to prune candidate images of each atom.
+    colour = numbers.astype(np.int64).copy()
+    for _ in range(n):
+        sig = [(colour[a], tuple(sorted(colour[bonded[a]]))) for a in range(n)]
+        table = {s: k for k, s in enumerate(sorted(set(sig)))}
+        new = np.array([table[s] for s in sig])
+        if len(set(new)) == len(set(colour)):
+            colour = new
+            break
+        colour = new
+    found: list[np.ndarray] = []
+
+    def extend(mapping: list[int]) -> None:
+        if len(found) >= limit:
+            return
+        a = len(mapping)
+        if a == n:
+            found.append(np.array(mapping))
+            return
+        used = set(mapping)
+        for b in range(n):
+            if b in used or colour[b] != colour[a]:
+                continue
+            if all(bonded[a, c] == bonded[b, mapping[c]] for c in range(a)):
+                extend([*mapping, b])
+
+    extend([])
+    perms = np.array(found) if found else np.arange(n)[None]
+    identity = np.arange(n)
+    order = sorted(range(len(perms)), key=lambda k: (not np.array_equal(perms[k], identity), k))
+    return perms[order]
+
+
+def permute_coordinates(x: jax.Array, perm: np.ndarray) -> jax.Array:
+    """Apply an atom permutation to flattened coordinates: atom a of the result is atom perm[a]."""
+    idx = (3 * np.asarray(perm)[:, None] + np.arange(3)[None]).reshape(-1)
+    return x[idx]
+
+
+class DeepKernel(eqx.Module):
+    """Small MLP h: R^P -> R^p, applied to the standardised descriptor."""
+
+    mlp: eqx.nn.MLP
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, *, key: jax.Array):
+        self.mlp = eqx.nn.MLP(
+            in_size, out_size, width, depth, activation=jnp.tanh, dtype=jnp.float64, key=key
+        )
+
+    def __call__(self, v: jax.Array) -> jax.Array:
+        return self.mlp(v)
+
+
+def all_permutations_small(n: int) -> list[tuple[int, ...]]:
+    return list(itertools.permutations(range(n)))

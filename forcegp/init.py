@@ -1,0 +1,133 @@
+"""Build an untrained ForceGP from training data: statistics, PCA, k-means interpolation points."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import descriptors
+from .errors import InputError
+from .model import (
+    NOISE_FLOOR,
+    SCALE_FLOOR,
+    T_FLOOR,
+    Config,
+    ForceGP,
+    Hyper,
+    Stats,
+    features,
+    softplus_inv,
+)
+
+
+def standardise_targets(energies, forces, energy_mean, energy_scale):
+    """y = (E - mu) / sigma, g = -F / sigma (flattened per structure)."""
+    n = len(energies)
+    y = (np.asarray(energies) - energy_mean) / energy_scale
+    g = -np.asarray(forces).reshape(n, -1) / energy_scale
+    return y, g
+
+
+def kmeans(points: jax.Array, m: int, *, key: jax.Array, iterations: int = 15) -> jax.Array:
+    """Lloyd's k-means from a random subset; empty clusters keep their previous centre."""
+    n = points.shape[0]
+    if m > n:
+        # Fewer structures than interpolation points: jittered copies of the data.
+        reps = points[jax.random.randint(key, (m,), 0, n)]
+        noise = 1e-2 * jax.random.normal(jax.random.fold_in(key, 1), reps.shape)
+        return reps + noise * jnp.std(points, axis=0)
+    centres = points[jax.random.choice(key, n, (m,), replace=False)]
+
+    def step(c, _):
+        d2 = jnp.sum(points**2, 1)[:, None] - 2 * points @ c.T + jnp.sum(c**2, 1)[None]
+        assign = jax.nn.one_hot(jnp.argmin(d2, axis=1), m, dtype=points.dtype)
+        counts = assign.sum(0)
+        new = (assign.T @ points) / jnp.maximum(counts, 1.0)[:, None]
+        return jnp.where(counts[:, None] > 0, new, c), None
+
+    centres, _ = jax.lax.scan(step, centres, None, length=iterations)
+    return centres
+
+
+def initialize(
+    config: Config,
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    forces: np.ndarray,
+    *,
+    key: jax.Array,
+) -> ForceGP:
+    """An untrained model whose statistics come from this training data (n, N, 3) Å, eV, eV/Å."""
+    n = len(positions)
+    if n < 2:
+        raise InputError(f"training needs at least 2 structures with energies and forces, got {n}")
+    x = np.asarray(positions, dtype=np.float64).reshape(n, -1)
+    k_mlp, k_means = jax.random.split(key)
+
+    energy_mean = float(np.mean(energies))
+    energy_scale = float(np.std(energies))
+    force_rms = float(np.sqrt(np.mean(np.asarray(forces) ** 2)))
+    if not energy_scale > 1e-6:
+        energy_scale = max(force_rms, 1e-3)
+
+    if config.n_permutations > 1:
+        perms = descriptors.molecular_permutations(numbers, x[0], limit=config.n_permutations)
+    else:
+        perms = np.arange(config.n_atoms)[None]
+    raw = jax.vmap(lambda xi: descriptors.raw_descriptor(config.descriptor, xi, config.n_atoms))
+    sample = x[: min(n, 2000)]
+    # Statistics over every permuted copy, so symmetric atoms share them.
+    descs = np.concatenate(
+        [np.asarray(raw(jnp.asarray(sample[:, _perm_idx(p)]))) for p in perms], axis=0
+    )
+    desc_mean = descs.mean(0)
+    desc_std = np.maximum(descs.std(0), 1e-6 * (np.abs(desc_mean) + 1e-12))
+    v = (descs - desc_mean) / desc_std
+    q = config.explicit_q
+    evals, evecs = np.linalg.eigh(np.cov(v, rowvar=False) + 1e-12 * np.eye(v.shape[1]))
+    order = np.argsort(evals)[::-1][:q]
+    projection = evecs[:, order] / np.sqrt(np.maximum(evals[order], 1e-10))[None]
+
+    stats = Stats(
+        jnp.asarray(desc_mean),
+        jnp.asarray(desc_std),
+        jnp.asarray(projection),
+        jnp.asarray(energy_mean),
+        jnp.asarray(energy_scale),
+        jnp.asarray(perms, dtype=jnp.int32),
+    )
+    mlp = None
+    if config.n_features > 0:
+        mlp = descriptors.DeepKernel(
+            config.descriptor_size, config.n_features, config.width, config.depth, key=k_mlp
+        )
+    m, p = config.n_inducing, config.feature_size
+    placeholder = Hyper(
+        mlp, jnp.zeros((m, p)), jnp.zeros((m, p)), jnp.zeros((p,)), *([jnp.asarray(0.0)] * 5)
+    )
+    u = jax.vmap(lambda xi: features(config, stats, placeholder, xi))(jnp.asarray(sample))
+    z = kmeans(u, m, key=k_means)
+    dz = jnp.sqrt(jnp.sum((z[:, None] - z[None]) ** 2, -1))
+    median = float(jnp.median(dz[jnp.triu_indices(m, 1)])) if m > 1 else 1.0
+    lengthscale = max(0.5 * median, 0.1)
+
+    g_rms = force_rms / energy_scale
+    n_quad = q * (q + 1) // 2
+    hyper = Hyper(
+        mlp=mlp,
+        z=z,
+        raw_temperature=jnp.full((m, p), softplus_inv(1.0 - T_FLOOR)),
+        raw_lengthscale=jnp.full((p,), softplus_inv(lengthscale)),
+        raw_scale=jnp.asarray(softplus_inv(1.0)),
+        raw_scale_linear=jnp.asarray(softplus_inv(max(1.0 / np.sqrt(q), 2 * SCALE_FLOOR))),
+        raw_scale_quadratic=jnp.asarray(softplus_inv(max(0.3 / np.sqrt(n_quad), 2 * SCALE_FLOOR))),
+        raw_noise_energy=jnp.asarray(softplus_inv(0.05)),
+        raw_noise_force=jnp.asarray(softplus_inv(max(0.05 * g_rms, 2 * NOISE_FLOOR))),
+    )
+    return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, None)
+
+
+def _perm_idx(perm) -> np.ndarray:
+    return (3 * np.asarray(perm)[:, None] + np.arange(3)[None]).reshape(-1)

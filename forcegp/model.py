@@ -1,0 +1,278 @@
+"""The ForceGP model: a finite-rank GP with derivative observations.
+
+    f(x) = phi(x)^T theta,   theta ~ N(0, I)
+
+phi(x) (K,) concatenates whitened blocks of basis functions:
+  * the DSoftKI block, L^T w(u(x)) with L = chol(K_zz) (design note sections 2-4);
+  * optionally an exact explicit-feature block: linear and pairwise-product terms of the
+    (PCA-projected, standardised) descriptor with learned scales.
+Optionally the whole map is averaged over the atom permutations of the molecular graph
+(methyl rotations, ring flips): f_sym(x) = mean_pi f(pi x), again a GP of the same form.
+
+Observation rows for one structure are the value row phi(x)^T and the D gradient rows
+d phi / d x, computed with the closed-form interpolation Jacobian. Energies are standardised,
+y = (E - mu) / sigma, gradients g = -F / sigma (same sigma).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import descriptors, interpolation, kernels
+
+T_FLOOR = 5e-5
+LENGTHSCALE_FLOOR = 1e-2
+NOISE_FLOOR = 1e-4
+SCALE_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class Config:
+    """Shape- and dtype-determining settings (static; stored in the model file header)."""
+
+    n_atoms: int
+    descriptor: str = "inverse-distance"
+    n_inducing: int = 256
+    n_features: int = 16  # p; 0 disables the deep-kernel MLP (u = standardised descriptor)
+    width: int = 64
+    depth: int = 2
+    explicit: str = "quadratic"  # "quadratic" or "none"
+    explicit_dim: int = 36  # PCA components of the descriptor used by the explicit block
+    n_permutations: int = 1  # 1 = no symmetrisation
+    jitter: float = 1e-6
+
+    @property
+    def dim(self) -> int:
+        return 3 * self.n_atoms
+
+    @property
+    def descriptor_size(self) -> int:
+        return descriptors.descriptor_size(self.descriptor, self.n_atoms)
+
+    @property
+    def feature_size(self) -> int:
+        return self.n_features if self.n_features > 0 else self.descriptor_size
+
+    @property
+    def n_explicit(self) -> int:
+        if self.explicit == "none":
+            return 0
+        q = self.explicit_q
+        return q + q * (q + 1) // 2
+
+    @property
+    def explicit_q(self) -> int:
+        return min(self.explicit_dim, self.descriptor_size)
+
+    @property
+    def n_basis(self) -> int:
+        return self.n_inducing + self.n_explicit
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def softplus_inv(y: float) -> float:
+    return float(np.log(np.expm1(y)))
+
+
+class Stats(eqx.Module):
+    """Fixed statistics from the training split (not trained)."""
+
+    desc_mean: jax.Array  # (P,)
+    desc_std: jax.Array  # (P,)
+    projection: jax.Array  # (P, q) PCA directions scaled to unit variance
+    energy_mean: jax.Array  # () eV
+    energy_scale: jax.Array  # () eV
+    permutations: jax.Array  # (n_perm, n_atoms) int
+
+
+class Hyper(eqx.Module):
+    """Trainable parameters; positive ones stored raw and exposed through softplus."""
+
+    mlp: descriptors.DeepKernel | None
+    z: jax.Array  # (M, p)
+    raw_temperature: jax.Array  # (M, p)
+    raw_lengthscale: jax.Array  # (p,)
+    raw_scale: jax.Array  # () output scale of K_zz
+    raw_scale_linear: jax.Array  # () explicit block, linear terms
+    raw_scale_quadratic: jax.Array  # () explicit block, product terms
+    raw_noise_energy: jax.Array  # () std of energy noise, standardised units
+    raw_noise_force: jax.Array  # () std of gradient-component noise, standardised units
+
+    @property
+    def temperature(self):
+        return T_FLOOR + jax.nn.softplus(self.raw_temperature)
+
+    @property
+    def lengthscale(self):
+        return LENGTHSCALE_FLOOR + jax.nn.softplus(self.raw_lengthscale)
+
+    @property
+    def scale(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale)
+
+    @property
+    def scale_linear(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale_linear)
+
+    @property
+    def scale_quadratic(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale_quadratic)
+
+    @property
+    def noise_energy(self):
+        return NOISE_FLOOR + jax.nn.softplus(self.raw_noise_energy)
+
+    @property
+    def noise_force(self):
+        return NOISE_FLOOR + jax.nn.softplus(self.raw_noise_force)
+
+
+class Posterior(eqx.Module):
+    """theta's posterior N(mean, P^-1): mean (K,), inv_chol = chol(P)^-1 (K, K) lower."""
+
+    mean: jax.Array
+    inv_chol: jax.Array
+
+
+class ForceGP(eqx.Module):
+    config: Config = eqx.field(static=True)
+    numbers: tuple[int, ...] = eqx.field(static=True)
+    stats: Stats
+    hyper: Hyper
+    posterior: Posterior | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return self.config.n_atoms
+
+
+# ----------------------------------------------------------------------------- feature map
+
+
+def descriptor(config: Config, stats: Stats, x: jax.Array) -> jax.Array:
+    """Standardised invariant descriptor (P,) of one structure x (D,)."""
+    raw = descriptors.raw_descriptor(config.descriptor, x, config.n_atoms)
+    return (raw - stats.desc_mean) / stats.desc_std
+
+
+def features(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """u(x) (p,): the deep-kernel features the interpolation acts on."""
+    v = descriptor(config, stats, x)
+    return hyper.mlp(v) if hyper.mlp is not None else v
+
+
+def soft_cholesky(config: Config, hyper: Hyper) -> jax.Array:
+    k = kernels.gram(hyper.z, hyper.lengthscale, hyper.scale)
+    return kernels.jittered_cholesky(k, config.jitter)
+
+
+def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) -> jax.Array:
+    q = config.explicit_q
+    a = v @ stats.projection  # (q,)
+    iu, ju = np.triu_indices(q)
+    prod = a[iu] * a[ju]
+    return jnp.concatenate([hyper.scale_linear * a, hyper.scale_quadratic * prod])
+
+
+def _explicit_rows(config, stats, hyper, v, dv_dx) -> jax.Array:
+    q = config.explicit_q
+    a = v @ stats.projection
+    da = stats.projection.T @ dv_dx  # (q, D)
+    iu, ju = np.triu_indices(q)
+    prod = a[iu] * a[ju]
+    dprod = a[iu, None] * da[ju] + a[ju, None] * da[iu]
+    value = jnp.concatenate([hyper.scale_linear * a, hyper.scale_quadratic * prod])
+    grad = jnp.concatenate([hyper.scale_linear * da, hyper.scale_quadratic * dprod], axis=0)
+    return jnp.concatenate([value[None], grad.T], axis=0)
+
+
+def _rows_one(config, stats, hyper, chol_zz, x) -> jax.Array:
+    """Unsymmetrised rows (1+D, K) for one structure."""
+    v = descriptor(config, stats, x)
+    dv_dx = jax.jacfwd(lambda y: descriptor(config, stats, y))(x)  # (P, D)
+    if hyper.mlp is not None:
+        u, dmlp = hyper.mlp(v), jax.jacfwd(hyper.mlp)(v)  # (p,), (p, P)
+        du_dx = dmlp @ dv_dx
+    else:
+        u, du_dx = v, dv_dx
+    w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
+    dw_dx = dw_du @ du_dx  # (M, D)
+    soft = jnp.concatenate([w[None], dw_dx.T], axis=0) @ chol_zz  # whitened: (1+D, M)
+    if config.explicit == "none":
+        return soft
+    return jnp.concatenate([soft, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
+
+
+def _value_one(config, stats, hyper, chol_zz, x) -> jax.Array:
+    v = descriptor(config, stats, x)
+    u = hyper.mlp(v) if hyper.mlp is not None else v
+    soft = interpolation.weights(u, hyper.z, hyper.temperature) @ chol_zz
+    if config.explicit == "none":
+        return soft
+    return jnp.concatenate([soft, _explicit_value(config, stats, hyper, v)])
+
+
+def _perm_index(perm: jax.Array) -> jax.Array:
+    return (3 * perm[:, None] + jnp.arange(3)[None]).reshape(-1)
+
+
+def basis_rows(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
+    """Value and gradient rows (1+D, K) of phi at one structure x (D,), symmetrised if configured."""
+    if config.n_permutations <= 1:
+        return _rows_one(config, stats, hyper, chol_zz, x)
+
+    def one(perm):
+        idx = _perm_index(perm)
+        r = _rows_one(config, stats, hyper, chol_zz, x[idx])
+        # d f(x[idx]) / d x[idx[l]] = grad_l: scatter gradient rows back to x's order.
+        inv = jnp.argsort(idx)
+        return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
+
+    return jnp.mean(jax.lax.map(one, stats.permutations), axis=0)
+
+
+def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
+    """phi(x) (K,) alone: the energy path, differentiated by autodiff for forces."""
+    if config.n_permutations <= 1:
+        return _value_one(config, stats, hyper, chol_zz, x)
+    vals = jax.vmap(lambda p: _value_one(config, stats, hyper, chol_zz, x[_perm_index(p)]))(
+        stats.permutations
+    )
+    return jnp.mean(vals, axis=0)
+
+
+def noise_vector(config: Config, hyper: Hyper) -> jax.Array:
+    """Noise variances (1+D,) for one structure's value and gradient rows."""
+    d = config.dim
+    return jnp.concatenate([hyper.noise_energy[None] ** 2, jnp.full((d,), hyper.noise_force**2)])
+
+
+def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP:
+    """A model of the right shapes filled with zeros: the skeleton model files are loaded into."""
+    m, p, q, pd = config.n_inducing, config.feature_size, config.explicit_q, config.descriptor_size
+    k = config.n_basis
+    z = jnp.zeros
+    mlp = None
+    if config.n_features > 0:
+        mlp = descriptors.DeepKernel(
+            pd, config.n_features, config.width, config.depth, key=jax.random.key(0)
+        )
+    hyper = Hyper(mlp, z((m, p)), z((m, p)), z((p,)), z(()), z(()), z(()), z(()), z(()))
+    stats = Stats(
+        z((pd,)),
+        z((pd,)),
+        z((pd, q)),
+        z(()),
+        z(()),
+        jnp.zeros((config.n_permutations, config.n_atoms), dtype=jnp.int32),
+    )
+    post = Posterior(z((k,)), z((k, k))) if with_posterior else None
+    return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)

@@ -1,0 +1,315 @@
+"""Posterior fit streamed over the training set in O(K^2) memory, and prediction (sections 6-7).
+
+    A = sum_chunks Phi_c^T Lam_c^-1 Phi_c,  b = sum_chunks Phi_c^T Lam_c^-1 t_c
+    P = I + A,  mean = P^-1 b,  Cov(theta | data) = P^-1
+
+Each device accumulates its own share of every chunk in its own K x K block; the blocks are summed
+once at the end (one reduction). Energies, forces and their standard deviations follow from
+phi(x): E = sigma phi^T mean + mu, F = -dE/dx (autodiff), Var = sigma^2 (||L_P^-1 row||^2 + noise).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .errors import NumericalError, ResourceError
+import optax
+
+from .model import (
+    NOISE_FLOOR,
+    SCALE_FLOOR,
+    ForceGP,
+    Posterior,
+    basis_rows,
+    basis_value,
+    noise_vector,
+    soft_cholesky,
+    softplus_inv,
+)
+
+BYTES = 8  # float64
+
+
+def fit_memory_bytes(config, chunk: int, n_devices: int = 1) -> int:
+    """Peak bytes of the streamed fit: the chunk's rows, weighted rows, and the K x K blocks."""
+    k, r = config.n_basis, 1 + config.dim
+    rows = 3 * chunk * r * k  # rows, weighted rows, temporaries
+    return BYTES * (rows + (n_devices + 3) * k * k)
+
+
+def choose_chunk(config, max_memory: float | None, n_devices: int = 1, default: int = 64) -> int:
+    """Largest chunk (a multiple of n_devices, at most ``default``) whose fit fits in max_memory."""
+    chunk = max(n_devices, default - default % n_devices)
+    if max_memory is None:
+        return chunk
+    while chunk > n_devices and fit_memory_bytes(config, chunk, n_devices) > max_memory:
+        chunk = max(n_devices, (chunk // 2) - (chunk // 2) % n_devices)
+    need = fit_memory_bytes(config, chunk, n_devices)
+    if need > max_memory:
+        raise ResourceError(
+            f"the posterior fit needs about {need / 2**30:.2f} GiB even in chunks of {chunk} "
+            f"structures (K={config.n_basis} basis functions), more than --max-memory "
+            f"{max_memory / 2**30:.2f} GiB; lower --inducing or --explicit-dim, or raise --max-memory"
+        )
+    return chunk
+
+
+def make_mesh(n_devices: int | None = None) -> Mesh:
+    devices = jax.devices()
+    if n_devices is not None:
+        if n_devices > len(devices):
+            raise ResourceError(
+                f"--devices {n_devices} asked for, but JAX sees only {len(devices)} "
+                f"({devices[0].platform}); lower --devices"
+            )
+        devices = devices[:n_devices]
+    return Mesh(np.array(devices), ("batch",))
+
+
+class Sufficient(eqx.Module):
+    """Noise-free sufficient statistics of the training data for the finite-rank GP.
+
+    With value rows (energy) and gradient rows (forces) kept apart, the posterior for any noise
+    levels and output scale follows without another pass over the data:
+    A = c^2 (a_e / beta_e^2 + a_f / beta_f^2), b = c (b_e / beta_e^2 + b_f / beta_f^2).
+    """
+
+    a_e: jax.Array  # (K, K) sum of value-row outer products
+    a_f: jax.Array  # (K, K) sum of gradient-row outer products
+    b_e: jax.Array  # (K,)
+    b_f: jax.Array  # (K,)
+    tt_e: jax.Array  # () sum of squared standardised energies
+    tt_f: jax.Array  # () sum of squared standardised gradient components
+    n_e: jax.Array  # () number of value rows
+    n_f: jax.Array  # () number of gradient rows
+
+
+@eqx.filter_jit
+def _accumulate(model: ForceGP, chol_zz, acc: Sufficient, x, t, mask) -> Sufficient:
+    """Add one chunk. x (C, D), t (C, 1+D), mask (C,); acc leaves carry a leading device axis."""
+    n_dev = acc.a_e.shape[0]
+    rows = jax.vmap(lambda xi: basis_rows(model.config, model.stats, model.hyper, chol_zz, xi))(x)
+    c, r, k = rows.shape
+    rows = rows.reshape(n_dev, c // n_dev, r, k) * mask.reshape(n_dev, c // n_dev, 1, 1)
+    t = t.reshape(n_dev, c // n_dev, r) * mask.reshape(n_dev, c // n_dev, 1)
+    ve, vf = rows[:, :, 0], rows[:, :, 1:]
+    return Sufficient(
+        a_e=acc.a_e + jnp.einsum("dck,dcl->dkl", ve, ve),
+        a_f=acc.a_f + jnp.einsum("dcik,dcil->dkl", vf, vf),
+        b_e=acc.b_e + jnp.einsum("dck,dc->dk", ve, t[:, :, 0]),
+        b_f=acc.b_f + jnp.einsum("dcik,dci->dk", vf, t[:, :, 1:]),
+        tt_e=acc.tt_e + jnp.sum(t[:, :, 0] ** 2, axis=1),
+        tt_f=acc.tt_f + jnp.sum(t[:, :, 1:] ** 2, axis=(1, 2)),
+        n_e=acc.n_e + jnp.sum(mask.reshape(n_dev, -1), axis=1),
+        n_f=acc.n_f + (r - 1) * jnp.sum(mask.reshape(n_dev, -1), axis=1),
+    )
+
+
+def accumulate(
+    model: ForceGP,
+    x: np.ndarray,
+    y: np.ndarray,
+    g: np.ndarray,
+    *,
+    chunk: int = 64,
+    mesh: Mesh | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Sufficient:
+    """Stream the sufficient statistics over structures x (n, D), y (n,), g (n, D) (standardised)."""
+    mesh = mesh or make_mesh(1)
+    n_dev = mesh.devices.size
+    chunk = max(n_dev, chunk - chunk % n_dev)
+    k = model.config.n_basis
+    dev_sharding = NamedSharding(mesh, P("batch"))
+    zeros = Sufficient(
+        jnp.zeros((n_dev, k, k)),
+        jnp.zeros((n_dev, k, k)),
+        jnp.zeros((n_dev, k)),
+        jnp.zeros((n_dev, k)),
+        *(jnp.zeros((n_dev,)) for _ in range(4)),
+    )
+    acc = jax.device_put(zeros, dev_sharding)
+    chol_zz = soft_cholesky(model.config, model.hyper)
+    t_all = np.concatenate([y[:, None], g], axis=1)
+    n = len(x)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        idx = np.arange(start, start + chunk) % n  # pad the last chunk with masked repeats
+        mask = (np.arange(start, start + chunk) < stop).astype(np.float64)
+        xc, tc, mc = (jax.device_put(a, dev_sharding) for a in (x[idx], t_all[idx], mask))
+        acc = _accumulate(model, chol_zz, acc, xc, tc, mc)
+        if progress is not None:
+            progress(stop - start)
+    # The one reduction over devices.
+    return jax.tree_util.tree_map(lambda v: jnp.sum(v, axis=0), acc)
+
+
+def _system(suff: Sufficient, scale, noise_e, noise_f):
+    """P = I + c^2 (A_e/be^2 + A_f/bf^2) and b = c (b_e/be^2 + b_f/bf^2)."""
+    a = scale**2 * (suff.a_e / noise_e**2 + suff.a_f / noise_f**2)
+    b = scale * (suff.b_e / noise_e**2 + suff.b_f / noise_f**2)
+    return jnp.eye(a.shape[0], dtype=a.dtype) + 0.5 * (a + a.T), b
+
+
+def exact_nll(suff: Sufficient, scale, noise_e, noise_f) -> jax.Array:
+    """Exact negative log marginal likelihood of ALL accumulated data, per observation."""
+    p, b = _system(suff, scale, noise_e, noise_f)
+    chol = jnp.linalg.cholesky(p)
+    proj = jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    quad = suff.tt_e / noise_e**2 + suff.tt_f / noise_f**2 - proj @ proj
+    logdet = (
+        2 * jnp.sum(jnp.log(jnp.diag(chol)))
+        + suff.n_e * jnp.log(noise_e**2)
+        + suff.n_f * jnp.log(noise_f**2)
+    )
+    n = suff.n_e + suff.n_f
+    return 0.5 * (quad + logdet + n * jnp.log(2 * jnp.pi)) / n
+
+
+def solve(
+    suff: Sufficient, noise_e, noise_f, *, scale=1.0, jitter_steps=(0.0, 1e-10, 1e-8, 1e-6)
+) -> Posterior:
+    """Posterior of theta (prior N(0, I), basis scaled by ``scale``); raises jitter on failure."""
+    p, b = _system(suff, scale, noise_e, noise_f)
+    eye = jnp.eye(p.shape[0], dtype=p.dtype)
+    for i, jitter in enumerate(jitter_steps):
+        chol = jnp.linalg.cholesky(p + jitter * jnp.mean(jnp.diag(p)) * eye)
+        if bool(jnp.all(jnp.isfinite(chol))):
+            if i > 0:
+                warnings.warn(
+                    f"posterior Cholesky needed jitter {jitter:g}; results are slightly regularised",
+                    stacklevel=2,
+                )
+            inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+            mean = inv_chol.T @ (inv_chol @ b)
+            if not (bool(jnp.all(jnp.isfinite(mean))) and bool(jnp.all(jnp.isfinite(inv_chol)))):
+                break
+            return Posterior(mean=mean, inv_chol=inv_chol)
+    raise NumericalError(
+        "the posterior fit failed: the capacitance matrix is not positive definite even with "
+        "jitter (check the data for duplicated or inconsistent frames, or lower --inducing)"
+    )
+
+
+def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 200):
+    """Exact full-data maximum likelihood for the output scale c and both noise levels.
+
+    The batch objective sees only small batches, which biases the noise levels; with the
+    accumulated statistics the exact marginal likelihood of the whole training set costs one
+    K x K Cholesky per evaluation. Returns (scale, noise_e, noise_f).
+    """
+    h = model.hyper
+    start = jnp.log(jnp.array([1.0, float(h.noise_energy), float(h.noise_force)]))
+
+    def loss(logs):
+        s, be, bf = jnp.exp(logs)
+        return exact_nll(suff, s, be + NOISE_FLOOR, bf + NOISE_FLOOR)
+
+    opt = optax.adam(0.05)
+    state = opt.init(start)
+    grad = jax.jit(jax.value_and_grad(loss))
+    logs, best, best_logs = start, float("inf"), start
+    for _ in range(steps):
+        val, gr = grad(logs)
+        if not bool(jnp.isfinite(val)) or not bool(jnp.all(jnp.isfinite(gr))):
+            break
+        if float(val) < best:
+            best, best_logs = float(val), logs
+        upd, state = opt.update(gr, state)
+        logs = logs + upd
+    s, be, bf = (float(v) for v in jnp.exp(best_logs))
+    return s, be + NOISE_FLOOR, bf + NOISE_FLOOR
+
+
+def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
+    """Fold an output-scale multiplier and new noise levels into the raw hyperparameters."""
+    h = model.hyper
+    inv = softplus_inv
+    h = eqx.tree_at(
+        lambda t: (
+            t.raw_scale,
+            t.raw_scale_linear,
+            t.raw_scale_quadratic,
+            t.raw_noise_energy,
+            t.raw_noise_force,
+        ),
+        h,
+        (
+            jnp.asarray(inv(max(float(h.scale) * scale**2 - SCALE_FLOOR, 1e-12))),
+            jnp.asarray(inv(max(float(h.scale_linear) * scale - SCALE_FLOOR, 1e-12))),
+            jnp.asarray(inv(max(float(h.scale_quadratic) * scale - SCALE_FLOOR, 1e-12))),
+            jnp.asarray(inv(max(noise_e - NOISE_FLOOR, 1e-12))),
+            jnp.asarray(inv(max(noise_f - NOISE_FLOOR, 1e-12))),
+        ),
+    )
+    return eqx.tree_at(lambda m: m.hyper, model, h)
+
+
+def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:
+    """Return the model with its posterior fitted on standardised data x (n, D), y (n,), g (n, D).
+
+    With ``refine`` the output scale and noise levels are first set by the exact marginal
+    likelihood of the whole training set (see refine_noise); the basis functions are unchanged,
+    so the statistics need one pass only. The result is the exact posterior of the final model.
+    """
+    suff = accumulate(model, x, y, g, **kwargs)
+    if refine:
+        scale, noise_e, noise_f = refine_noise(suff, model)
+        model = with_scale_and_noise(model, scale, noise_e, noise_f)
+        post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force, scale=scale)
+    else:
+        post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force)
+    return eqx.tree_at(lambda m: m.posterior, model, post, is_leaf=lambda v: v is None)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _energy_std_units(model: ForceGP, chol_zz, x):
+    phi = basis_value(model.config, model.stats, model.hyper, chol_zz, x)
+    return phi @ model.posterior.mean
+
+
+def predict_one(model: ForceGP, x: jax.Array, with_std: bool = True):
+    """Energy (eV), forces (N, 3, eV/Å) and, if asked, their standard deviations for x (D,)."""
+    stats, cfg = model.stats, model.config
+    chol_zz = soft_cholesky(cfg, model.hyper)
+    e, grad = jax.value_and_grad(lambda y: _energy_std_units(model, chol_zz, y))(x)
+    energy = stats.energy_scale * e + stats.energy_mean
+    forces = (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
+    if not with_std:
+        return energy, forces
+    rows = basis_rows(cfg, stats, model.hyper, chol_zz, x)  # (1+D, K)
+    s = rows @ model.posterior.inv_chol.T
+    var = jnp.sum(s * s, axis=1) + noise_vector(cfg, model.hyper)
+    std = stats.energy_scale * jnp.sqrt(var)
+    return energy, forces, std[0], std[1:].reshape(cfg.n_atoms, 3)
+
+
+@eqx.filter_jit
+def _predict_batch(model, x, with_std: bool):
+    return jax.vmap(lambda xi: predict_one(model, xi, with_std))(x)
+
+
+def predict(model: ForceGP, positions: np.ndarray, *, with_std: bool = True, chunk: int = 64):
+    """Predict for positions (n, N, 3) Å. Returns dict of numpy arrays (eV, eV/Å)."""
+    if model.posterior is None:
+        raise NumericalError("the model has no fitted posterior; train it first")
+    x = np.asarray(positions, dtype=np.float64).reshape(len(positions), -1)
+    n = len(x)
+    out: dict[str, list] = {"energy": [], "forces": [], "energy_std": [], "forces_std": []}
+    for start in range(0, n, chunk):
+        idx = np.arange(start, start + chunk) % n
+        res = _predict_batch(model, jnp.asarray(x[idx]), with_std)
+        keep = min(chunk, n - start)
+        for key, val in zip(out, res, strict=False):
+            out[key].append(np.asarray(val)[:keep])
+    return {k: np.concatenate(v) for k, v in out.items() if v}
