@@ -143,9 +143,12 @@ def _write(path, header: dict, payload: bytes) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise ModelFileError(f"cannot write {path}: directory {path.parent} does not exist")
-    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(line + b"\n")
-        handle.write(payload)
+    try:
+        with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(line + b"\n")
+            handle.write(payload)
+    except OSError as err:
+        raise ModelFileError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _base_header(fmt: str, model: ForceGP) -> dict:
@@ -235,6 +238,11 @@ def _read(path, expected_format: str) -> tuple[dict, bytes]:
     if hashlib.sha256(payload).hexdigest() != digest.lower():
         raise _fail(path, "truncated or corrupted (payload checksum mismatch)")
     return header, payload
+
+
+def read_header(path, expected_format: str = MODEL_FORMAT) -> dict:
+    """The header of a model (or checkpoint) file, its format checked, the payload verified."""
+    return _read(path, expected_format)[0]
 
 
 def _check_format(path, header: dict, expected: str) -> None:

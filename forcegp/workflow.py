@@ -20,7 +20,15 @@ from . import posterior
 from .data import Dataset
 from .errors import ForceGPError, InputError, NumericalError
 from .init import initialize, standardise_targets
-from .io import check_numbers, formula, load_checkpoint, save_checkpoint
+from .io import (
+    CHECKPOINT_FORMAT,
+    check_numbers,
+    formula,
+    json_safe,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+)
 from .model import Config, ForceGP
 from .train import TrainSettings, TrainState, all_finite, optimizer, run, with_hyper
 
@@ -198,6 +206,8 @@ def train_model(
             on_epoch=on_epoch,
         )  # fmt: skip
     except KeyboardInterrupt:
+        # Ctrl-C may land between writing a checkpoint and noting it: ask the file itself.
+        done["saved"] = _saved_epoch(checkpoint, fingerprint, run_settings)
         raise TrainingInterrupted(_interrupted_message(done, checkpoint)) from None
     train_seconds = time.perf_counter() - started
 
@@ -241,16 +251,28 @@ def train_model(
     return model, metadata
 
 
+def _saved_epoch(checkpoint, fingerprint: str, settings: dict) -> int | None:
+    """Epoch of the checkpoint on disk if it belongs to this run (same data and settings)."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    try:
+        header = read_header(checkpoint, CHECKPOINT_FORMAT)
+    except ForceGPError:
+        return None
+    if header.get("fingerprint") != fingerprint or header.get("settings") != json_safe(settings):
+        return None
+    return header.get("epoch")
+
+
 def _interrupted_message(done: dict, checkpoint, during: str | None = None) -> str:
+    saved = done["saved"]
+    if saved:
+        where = f"during {during} (training finished)" if during else f"after epoch {saved}"
+        return f"interrupted {where}; checkpoint saved to {checkpoint}; rerun with --resume"
     where = f"during {during}" if during else f"after epoch {done['epoch']}"
-    if done["saved"] is not None:
-        return (
-            f"interrupted {where}; checkpoint of epoch {done['saved']} saved to {checkpoint}; "
-            "rerun with --resume"
-        )
     if checkpoint is None:
         return f"interrupted {where}; no checkpoint was written (none was asked for)"
-    return f"interrupted {where}; no checkpoint written yet (none completed epoch)"
+    return f"interrupted {where}; no epoch had completed, so there is no checkpoint to resume"
 
 
 # ----------------------------------------------------------------------------- evaluation

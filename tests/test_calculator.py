@@ -1,0 +1,176 @@
+"""The ASE calculator: the Calculator contract, gradients, and molecular dynamics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from ase import units
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError
+from ase.md.langevin import Langevin
+from ase.md import velocitydistribution
+from ase.md.verlet import VelocityVerlet
+
+from forcegp import ForceGPCalculator, io, posterior, workflow
+from forcegp.data import read_dataset
+from forcegp.errors import ForceGPError, InputError, ModelFileError
+from forcegp.train import TrainSettings
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "ethanol_train.extxyz"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = read_dataset(DATA, index="0:40")
+    model, meta = workflow.train_model(
+        data,
+        config_kwargs={"n_inducing": 8, "n_features": 4, "width": 8, "depth": 1,
+                       "explicit_dim": 4, "n_permutations": 1},
+        settings=TrainSettings(epochs=3, batch_size=8),
+        seed=1,
+        valid_fraction=0.1,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("calc") / "ethanol.fgp"
+    io.save_model(path, model, metadata=meta)
+    return model, path, data
+
+
+@pytest.fixture()
+def atoms(trained):
+    return trained[2].to_atoms()[5]
+
+
+def counting(calc):
+    """Count calls of calc.calculate (the expensive part) without changing what it does."""
+    calls = []
+    inner = calc.calculate
+
+    def calculate(*args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else kwargs.get("properties"))
+        return inner(*args, **kwargs)
+
+    calc.calculate = calculate
+    return calls
+
+
+def test_properties_are_our_own_list():
+    assert ForceGPCalculator.implemented_properties == [
+        "energy", "free_energy", "forces", "energy_std", "forces_std"
+    ]  # fmt: skip
+    assert ForceGPCalculator.implemented_properties is not Calculator.implemented_properties
+
+
+def test_results_types_units_and_caching(trained, atoms):
+    model, path, _ = trained
+    calc = ForceGPCalculator(path)  # from a file
+    calls = counting(calc)
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    assert type(energy) is float
+    assert atoms.get_potential_energy() == energy
+    forces = atoms.get_forces()
+    assert forces.shape == (9, 3) and forces.dtype == np.float64
+    assert len(calls) == 1  # energy and forces come from one evaluation
+    assert "energy_std" not in calc.results  # standard deviations only when asked for
+    energy_std = calc.get_property("energy_std", atoms)
+    forces_std = calc.get_property("forces_std", atoms)
+    assert len(calls) == 2
+    assert type(energy_std) is float and energy_std > 0
+    assert forces_std.shape == (9, 3) and np.all(forces_std > 0)
+    assert atoms.get_potential_energy() == energy and len(calls) == 2
+    assert calc.get_property("free_energy", atoms) == energy
+    # The same numbers as the batch prediction path (in eV and eV/Å).
+    batch = posterior.predict(model, atoms.positions[None])
+    assert energy == pytest.approx(float(batch["energy"][0]), abs=1e-9)
+    np.testing.assert_allclose(forces, batch["forces"][0], atol=1e-9)
+    assert energy_std == pytest.approx(float(batch["energy_std"][0]), rel=1e-9)
+    np.testing.assert_allclose(forces_std, batch["forces_std"][0], rtol=1e-9)
+    # Moving an atom recomputes.
+    atoms.positions[0, 0] += 0.01
+    assert atoms.get_potential_energy() != energy
+    assert len(calls) == 3
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+
+
+def test_forces_are_minus_the_gradient_of_the_energy(trained, atoms):
+    atoms.calc = ForceGPCalculator(trained[0])
+    forces = atoms.get_forces()
+    h = 1e-4
+    numeric = np.zeros((9, 3))
+    for a in range(9):
+        for c in range(3):
+            shifted = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.calc = atoms.calc
+                moved.positions[a, c] += sign * h
+                shifted.append(moved.get_potential_energy())
+            numeric[a, c] = -(shifted[0] - shifted[1]) / (2 * h)
+    np.testing.assert_allclose(forces, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_nve_conserves_energy_and_md_never_recompiles(trained, atoms):
+    calc = ForceGPCalculator(trained[0])
+    atoms.calc = calc
+    # thermalize_momenta replaces MaxwellBoltzmannDistribution in newer ASE.
+    thermalize = getattr(velocitydistribution, "thermalize_momenta", None)
+    thermalize = thermalize or velocitydistribution.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    velocitydistribution.Stationary(atoms)
+    atoms.get_potential_energy()
+    traces = calc.n_traces
+    assert traces == 1
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    totals = []
+    dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=1)
+    dyn.run(50)
+    totals = np.asarray(totals)
+    assert np.all(np.isfinite(totals))
+    assert np.ptp(totals) < 5e-3, np.ptp(totals)  # eV; kinetic energy is about 0.3 eV
+    assert calc.n_traces == traces  # 50 steps, one compiled function
+    calc.get_property("forces_std", atoms)
+    calc.get_property("forces_std", atoms)
+    assert calc.n_traces == traces + 1  # the std path is compiled once too
+
+
+def test_langevin_runs(trained, atoms):
+    calc = ForceGPCalculator(trained[0])
+    atoms.calc = calc
+    dyn = Langevin(
+        atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, fixcm=False,
+        rng=np.random.default_rng(2),
+    )  # fmt: skip
+    dyn.run(20)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert np.all(np.isfinite(atoms.get_forces()))
+    assert calc.n_traces == 1
+
+
+def test_wrong_atoms_are_refused(trained, atoms):
+    calc = ForceGPCalculator(trained[0])
+    water = atoms[[2, 3, 4]]
+    water.calc = calc
+    with pytest.raises(ModelFileError, match="trained for C2H6O.*the atoms has"):
+        water.get_potential_energy()
+    periodic = atoms.copy()
+    periodic.pbc = True
+    periodic.cell = [10, 10, 10]
+    periodic.calc = calc
+    with pytest.raises(InputError, match="pbc"):
+        periodic.get_potential_energy()
+
+
+def test_needs_a_fitted_model_and_float64(trained):
+    model = trained[0]
+    untrained = type(model)(model.config, model.numbers, model.stats, model.hyper, None)
+    with pytest.raises(InputError, match="no fitted posterior"):
+        ForceGPCalculator(untrained)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(ForceGPError, match="float64"):
+            ForceGPCalculator(trained[1])
+    finally:
+        jax.config.update("jax_enable_x64", True)
