@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ase import units
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
-from ase.md.langevin import Langevin
 from ase.md import velocitydistribution
+from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
 from forcegp import ForceGPCalculator, io, posterior, workflow

@@ -1,0 +1,227 @@
+"""The forcegp command through CliRunner: train -> test -> predict -> info, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import click
+import pytest
+from click.testing import CliRunner
+
+from forcegp import workflow
+from forcegp.cli import cli
+from forcegp.cli_common import ByteSize, defaults
+from forcegp.data import read_dataset, write_extxyz_atomic
+from forcegp.model import Config
+from forcegp.train import TrainSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--inducing", "8", "--features", "4", "--width", "8", "--depth", "1",
+    "--explicit-dim", "4", "--no-symmetrize", "--epochs", "2", "--batch-size", "8",
+    "--valid-fraction", "0.2",
+]  # fmt: skip
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, code):
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    err = result.stderr.strip()
+    assert err.startswith("forcegp: error: "), err
+    assert "\n" not in err and "Traceback" not in result.output
+    return err
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """40 ethanol frames as extxyz (from the example data, or from the published npz)."""
+    path = tmp_path_factory.mktemp("cli")
+    source = ROOT / "data" / "ethanol_train.extxyz"
+    if source.exists():
+        data = read_dataset(source, index="0:40")
+    else:  # pragma: no cover - only without the example data
+        npz = "/work/shared/data/published/rmd17_ethanol_train_01.npz"
+        data = read_dataset(npz, energy_unit="kcal/mol", index="0:40")
+    write_extxyz_atomic(path / "small.extxyz", data.to_atoms())
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+    result = invoke("train", workdir / "small.extxyz", "-o", workdir / "m.fgp", *TINY)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return workdir / "m.fgp", result
+
+
+def test_train(model):
+    path, result = model
+    assert path.exists()
+    assert not Path(str(path) + ".ckpt").exists()  # removed once the model is written
+    assert f"wrote {path}" in result.stdout
+    assert "forces MAE" in result.stdout and "meV/Å" in result.stdout
+    assert "epoch 2/2" in result.stderr and "loss" in result.stderr
+
+
+def test_test_json(workdir, model):
+    out = workdir / "metrics.json"
+    result = invoke("test", model[0], workdir / "small.extxyz", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "energy MAE" in result.stdout and "meV" in result.stdout
+    metrics = json.loads(out.read_text())
+    for key in ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse",
+                "energy_coverage_95", "forces_coverage_95"):  # fmt: skip
+        assert isinstance(metrics[key], float) and metrics[key] >= 0
+    assert metrics["n_frames"] == 40
+    assert 0 <= metrics["forces_coverage_95"] <= 1
+
+
+def test_predict(workdir, model):
+    out = workdir / "pred.extxyz"
+    result = invoke("predict", model[0], workdir / "small.extxyz", "-o", out)
+    assert result.exit_code == 0, result.output
+    frames = ase.io.read(out, ":")
+    assert len(frames) == 40
+    assert frames[0].info["energy_std"] > 0
+    assert frames[0].arrays["forces_std"].shape == (9, 3)
+    assert frames[0].get_forces().shape == (9, 3)
+
+
+def test_info(model):
+    result = invoke("info", model[0])
+    assert result.exit_code == 0, result.output
+    for text in ("C2H6O", "noise energy", "meV/Å", "lengthscales", "fingerprint", "jax"):
+        assert text in result.stdout
+    result = invoke("info", model[0], "--json")
+    summary = json.loads(result.stdout)
+    assert summary["numbers"] == [6, 6, 8, 1, 1, 1, 1, 1, 1]
+    assert summary["training"]["n_structures"] == 32
+    assert summary["hyperparameters"]["noise_forces_eV_per_Ang"] > 0
+    assert summary["history"]["epochs"] == 2
+
+
+def test_nonexistent_file(workdir):
+    out = workdir / "none.fgp"
+    err = one_line_error(invoke("train", workdir / "missing.extxyz", "-o", out, *TINY), 2)
+    assert "missing.extxyz" in err
+    assert not out.exists() and not Path(str(out) + ".ckpt").exists()
+    err = one_line_error(invoke("test", workdir / "missing.fgp", workdir / "small.extxyz"), 2)
+    assert "missing.fgp" in err and "not found" in err
+    out = workdir / "none.extxyz"
+    one_line_error(
+        invoke("predict", workdir / "missing.fgp", workdir / "small.extxyz", "-o", out), 2
+    )
+    assert not out.exists()
+
+
+def test_too_many_devices(workdir):
+    out = workdir / "dev.fgp"
+    err = one_line_error(
+        invoke("train", workdir / "small.extxyz", "-o", out, *TINY, "--devices", "99"), 1
+    )
+    assert "--devices 99" in err
+    assert not out.exists()
+
+
+def test_bad_inputs(workdir, model):
+    # A model file that is not one.
+    err = one_line_error(invoke("info", workdir / "small.extxyz"), 2)
+    assert "not a forcegp model file" in err
+    # Data of another molecule.
+    other = workdir / "water.extxyz"
+    atoms = ase.io.read(workdir / "small.extxyz", "0:2")
+    write_extxyz_atomic(other, [a[[2, 7, 8]] for a in atoms])
+    err = one_line_error(invoke("predict", model[0], other, "-o", workdir / "w.extxyz"), 2)
+    assert "trained for C2H6O" in err and not (workdir / "w.extxyz").exists()
+    # An output directory that does not exist: refused before any work.
+    one_line_error(invoke("train", workdir / "small.extxyz", "-o", workdir / "no" / "m.fgp"), 2)
+    # Click's own usage errors exit with 2 too.
+    result = invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", "--inducing", "0")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    result = invoke("train", workdir / "small.extxyz", "-o", "x.fgp", "--max-memory", "lots")
+    assert result.exit_code == 2
+
+
+def test_debug_shows_the_traceback(workdir):
+    result = invoke("--debug", "info", workdir / "missing.fgp")
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "forcegp: error:" in result.stderr
+
+
+def test_unexpected_errors_are_one_line(workdir, model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(workflow, "evaluate", broken)
+    err = one_line_error(invoke("test", model[0], workdir / "small.extxyz"), 1)
+    assert "unexpected RuntimeError: boom" in err and "--debug" in err
+
+
+def test_interrupted_training_resumes(workdir, monkeypatch):
+    out = workdir / "r.fgp"
+    checkpoint = workdir / "r.fgp.ckpt"
+    real = workflow.save_checkpoint
+
+    def save_then_interrupt(*args, epoch, **kwargs):
+        real(*args, epoch=epoch, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "save_checkpoint", save_then_interrupt)
+    err = one_line_error(invoke("train", workdir / "small.extxyz", "-o", out, *TINY), 130)
+    assert "interrupted after epoch 1" in err and "--resume" in err and str(checkpoint) in err
+    assert checkpoint.exists() and not out.exists()
+    monkeypatch.undo()
+    result = invoke("train", workdir / "small.extxyz", "-o", out, *TINY, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.stderr
+    assert out.exists() and not checkpoint.exists()
+
+
+def test_defaults_come_from_the_dataclasses():
+    params = {p.name: p for p in cli.commands["train"].params}
+    config = defaults(Config)
+    assert params["inducing"].default == config["n_inducing"]
+    assert params["features"].default == config["n_features"]
+    assert params["explicit_dim"].default == config["explicit_dim"]
+    assert params["epochs"].default == TrainSettings().epochs
+    assert params["lr"].default == TrainSettings().lr
+
+
+@pytest.mark.parametrize(
+    "text, size", [("4G", 4 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 1.5 * 2**30), ("2e9", 2e9)]
+)
+def test_byte_sizes(text, size):
+    assert ByteSize().convert(text, None, None) == size
+
+
+def test_bad_byte_size():
+    with pytest.raises(click.BadParameter):
+        ByteSize().convert("4 apples", None, None)
+
+
+def test_python_dash_m_switches_on_float64(model):
+    """The entry point itself (not CliRunner) enables x64 before loading a float64 model."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "forcegp", "info", str(model[0]), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["formula"].startswith("C2H6O")
+    proc = subprocess.run(
+        [sys.executable, "-m", "forcegp", "info", "missing.fgp"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "forcegp: error: model file missing.fgp not found"
