@@ -1,0 +1,172 @@
+"""The ForceGP feature map: observation rows against autodiff, physics of predictions, symmetry."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from synthetic import METHANOL_NUMBERS, METHANOL_REFERENCE, build_model, random_rotation
+
+from forcegp import descriptors, posterior
+from forcegp.model import basis_rows, basis_value, soft_cholesky
+
+
+@eqx.filter_jit
+def rows_and_autodiff(model, x):
+    """basis_rows (1+D, K) and jax.jacfwd(basis_value) (K, D) at one structure x (D,)."""
+    cfg, stats, hyper = model.config, model.stats, model.hyper
+    chol = soft_cholesky(cfg, hyper)
+    rows = basis_rows(cfg, stats, hyper, chol, x)
+    value = basis_value(cfg, stats, hyper, chol, x)
+    jac = jax.jacfwd(lambda y: basis_value(cfg, stats, hyper, chol, y))(x)
+    return rows, value, jac
+
+
+@eqx.filter_jit
+def values(model, x):
+    """basis_value for a batch x (B, D)."""
+    cfg, stats, hyper = model.config, model.stats, model.hyper
+    chol = soft_cholesky(cfg, hyper)
+    return jax.vmap(lambda y: basis_value(cfg, stats, hyper, chol, y))(x)
+
+
+@eqx.filter_jit
+def energies(model, x):
+    """Predicted energies (B,) eV for a batch x (B, D), no variances."""
+    return jax.vmap(lambda y: posterior.predict_one(model, y, with_std=False)[0])(x)
+
+
+VARIANTS = {
+    "invdist-quadratic-mlp": dict(),
+    "invdist-none-nomlp": dict(explicit="none", n_features=0),
+    "cartesian-quadratic-nomlp": dict(descriptor="cartesian", n_features=0),
+    "cartesian-none-mlp": dict(descriptor="cartesian", explicit="none"),
+    "invdist-quadratic-mlp-sym": dict(n_permutations=6),
+    "invdist-none-nomlp-sym": dict(explicit="none", n_features=0, n_permutations=6),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradient_rows_equal_autodiff(methanol_data, variant):
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, **VARIANTS[variant])
+    cfg = model.config
+    assert (model.hyper.mlp is None) == (cfg.n_features == 0)
+    assert model.stats.permutations.shape[0] == cfg.n_permutations
+    # A training structure and a new one further from the reference.
+    new = METHANOL_REFERENCE + 0.1 * np.random.default_rng(5).normal(size=(6, 3))
+    for x in (positions[0].reshape(-1), new.reshape(-1)):
+        rows, value, jac = rows_and_autodiff(model, jnp.asarray(x))
+        assert rows.shape == (1 + cfg.dim, cfg.n_basis)
+        np.testing.assert_allclose(rows[0], value, rtol=1e-12, atol=1e-14)
+        scale = float(jnp.max(jnp.abs(jac)))
+        assert scale > 0
+        np.testing.assert_allclose(rows[1:], jac.T, rtol=1e-9, atol=1e-11 * scale)
+
+
+# ------------------------------------------------------------------ predictions after a fit
+
+
+def test_forces_are_minus_the_energy_gradient(small_problem, fitted_small):
+    model = fitted_small
+    x = np.asarray(small_problem.test_positions[0], dtype=np.float64).reshape(-1)
+    energy, forces = jax.jit(lambda y: posterior.predict_one(model, y, with_std=False))(x)
+    h = 1e-5
+    shifts = h * np.eye(x.size)
+    e = np.asarray(energies(model, jnp.asarray(np.concatenate([x + shifts, x - shifts]))))
+    numeric = -(e[: x.size] - e[x.size :]) / (2 * h)
+    np.testing.assert_allclose(np.asarray(forces).reshape(-1), numeric, rtol=1e-6, atol=1e-7)
+    # The batch path agrees with predict_one.
+    out = posterior.predict(model, x.reshape(1, -1, 3), with_std=False)
+    np.testing.assert_allclose(out["energy"][0], energy, rtol=1e-12)
+    np.testing.assert_allclose(out["forces"][0], forces, rtol=1e-10, atol=1e-12)
+
+
+def test_predictions_fit_the_training_data(small_problem, fitted_small):
+    """Sanity: the posterior mean reproduces the (noise-free, smooth) training targets closely."""
+    pb = small_problem
+    out = posterior.predict(fitted_small, pb.positions[:4], with_std=False)
+    f_rms = np.sqrt(np.mean(pb.forces[:4] ** 2))
+    assert np.sqrt(np.mean((out["forces"] - pb.forces[:4]) ** 2)) < 0.5 * f_rms
+
+
+def test_rotation_translation_invariance_and_net_force(small_problem, fitted_small):
+    rng = np.random.default_rng(3)
+    r = small_problem.test_positions[:2]
+    rot = random_rotation(rng)
+    moved = r @ rot.T + rng.normal(size=3) * 2.0
+    a = posterior.predict(fitted_small, r)
+    b = posterior.predict(fitted_small, moved)
+    np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(b["forces"], a["forces"] @ rot.T, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(b["energy_std"], a["energy_std"], rtol=1e-7)
+    scale = np.max(np.abs(a["forces"]))
+    # No net force and no net torque (translation and rotation invariance of the energy).
+    np.testing.assert_allclose(a["forces"].sum(axis=1), 0.0, atol=1e-9 * scale)
+    torque = np.cross(r, a["forces"]).sum(axis=1)
+    np.testing.assert_allclose(torque, 0.0, atol=1e-8 * scale)
+
+
+# ------------------------------------------------------------------------- symmetrisation
+
+
+def test_molecular_permutations_of_a_methyl_group():
+    perms = descriptors.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1))
+    assert perms.shape == (6, 6)
+    np.testing.assert_array_equal(perms[0], np.arange(6))
+    # Only the three methyl H (atoms 1, 2, 3) move: all 3! orderings, each once.
+    np.testing.assert_array_equal(perms[:, [0, 4, 5]], np.tile([0, 4, 5], (6, 1)))
+    assert {tuple(p[1:4]) for p in perms} == {
+        (1, 2, 3),
+        (1, 3, 2),
+        (2, 1, 3),
+        (2, 3, 1),
+        (3, 1, 2),
+        (3, 2, 1),
+    }
+    limited = descriptors.molecular_permutations(
+        METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1), limit=2
+    )
+    assert limited.shape == (2, 6)
+    np.testing.assert_array_equal(limited[0], np.arange(6))
+
+
+def test_molecular_permutations_of_ch2oh():
+    from synthetic import SMALL_NUMBERS, SMALL_REFERENCE
+
+    perms = descriptors.molecular_permutations(SMALL_NUMBERS, SMALL_REFERENCE.reshape(-1))
+    np.testing.assert_array_equal(perms, [[0, 1, 2, 3, 4], [0, 2, 1, 3, 4]])
+
+
+def swap(positions, a, b):
+    out = np.array(positions, copy=True)
+    out[..., [a, b], :] = out[..., [b, a], :]
+    return out
+
+
+def test_symmetrised_model_is_invariant_under_methyl_permutations(methanol_data):
+    positions, e, f = methanol_data
+    sym = build_model(METHANOL_NUMBERS, positions, e, f, n_permutations=6)
+    # The same model averaged over the identity alone: not symmetrised.
+    plain = eqx.tree_at(lambda m: m.stats.permutations, sym, sym.stats.permutations[:1])
+    r = positions[:2]
+    xs = np.concatenate([r, swap(r, 1, 2), swap(r, 2, 3)]).reshape(6, -1)
+    v = np.asarray(values(sym, jnp.asarray(xs)))
+    np.testing.assert_allclose(v[2:4], v[:2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(v[4:6], v[:2], rtol=1e-10, atol=1e-12)
+    # The test has teeth: without symmetrisation the basis is not invariant.
+    w = np.asarray(values(plain, jnp.asarray(xs)))
+    assert not np.allclose(w[2:4], w[:2], rtol=1e-6)
+
+    # Predictions of a fitted symmetrised model: the energy is invariant, forces permute.
+    x = positions.reshape(len(positions), -1)
+    y = (e - float(sym.stats.energy_mean)) / float(sym.stats.energy_scale)
+    g = -f.reshape(len(f), -1) / float(sym.stats.energy_scale)
+    fitted = posterior.fit(sym, x, y, g, chunk=10)
+    out = posterior.predict(fitted, np.concatenate([r, swap(r, 1, 2)]))
+    np.testing.assert_allclose(out["energy"][2:], out["energy"][:2], rtol=1e-10)
+    np.testing.assert_allclose(out["forces"][2:], swap(out["forces"][:2], 1, 2), atol=1e-9)
+    np.testing.assert_allclose(out["energy_std"][2:], out["energy_std"][:2], rtol=1e-7)
+    np.testing.assert_allclose(out["forces_std"][2:], swap(out["forces_std"][:2], 1, 2), rtol=1e-7)

@@ -1,0 +1,260 @@
+"""Streamed posterior fit and prediction against the dense GP formulas (design note 6-7)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from forcegp import objectives, posterior
+from forcegp.errors import NumericalError, ResourceError
+from forcegp.model import noise_vector
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+rows_jit = eqx.filter_jit(objectives.batch_rows)
+
+
+def leaves(tree):
+    return [np.asarray(v) for v in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(v)]
+
+
+def dense_problem(model, x, y, g):
+    """Phi (n_obs, K), noise variances lam (n_obs,) and targets t (n_obs,) for all structures."""
+    rows = np.asarray(rows_jit(model, model.hyper, jnp.asarray(x)))
+    b, r, k = rows.shape
+    lam = np.tile(np.asarray(noise_vector(model.config, model.hyper)), b)
+    t = np.concatenate([np.asarray(y)[:, None], np.asarray(g)], axis=1).reshape(-1)
+    return rows.reshape(b * r, k), lam, t
+
+
+def dense_posterior(phi, lam, t):
+    """theta | data for theta ~ N(0, I), t = Phi theta + N(0, diag lam), via the n x n K_xx."""
+    kxx = phi @ phi.T + np.diag(lam)
+    mean = phi.T @ np.linalg.solve(kxx, t)
+    cov = np.eye(phi.shape[1]) - phi.T @ np.linalg.solve(kxx, phi)
+    return mean, cov
+
+
+def check_posterior(post, mean, cov):
+    np.testing.assert_allclose(post.mean, mean, rtol=1e-7, atol=1e-9 * np.max(np.abs(mean)))
+    inv_chol = np.asarray(post.inv_chol)
+    np.testing.assert_array_equal(inv_chol, np.tril(inv_chol))
+    np.testing.assert_allclose(inv_chol.T @ inv_chol, cov, rtol=1e-7, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def dense_initial(small_problem):
+    """The dense problem of the untrained model (what accumulate streams)."""
+    pb = small_problem
+    return dense_problem(pb.model, pb.x, pb.y, pb.g)
+
+
+@pytest.fixture(scope="module")
+def dense_fitted(small_problem, fitted_small):
+    """The dense problem of the fitted model: fit refines output scale and noise first."""
+    pb = small_problem
+    return dense_problem(fitted_small, pb.x, pb.y, pb.g)
+
+
+def test_posterior_equals_dense_gp(fitted_small, dense_fitted):
+    """theta | data from the streamed fit is the exact dense GP posterior of the final model."""
+    check_posterior(fitted_small.posterior, *dense_posterior(*dense_fitted))
+
+
+def test_unrefined_fit_equals_dense_gp(small_problem, dense_initial):
+    pb = small_problem
+    fitted = posterior.fit(pb.model, pb.x, pb.y, pb.g, refine=False)
+    for a, b in zip(leaves(fitted.hyper), leaves(pb.model.hyper), strict=True):
+        np.testing.assert_array_equal(a, b)
+    check_posterior(fitted.posterior, *dense_posterior(*dense_initial))
+
+
+def test_refinement_changes_only_scales_and_noise(small_problem, fitted_small):
+    """fit's refinement keeps the basis shape and lowers the exact full-data NLL."""
+    pb = small_problem
+    h0, h1 = pb.model.hyper, fitted_small.hyper
+    for name in ("z", "raw_temperature", "raw_lengthscale"):
+        np.testing.assert_array_equal(getattr(h1, name), getattr(h0, name))
+    for a, b in zip(leaves(h1.mlp), leaves(h0.mlp), strict=True):
+        np.testing.assert_array_equal(a, b)
+    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    before = float(posterior.exact_nll(suff, 1.0, h0.noise_energy, h0.noise_force))
+    # The fitted model's rows are c times the initial ones: recover c from the explicit scales.
+    c = float(h1.scale_linear / h0.scale_linear)
+    np.testing.assert_allclose(float(h1.scale), float(h0.scale) * c**2, rtol=1e-8)
+    np.testing.assert_allclose(float(h1.scale_quadratic / h0.scale_quadratic), c, rtol=1e-8)
+    after = float(posterior.exact_nll(suff, c, h1.noise_energy, h1.noise_force))
+    assert after <= before
+
+
+def test_exact_nll_equals_dense(small_problem, dense_initial):
+    pb = small_problem
+    phi, lam, t = dense_initial
+    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    h = pb.model.hyper
+    for c, be, bf in [(1.0, h.noise_energy, h.noise_force), (1.7, 0.3, 0.02)]:
+        lam_c = lam if c == 1.0 else np.tile([be**2] + [bf**2] * 15, 12)
+        expected = objectives.dense_nll(jnp.asarray(c * phi), jnp.asarray(lam_c), jnp.asarray(t))
+        np.testing.assert_allclose(posterior.exact_nll(suff, c, be, bf), expected, rtol=1e-9)
+
+
+def test_predictions_equal_dense_gp(small_problem, fitted_small, dense_fitted):
+    pb, model = small_problem, fitted_small
+    phi, lam, t = dense_fitted
+    kxx = phi @ phi.T + np.diag(lam)
+    star, _, _ = dense_problem(
+        model, pb.test_positions.reshape(3, -1), np.zeros(3), np.zeros((3, 15))
+    )
+    # Function-space formulas: K_*x K_xx^-1 y and diag(K_** - K_*x K_xx^-1 K_x*).
+    k_sx = star @ phi.T
+    mean = k_sx @ np.linalg.solve(kxx, t)
+    var = np.sum(star * star, axis=1) - np.sum(k_sx * np.linalg.solve(kxx, k_sx.T).T, axis=1)
+    assert np.all(var > -1e-10)  # the exact model variance is non-negative
+    mean, var = mean.reshape(3, 16), var.reshape(3, 16)
+    sigma, mu = float(model.stats.energy_scale), float(model.stats.energy_mean)
+    noise = np.asarray(noise_vector(model.config, model.hyper))
+
+    out = posterior.predict(model, pb.test_positions)
+    np.testing.assert_allclose(out["energy"], sigma * mean[:, 0] + mu, rtol=1e-10)
+    np.testing.assert_allclose(
+        out["forces"].reshape(3, -1), -sigma * mean[:, 1:], rtol=1e-6, atol=1e-8
+    )
+    np.testing.assert_allclose(out["energy_std"], sigma * np.sqrt(var[:, 0] + noise[0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        out["forces_std"].reshape(3, -1), sigma * np.sqrt(var[:, 1:] + noise[1:]), rtol=1e-6
+    )
+    # Standard deviations include the observation noise: never below sigma * noise std.
+    assert np.all(out["energy_std"] >= sigma * np.sqrt(noise[0]) * (1 - 1e-12))
+    assert np.all(out["forces_std"] >= sigma * np.sqrt(noise[1]) * (1 - 1e-12))
+    # The model variance is non-negative as returned.
+    assert np.all(out["energy_std"] ** 2 / sigma**2 - noise[0] > -1e-10)
+    assert np.all(out["forces_std"] ** 2 / sigma**2 - noise[1] > -1e-10)
+
+
+def close(actual, desired, rtol):
+    """Relative to each array's scale: entries that cancel are only as exact as the largest term."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.max(np.abs(desired)))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 64])
+def test_streamed_accumulation_is_chunk_independent(small_problem, dense_initial, chunk):
+    """Chunks of 1, 3 (divides 12), 5 (padded last chunk) and 64 (one padded chunk)."""
+    pb = small_problem
+    phi, lam, t = dense_initial
+    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g, chunk=chunk)
+    rows = phi.reshape(12, 16, -1)
+    ve, vf = rows[:, 0], rows[:, 1:].reshape(12 * 15, -1)
+    close(suff.a_e, ve.T @ ve, 1e-10)
+    close(suff.a_f, vf.T @ vf, 1e-10)
+    close(suff.b_e, ve.T @ pb.y, 1e-10)
+    close(suff.b_f, vf.T @ pb.g.reshape(-1), 1e-10)
+    np.testing.assert_allclose(suff.tt_e, pb.y @ pb.y, rtol=1e-12)
+    np.testing.assert_allclose(suff.tt_f, np.sum(pb.g**2), rtol=1e-12)
+    assert float(suff.n_e) == 12 and float(suff.n_f) == 12 * 15
+    # A = Phi^T Lam^-1 Phi and b = Phi^T Lam^-1 t of the design note, from the statistics.
+    h = pb.model.hyper
+    a = suff.a_e / h.noise_energy**2 + suff.a_f / h.noise_force**2
+    b = suff.b_e / h.noise_energy**2 + suff.b_f / h.noise_force**2
+    close(a, phi.T @ (phi / lam[:, None]), 1e-10)
+    close(b, phi.T @ (t / lam), 1e-10)
+
+
+def test_choose_chunk():
+    from synthetic import tiny_config
+
+    config = tiny_config(5)
+    with pytest.raises(ResourceError, match="max-memory"):
+        posterior.choose_chunk(config, 1000.0)
+    assert posterior.choose_chunk(config, None) == 64
+    budget = posterior.fit_memory_bytes(config, 8)
+    chunk = posterior.choose_chunk(config, budget)
+    assert 8 <= chunk <= 64 and posterior.fit_memory_bytes(config, chunk) <= budget
+    chunk = posterior.choose_chunk(config, 10 * budget, n_devices=4)
+    assert chunk % 4 == 0 and posterior.fit_memory_bytes(config, chunk, 4) <= 10 * budget
+
+
+def test_predict_without_posterior_fails(small_problem):
+    with pytest.raises(NumericalError, match="posterior"):
+        posterior.predict(small_problem.model, small_problem.test_positions)
+
+
+MULTI_DEVICE = textwrap.dedent(
+    """
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    import pytest
+    from forcegp import posterior, train
+    from forcegp.errors import ResourceError
+    from synthetic import SMALL_NUMBERS, SMALL_REFERENCE, Problem
+
+    assert len(jax.devices()) == 4, jax.devices()
+    # The cheapest model (no MLP, no explicit block): sharding does not depend on the basis.
+    pb = Problem(SMALL_NUMBERS, SMALL_REFERENCE, 12, seed=0, n_features=0, explicit="none")
+
+    def close(a, b, rtol):
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            if hasattr(u, "dtype"):
+                np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol,
+                                           atol=rtol * float(np.max(np.abs(np.asarray(v)))))
+
+    mesh1, mesh4 = posterior.make_mesh(1), posterior.make_mesh(4)
+    data = (pb.model, pb.x, pb.y, pb.g)
+    # chunk 8: 12 structures = one full chunk and one padded chunk, split over the devices.
+    close(posterior.accumulate(*data, chunk=8, mesh=mesh4),
+          posterior.accumulate(*data, chunk=8, mesh=mesh1), 1e-10)
+    one = posterior.fit(*data, chunk=8, mesh=mesh1)
+    four = posterior.fit(*data, chunk=8, mesh=mesh4)
+    close(four.hyper, one.hyper, 1e-6)
+    close(four.posterior, one.posterior, 1e-6)
+
+    settings = train.TrainSettings(epochs=1, batch_size=4, lr=1e-2)
+    key = jax.random.key(3)
+    s1 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
+    s4 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key, mesh=posterior.make_mesh(4))
+    close(s4.hyper, s1.hyper, 1e-6)
+    assert abs(s4.history[0]["loss"] - s1.history[0]["loss"]) < 1e-8 * abs(s1.history[0]["loss"])
+
+    with pytest.raises(ResourceError, match="devices"):
+        posterior.make_mesh(8)
+    print("MULTI-DEVICE OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_multi_device_fit_and_training_equal_single_device():
+    """4 forced host devices in a subprocess (the device count is fixed when JAX starts)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
+    # Share the session's persistent compilation cache (tests/conftest.py), if it has one.
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "MULTI-DEVICE OK" in proc.stdout

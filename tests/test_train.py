@@ -1,0 +1,65 @@
+"""The optimiser loop: the loss decreases, non-finite steps are skipped, runs are deterministic."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from forcegp import train
+from forcegp.objectives import batch_loss
+
+SETTINGS = train.TrainSettings(epochs=3, batch_size=4, lr=2e-2, lr_mlp=1e-2)
+full_loss = eqx.filter_jit(batch_loss)
+
+
+def leaves(tree):
+    return [np.asarray(v) for v in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(v)]
+
+
+@pytest.fixture(scope="module")
+def trained(small_problem):
+    pb = small_problem
+    return train.run(pb.model, pb.x, pb.y, pb.g, SETTINGS, key=jax.random.key(1))
+
+
+def test_training_decreases_the_loss(small_problem, trained):
+    pb = small_problem
+    data = (jnp.asarray(pb.x), jnp.asarray(pb.y), jnp.asarray(pb.g))
+    before = float(full_loss(pb.model.hyper, pb.model, *data))
+    after = float(full_loss(trained.hyper, pb.model, *data))
+    assert np.isfinite(before) and np.isfinite(after)
+    assert after < before - 0.01 * abs(before)
+    history = trained.history
+    assert [r["epoch"] for r in history] == [1, 2, 3] and trained.epoch == 3
+    assert all(r["skipped_steps"] == 0 for r in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_same_key_gives_identical_hyperparameters(small_problem, trained):
+    pb = small_problem
+    again = train.run(pb.model, pb.x, pb.y, pb.g, SETTINGS, key=jax.random.key(1))
+    for a, b in zip(leaves(again.hyper), leaves(trained.hyper), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again.history == trained.history
+
+
+def test_non_finite_step_is_skipped(small_problem):
+    """A NaN energy poisons exactly one batch per epoch: those steps are skipped."""
+    pb = small_problem
+    y = np.array(pb.y, copy=True)
+    y[5] = np.nan
+    # Same settings as the other runs, so the compiled step is shared (persistent cache).
+    state = train.run(pb.model, pb.x, y, pb.g, SETTINGS, key=jax.random.key(1))
+    assert [r["skipped_steps"] for r in state.history] == [1, 2, 3]
+    assert train.skipped_steps(state.opt_state) == 3
+    assert train.all_finite(state.hyper)
+    assert all(np.isfinite(r["loss"]) for r in state.history)
+    # The other steps were applied.
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(leaves(state.hyper), leaves(pb.model.hyper), strict=True)
+    ]
+    assert all(changed)
