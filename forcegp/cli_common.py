@@ -253,6 +253,10 @@ def model_summary(gp, header: dict) -> dict:
     }
 
 
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def format_summary(path, s: dict) -> str:
     t, h, hist, cfg = s["training"], s["hyperparameters"], s["history"], s["config"]
     settings = t.get("settings") or {}
@@ -266,7 +270,8 @@ def format_summary(path, s: dict) -> str:
         f"training:  {t.get('n_structures', '?')} structures, fingerprint {fingerprint[:16]}, "
         f"from {', '.join(t.get('sources') or ['?'])}",
         "settings:  " + ", ".join(f"{k}={v}" for k, v in settings.items()),
-        f"history:   {hist['epochs']} epochs, loss {hist['first_loss']} -> {hist['last_loss']}, "
+        f"history:   {hist['epochs']} epochs, loss {_num(hist['first_loss'])} -> "
+        f"{_num(hist['last_loss'])}, "
         f"{hist['skipped_steps']} skipped steps",
     ]
     rows = [

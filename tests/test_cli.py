@@ -33,10 +33,12 @@ def invoke(*args):
 
 def one_line_error(result, code):
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    err = result.stderr.strip()
-    assert err.startswith("forcegp: error: "), err
-    assert "\n" not in err and "Traceback" not in result.output
-    return err
+    # Progress lines may come first; the error is one line, the last, and has no traceback.
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("forcegp: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    return errors[0]
 
 
 @pytest.fixture(scope="module")
