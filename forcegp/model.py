@@ -79,7 +79,9 @@ class Config:
 
 
 def softplus_inv(y: float) -> float:
-    return float(np.log(np.expm1(y)))
+    """Inverse of softplus, exact and overflow-free (softplus(y) = y to float64 beyond 40)."""
+    y = float(y)
+    return y if y > 40.0 else float(np.log(np.expm1(y)))
 
 
 class Stats(eqx.Module):
@@ -276,3 +278,23 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
     )
     post = Posterior(z((k,)), z((k, k))) if with_posterior else None
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
+
+
+def explicit_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """Rows (1+D, F) of the explicit block alone at one structure (symmetrised if configured)."""
+
+    def one(xp):
+        v = descriptor(config, stats, xp)
+        dv_dx = jax.jacfwd(lambda y: descriptor(config, stats, y))(xp)
+        return _explicit_rows(config, stats, hyper, v, dv_dx)
+
+    if config.n_permutations <= 1:
+        return one(x)
+
+    def permuted(perm):
+        idx = _perm_index(perm)
+        r = one(x[idx])
+        inv = jnp.argsort(idx)
+        return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
+
+    return jnp.mean(jax.lax.map(permuted, stats.permutations), axis=0)

@@ -17,12 +17,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .errors import NumericalError, ResourceError
-import optax
-
 from .model import (
     NOISE_FLOOR,
     SCALE_FLOOR,
@@ -199,7 +198,7 @@ def solve(
     )
 
 
-def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 200):
+def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 60):
     """Exact full-data maximum likelihood for the output scale c and both noise levels.
 
     The batch objective sees only small batches, which biases the noise levels; with the
@@ -207,13 +206,15 @@ def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 200):
     K x K Cholesky per evaluation. Returns (scale, noise_e, noise_f).
     """
     h = model.hyper
-    start = jnp.log(jnp.array([1.0, float(h.noise_energy), float(h.noise_force)]))
+    start = jnp.log(
+        jnp.array([1.0, float(h.noise_energy) - NOISE_FLOOR, float(h.noise_force) - NOISE_FLOOR])
+    )
 
     def loss(logs):
         s, be, bf = jnp.exp(logs)
         return exact_nll(suff, s, be + NOISE_FLOOR, bf + NOISE_FLOOR)
 
-    opt = optax.adam(0.05)
+    opt = optax.adam(0.1)
     state = opt.init(start)
     grad = jax.jit(jax.value_and_grad(loss))
     logs, best, best_logs = start, float("inf"), start

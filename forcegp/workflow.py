@@ -19,7 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from . import posterior
 from .data import Dataset
 from .errors import ForceGPError, InputError, NumericalError
-from .init import initialize, standardise_targets
+from .init import initialize, match_prior_scale, standardise_targets
 from .io import (
     CHECKPOINT_FORMAT,
     check_numbers,
@@ -30,6 +30,7 @@ from .io import (
     save_checkpoint,
 )
 from .model import Config, ForceGP
+from .stagewise import explicit_prefit, soft_only
 from .train import TrainSettings, TrainState, all_finite, optimizer, run, with_hyper
 
 #: Largest number of atom permutations the symmetrised model averages over (--symmetrize).
@@ -167,6 +168,14 @@ def train_model(
     fingerprint = train.fingerprint()
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
 
+    # Stagewise selection (forcegp.stagewise): the explicit block is fitted exactly first and
+    # DSoftKI is trained on its residual. Deterministic given the seed, so a resumed run
+    # recomputes exactly the residuals of the interrupted one.
+    x, y, g = _standardised(model, train)
+    say("message", {"text": "fitting the explicit block"})
+    model, y_res, g_res = explicit_prefit(model, x, y, g)
+    model = match_prior_scale(model, x, g_res)
+
     state = None
     if checkpoint is not None and resume:
         if Path(checkpoint).exists():
@@ -179,7 +188,6 @@ def train_model(
         else:
             say("message", {"text": f"no checkpoint {checkpoint} yet; starting from scratch"})
 
-    x, y, g = _standardised(model, train)
     done = {"epoch": state.epoch if state else 0, "saved": None}
     started = time.perf_counter()
 
@@ -202,8 +210,8 @@ def train_model(
     train_mesh = mesh if n_dev > 1 else None
     try:
         state = run(
-            model, x, y, g, settings, key=key_train, state=state, mesh=train_mesh,
-            on_epoch=on_epoch,
+            soft_only(model), x, y_res, g_res, settings, key=key_train, state=state,
+            mesh=train_mesh, on_epoch=on_epoch,
         )  # fmt: skip
     except KeyboardInterrupt:
         # Ctrl-C may land between writing a checkpoint and noting it: ask the file itself.
