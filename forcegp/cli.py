@@ -324,7 +324,8 @@ def info(model, as_json, plot) -> None:
         from .plots import plot_history
 
         scale = float(gp.stats.energy_scale)
-        for path in plot_history(header, plot, energy_scale=scale, title=model.name):
+        noise = (float(gp.hyper.noise_energy), float(gp.hyper.noise_force))
+        for path in plot_history(header, plot, energy_scale=scale, final_noise=noise, title=model.name):
             click.echo(f"wrote {path}", err=as_json)  # keep stdout pure JSON with --json
 
 
@@ -334,9 +335,7 @@ def info(model, as_json, plot) -> None:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("start", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path), help="extxyz to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="extxyz to write.")
 @click.option("--steps", required=True, type=click.IntRange(min=1), help="MD steps to run.")
 @click.option("--temperature", required=True, type=click.FloatRange(min=0), help="Temperature (K).")
 @click.option(
@@ -369,9 +368,7 @@ def info(model, as_json, plot) -> None:
     help="Stop when a force component's predicted std exceeds this (eV/Å); the frame that "
     "did it is written last, with info trigger=True.",
 )
-@click.option(
-    "--seed", default=0, show_default=True, type=int, help="Seed of velocities and noise."
-)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of velocities and noise.")
 @click.option(
     "--frame",
     default=0,
@@ -404,9 +401,7 @@ def md(model, start, output, frame, **opts) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("candidates", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-n", "count", required=True, type=click.IntRange(min=1), help="Frames to pick.")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path), help="extxyz to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="extxyz to write.")
 @click.option(
     "--batch-aware/--greedy-std",
     default=True,
