@@ -366,7 +366,8 @@ def info(model, as_json, plot) -> None:
     "--max-force-std",
     type=click.FloatRange(min=0, min_open=True),
     help="Stop when a force component's predicted std exceeds this (eV/Å); the frame that "
-    "did it is written last, with info trigger=True.",
+    "did it is written last, with info trigger=True. The std includes the learned noise, so set "
+    "it above the model's typical value (forcegp predict shows it).",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of velocities and noise.")
 @click.option(

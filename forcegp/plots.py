@@ -123,7 +123,7 @@ def plot_test(model, data: Dataset, directory, *, title: str | None = None) -> l
     parity_energy.png, parity_forces.png (force components); calibration_forces.png (force
     components: RMSE per bin of predicted std against the bin's RMS std, log-log, y = x);
     calibration_structures.png (per structure: force RMSE against RMS predicted force std).
-    Energies in eV, forces in meV/Å.
+    Energies in meV relative to the mean reference energy, forces in meV/Å.
     """
     from .posterior import predict
     from .workflow import _check_labelled
@@ -142,7 +142,15 @@ def plot_predictions(energies, forces, pred: dict, directory, *, title: str = ""
     directory = prepare_directory(directory)
     paths = []
     fig, (ax,) = _figure()
-    parity_axes(ax, energies, pred["energy"], quantity="energy", unit="eV")
+    offset = float(np.mean(energies))  # absolute energies (-4209.6 eV) make unreadable ticks
+    parity_axes(
+        ax,
+        np.asarray(energies) - offset,
+        np.asarray(pred["energy"]) - offset,
+        quantity=f"energy − ({offset:.3f} eV)",
+        unit="meV",
+        scale=1e3,
+    )
     ax.set_title(f"energy: {title}", fontsize=9)
     paths.append(_save(fig, directory / "parity_energy.png"))
 
@@ -203,7 +211,11 @@ def plot_history(
 
     epochs = column("epoch")
     fig, (ax_loss, ax_noise) = _figure(ncols=2)
-    ax_loss.plot(epochs, column("loss"), "o-", ms=3, lw=1)
+    loss = column("loss")
+    ax_loss.plot(epochs, loss, "o-", ms=3, lw=1)
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite.min() > 0 and finite.max() > 20 * finite.min():
+        ax_loss.set_yscale("log")  # the first epochs would flatten the rest
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss (batch NLL per observation, standardised)")
     ax_loss.set_title(f"loss: {title}", fontsize=9)
@@ -217,7 +229,7 @@ def plot_history(
     ax_noise.set_xlabel("epoch")
     ax_noise.set_ylabel("learned noise std")
     ax_noise.legend(frameon=False, fontsize=8)
-    ax_noise.set_title("observation noise", fontsize=9)
+    ax_noise.set_title("observation noise per epoch (dashed: the model's final noise)", fontsize=9)
     for ax in (ax_loss, ax_noise):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
