@@ -182,6 +182,7 @@ def read_dataset(
     energy_unit: str | None = None,
     length_unit: str | None = None,
     require_labels: bool = True,
+    allow_predicted: bool = False,
     index=":",
 ) -> Dataset:
     """Read and check one or more files of the same molecule into one :class:`Dataset`.
@@ -193,6 +194,11 @@ def read_dataset(
     by default ASE formats are eV and Å, and npz files must say their energy unit.
     ``require_labels=False`` accepts unlabelled frames (energies/forces None unless every
     frame has them). ``index`` picks frames of each file, in ASE syntax (":", "-1", "0:100").
+
+    Frames written by ``forcegp md`` (info forcegp_predicted) or ``forcegp predict`` carry the
+    model's own predictions as energy and forces. Where labels are required they are refused,
+    as training or testing on them would be circular, unless ``allow_predicted=True``; with
+    ``require_labels=False`` (positions wanted) they are read as they are.
 
     Raises InputError, with one line naming the file, frame and fix, for any bad input.
     """
@@ -210,6 +216,7 @@ def read_dataset(
             energy_unit=energy_unit,
             length_unit=length_unit,
             require_labels=require_labels,
+            allow_predicted=allow_predicted,
             index=index,
         )
         check_frames(frames, path, reference)
@@ -251,9 +258,7 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
     sources = tuple(dict.fromkeys(s for d in datasets for s in d.sources))
-    return Dataset(
-        first.numbers, joined("positions"), joined("energies"), joined("forces"), sources
-    )
+    return Dataset(first.numbers, joined("positions"), joined("energies"), joined("forces"), sources)
 
 
 def _formula(numbers) -> str:

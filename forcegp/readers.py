@@ -65,7 +65,7 @@ def read_file(path: Path, **options) -> Frames:
     """Read one file (.npz or anything ase.io.read knows) into :class:`Frames`.
 
     ``options`` are read_dataset's keyword arguments: energy_key, forces_key, energy_unit,
-    length_unit, require_labels, index.
+    length_unit, require_labels, allow_predicted, index.
     """
     if not path.exists():
         raise fail(path, "no such file; check the path")
@@ -124,9 +124,7 @@ def check_frames(frames: Frames, path, reference: tuple[np.ndarray, object] | No
             )
         bad = np.flatnonzero((row < 1) | (row > MAX_Z))
         if bad.size:
-            raise fail(
-                path, f"atom {bad[0]} has atomic number {row[bad[0]]}, not an element", frame
-            )
+            raise fail(path, f"atom {bad[0]} has atomic number {row[bad[0]]}, not an element", frame)
         diff = np.flatnonzero(row != ref_numbers)
         if diff.size:
             i = diff[0]
@@ -153,7 +151,17 @@ def check_frames(frames: Frames, path, reference: tuple[np.ndarray, object] | No
 # --- ASE formats --------------------------------------------------------------------------------
 
 
-def _read_ase(path, *, energy_key, forces_key, energy_unit, length_unit, require_labels, index):
+def _read_ase(
+    path,
+    *,
+    energy_key,
+    forces_key,
+    energy_unit,
+    length_unit,
+    require_labels,
+    index,
+    allow_predicted=False,
+):
     try:
         fmt = filetype(str(path))
     except Exception as exc:
@@ -185,6 +193,9 @@ def _read_ase(path, *, energy_key, forces_key, energy_unit, length_unit, require
     e_factor = units.energy_factor(energy_unit) if energy_unit is not None else 1.0
     l_factor = units.length_factor(length_unit) if length_unit is not None else 1.0
     pairs = list(zip(images, ids, strict=True))
+    if require_labels and not allow_predicted:
+        for atoms, frame in pairs:
+            _refuse_predictions(path, atoms, int(frame), energy_key, forces_key)
     energies = [_frame_label(path, a, f, energy_key, "energy") for a, f in pairs]
     forces = [_frame_label(path, a, f, forces_key, "forces") for a, f in pairs]
     for values, what, key, defaults in (
@@ -226,6 +237,40 @@ def _frame_label(path, atoms, frame, key, what) -> np.ndarray | None:
     if array.shape != shape and not (what == "energy" and array.size == 1):
         raise fail(path, f"{what} has shape {array.shape}, expected {shape}", frame)
     return array.reshape(shape)
+
+
+def _refuse_predictions(path, atoms, frame, energy_key, forces_key) -> None:
+    """Refuse a frame whose energy or forces would be a forcegp prediction, not a reference label.
+
+    ``forcegp md`` marks its frames info["forcegp_predicted"]; ``forcegp predict`` writes
+    info["forcegp_energy"] and arrays["forcegp_forces"]. Both store the prediction as the standard
+    energy and forces, which reading moves into the calculator. Labels from there or from a
+    forcegp_* key are predictions; other keys (predict's ref_energy / ref_forces) are accepted.
+    """
+    from_md = bool(atoms.info.get("forcegp_predicted", False))
+    from_predict = "forcegp_energy" in atoms.info or "forcegp_forces" in atoms.arrays
+    if not (from_md or from_predict):
+        return
+    results = getattr(atoms.calc, "results", None) or {}
+
+    def predicted(key, store) -> bool:
+        if key is None or key.startswith("forcegp_"):
+            return True  # the defaults look at the calculator first
+        return key not in store and results.get(key) is not None
+
+    if not (predicted(energy_key, atoms.info) or predicted(forces_key, atoms.arrays)):
+        return
+    if from_md:
+        fix = (
+            "label it with a reference method (forcegp select picks which frames) and drop its"
+            " info forcegp_predicted before training or testing on it"
+        )
+    else:
+        fix = (
+            "forcegp predict keeps reference labels, where the input had them, as ref_energy /"
+            " ref_forces: pass --energy-key ref_energy --forces-key ref_forces"
+        )
+    raise fail(path, f"holds forcegp predictions, not reference labels; {fix}", frame)
 
 
 def _no_labels(path, what, looked, frame=None) -> InputError:
@@ -278,7 +323,17 @@ def _check_xyz_layout(path) -> None:
 # --- npz ----------------------------------------------------------------------------------------
 
 
-def _read_npz(path, *, energy_key, forces_key, energy_unit, length_unit, require_labels, index):
+def _read_npz(
+    path,
+    *,
+    energy_key,
+    forces_key,
+    energy_unit,
+    length_unit,
+    require_labels,
+    index,
+    allow_predicted=False,  # npz files never hold forcegp predictions
+):
     arrays, names = _load_npz(path, energy_key, forces_key)
     if arrays["R"] is None:
         raise fail(
@@ -390,9 +445,7 @@ def _unit_text(path, array, name) -> str | None:
     if array is None:
         return None
     if array.size != 1 or array.dtype.kind not in "US":
-        raise fail(
-            path, f"{name} is not a string (it has dtype {array.dtype}, shape {array.shape})"
-        )
+        raise fail(path, f"{name} is not a string (it has dtype {array.dtype}, shape {array.shape})")
     value = array.reshape(()).item()
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -421,8 +474,7 @@ def _npz_factors(path, arrays, energy_unit, length_unit, *, labelled):
     r_unit = length_unit or _unit_text(path, arrays["r_unit"], "r_unit") or fields.get("R") or "Ang"
     if labelled and e_unit is None:
         raise InputError(
-            f"energy unit unknown for {path}: pass --energy-unit"
-            " (rMD17 and MD17 files are kcal/mol)"
+            f"energy unit unknown for {path}: pass --energy-unit (rMD17 and MD17 files are kcal/mol)"
         )
     try:
         l_factor = units.length_factor(r_unit)
