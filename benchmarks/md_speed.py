@@ -1,0 +1,254 @@
+"""Prediction speed through the ASE calculator on aspirin (21 atoms): per call, with and without
+uncertainties, and per MD step.
+
+    python benchmarks/md_speed.py                   # default model shapes, about 2 minutes
+    python benchmarks/md_speed.py --model aspirin.fgp
+    python benchmarks/md_speed.py --quick           # smoke test (tiny model)
+
+Model: a model file (--model), or forcegp.train_model with the default Config() and
+TrainSettings() except epochs=1, on the first 200 structures of rMD17 aspirin train_01. The cost of
+a prediction depends on the model's shapes (K basis functions, 21 atoms), not on how well it is
+trained, so one epoch is enough for timing.
+
+Timed after warm-up (the first call of each kind compiles), each call on a new geometry (the
+previous one plus 0.001 Å noise, so ASE's cache never answers):
+  * energy + forces: atoms.get_forces() (the calculator's fast path); target <= 1 ms;
+  * with uncertainties: calc.get_property("forces_std", atoms), which also gives the energy, the
+    forces and energy_std in the same call; target <= 5 ms;
+  * MD: VelocityVerlet, 0.5 fs, 300 K start, time per step; once with the plain calculator and
+    once reading the force std every step, the way `forcegp md --max-force-std` does it
+    (forcegp.md.make_calculator(monitor=True): one compiled call per step gives both).
+No recompilation: the calculators' trace counters (n_traces) and JAX's compile events must not
+grow during the timed part. Per-call times are median, minimum and 90th percentile: the machine
+may be shared, and the minimum is the least disturbed call.
+
+Results: benchmarks/results/md_speed.json and md_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+QUICK_CONFIG = {"n_inducing": 16, "n_features": 4, "width": 8, "depth": 1, "explicit_dim": 4}
+TARGET_FAST_MS = 1.0
+TARGET_STD_MS = 5.0
+
+
+def get_model(args):
+    from forcegp import TrainSettings, load_model, read_dataset, train_model
+
+    if args.model:
+        return load_model(args.model)[0], f"model file {args.model}"
+    data = read_dataset(common.rmd17_path("aspirin", "train"), energy_unit="kcal/mol")
+    n = 32 if args.quick else args.train_n
+    settings = dataclasses.replace(TrainSettings(), epochs=1)
+    t0 = time.perf_counter()
+    model, _ = train_model(
+        data.subset(np.arange(n)),
+        settings=settings,
+        seed=0,
+        valid=data.subset(np.arange(n, n + 16)),
+        config_kwargs=QUICK_CONFIG if args.quick else None,
+    )
+    config = "tiny config" if args.quick else "default Config()"
+    return model, (
+        f"train_model on {n} rMD17 aspirin structures, {config}, epochs=1 "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+
+
+def time_calls(atoms, call, repeats: int, rng) -> np.ndarray:
+    """Seconds per call, each on a freshly displaced geometry."""
+    ref = atoms.positions.copy()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        atoms.positions = ref + 1e-3 * rng.standard_normal(ref.shape)
+        t0 = time.perf_counter()
+        call()
+        times[i] = time.perf_counter() - t0
+    atoms.positions = ref
+    return times
+
+
+def stats_ms(times: np.ndarray) -> dict:
+    ms = 1000 * times
+    return {
+        "median_ms": float(np.median(ms)),
+        "min_ms": float(np.min(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "calls": len(ms),
+    }
+
+
+def md_run(atoms, calc, *, watch_std: bool):
+    """A 0.5 fs VelocityVerlet from 300 K velocities, warmed up by 5 steps (compiles)."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    common.thermalize(atoms, 300, seed=1)
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    if watch_std:  # what forcegp md does with --max-force-std: read the std after every step
+        dyn.attach(lambda: calc.get_property("forces_std", atoms).max(), interval=1)
+    dyn.run(5)
+    return atoms, dyn
+
+
+def time_md(atoms, dyn, steps: int) -> dict:
+    e0 = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    seconds = time.perf_counter() - t0
+    e1 = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+    return {"step_ms": 1000 * seconds / steps, "energy_drift_eV": e1 - e0}
+
+
+def run(args) -> dict:
+    common.enable_x64()
+    from ase import Atoms
+
+    from forcegp import ForceGPCalculator, read_dataset
+    from forcegp.md import make_calculator
+
+    model, source = get_model(args)
+    test = read_dataset(common.rmd17_path("aspirin", "test"), energy_unit="kcal/mol")
+    atoms = Atoms(numbers=test.numbers, positions=test.positions[0])
+    calc = ForceGPCalculator(model)
+    atoms.calc = calc
+    rng = np.random.default_rng(0)
+
+    def with_std():
+        return calc.get_property("forces_std", atoms)
+
+    t0 = time.perf_counter()
+    atoms.get_forces()
+    first_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with_std()
+    first_std = time.perf_counter() - t0
+    time_calls(atoms, atoms.get_forces, 5, rng)
+    time_calls(atoms, with_std, 5, rng)
+    md_plain = md_run(atoms, ForceGPCalculator(model), watch_std=False)
+    md_watch = md_run(atoms, make_calculator(model, monitor=True), watch_std=True)
+    calcs = (calc, md_plain[0].calc, md_watch[0].calc)
+    traces_before = [c.n_traces for c in calcs]
+
+    with common.count_compilations() as compiled:
+        fast = time_calls(atoms, atoms.get_forces, args.repeats, rng)
+        full = time_calls(atoms, with_std, args.repeats, rng)
+        md = time_md(*md_plain, args.md_steps)
+        md_std = time_md(*md_watch, args.md_steps)
+    traces_after = [c.n_traces for c in calcs]
+
+    out = {
+        "model": source,
+        "config": model.config.to_dict(),
+        "K": model.config.n_basis,
+        "n_atoms": model.n_atoms,
+        "first_call_fast_s": first_fast,
+        "first_call_std_s": first_std,
+        "energy_forces": stats_ms(fast),
+        "with_std": stats_ms(full),
+        "md_steps": args.md_steps,
+        "md": md,
+        "md_with_std": md_std,
+        "traces_before_timing": traces_before,
+        "traces_after_timing": traces_after,
+        "compiled_during_timing": compiled,
+        "no_recompilation": not compiled and traces_after == traces_before,
+    }
+    out["meets_fast_target"] = out["energy_forces"]["median_ms"] <= TARGET_FAST_MS
+    out["meets_std_target"] = out["with_std"]["median_ms"] <= TARGET_STD_MS
+    return out
+
+
+COLUMNS = [
+    ("what", "per call"),
+    ("median_ms", "median (ms)"),
+    ("min_ms", "min (ms)"),
+    ("p90_ms", "p90 (ms)"),
+    ("calls", "calls"),
+    ("target", "target"),
+    ("met", "median meets target"),
+]
+
+
+def markdown(r: dict, info: dict, quick: bool) -> str:
+    rows = [
+        {
+            "what": "energy + forces (atoms.get_forces)",
+            **r["energy_forces"],
+            "target": f"<= {TARGET_FAST_MS} ms",
+            "met": r["meets_fast_target"],
+        },
+        {
+            "what": "+ uncertainties (get_property('forces_std'))",
+            **r["with_std"],
+            "target": f"<= {TARGET_STD_MS} ms",
+            "met": r["meets_std_target"],
+        },
+        {"what": "MD step (VelocityVerlet)", "median_ms": r["md"]["step_ms"]},
+        {"what": "MD step, force std every step", "median_ms": r["md_with_std"]["step_ms"]},
+    ]
+    parts = [
+        "# forcegp prediction speed (aspirin, ASE calculator)",
+        "",
+        common.machine_markdown(info),
+        "",
+    ]
+    if quick:
+        parts += ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
+    parts += [
+        f"Model: {r['model']}; K = {r['K']} basis functions, {r['n_atoms']} atoms.",
+        "",
+        common.md_table(rows, COLUMNS),
+        "",
+        f"MD rows: mean over {r['md_steps']} steps. First calls (compilation): energy+forces "
+        f"{r['first_call_fast_s']:.2f} s, with uncertainties {r['first_call_std_s']:.2f} s. "
+        f"Recompilation during timing: {'none' if r['no_recompilation'] else 'YES'} (calculator "
+        f"traces {r['traces_before_timing']} → {r['traces_after_timing']}, XLA compilations "
+        f"{len(r['compiled_during_timing'])}). Energy drift over the MD runs: "
+        f"{r['md']['energy_drift_eV']:.2e} and {r['md_with_std']['energy_drift_eV']:.2e} eV.",
+    ]
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common.add_common_args(p)
+    p.add_argument("--model", default=None, help="a forcegp model file (default: train one)")
+    p.add_argument("--train-n", type=int, default=200, help="structures to train on (200)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls of each kind (500)")
+    p.add_argument("--md-steps", type=int, default=None, help="timed MD steps (300)")
+    p.add_argument("--name", default="md_speed", help="results file name (md_speed)")
+    args = p.parse_args(argv)
+    if args.quick:
+        common.use_quick_compile_cache()
+    args.repeats = args.repeats or (20 if args.quick else 500)
+    args.md_steps = args.md_steps or (10 if args.quick else 300)
+    info = common.machine_info()
+    result = run(args)
+    info["load_average_end"] = common.load_average()
+    info["peak_rss_gib"] = common.peak_rss_self() / common.GiB
+    payload = {"benchmark": "md_speed", "argv": sys.argv[1:] if argv is None else list(argv)}
+    payload |= {"quick": args.quick, "machine": info, "result": result}
+    md = markdown(result, info, args.quick)
+    print(md)
+    common.write_results(args.name, payload, md, common.results_dir(args))
+    return 0 if result["no_recompilation"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

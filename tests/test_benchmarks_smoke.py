@@ -1,0 +1,141 @@
+"""Smoke tests of the benchmark scripts (benchmarks/): each script's --quick setting runs, as a user
+would run it, and writes its results into a temporary folder; the helpers they share measure what
+they claim.
+
+--quick uses tiny models and the persistent compilation cache of conftest.py, so after the first
+run on a machine the whole file takes about a minute on 2 busy cores. The rMD17 files come from
+$FORCEGP_PUBLISHED or ../shared/data/published; the tests that need them skip without them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import common  # noqa: E402
+
+needs_data = pytest.mark.skipif(
+    not (common.DATA / "rmd17_aspirin_train_01.npz").exists(),
+    reason=f"rMD17 data not found in {common.DATA} (set FORCEGP_PUBLISHED)",
+)
+
+
+def run_script(name: str, out: Path, *extra: str) -> dict:
+    cmd = [sys.executable, BENCH / f"{name}.py", "--quick", "--out", out, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH.parent, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (out / f"{name}.md").read_text().startswith("# ")
+    payload = json.loads((out / f"{name}.json").read_text())
+    assert payload["quick"] is True and payload["machine"]["jax"]
+    return payload
+
+
+def test_md_table_and_fmt():
+    table = common.md_table([{"a": 1, "b": 0.12345}, {"a": 2}], [("a", "A"), ("b", "B")])
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| 1 | 0.123 |", "| 2 | – |"]
+    assert [common.fmt(v) for v in (None, True, 1234.5, 22.578, 0.0)] == [
+        "–",
+        "yes",
+        "1234",
+        "22.58",
+        "0",
+    ]
+
+
+def test_run_measured_reports_the_childs_peak_rss_and_kills_on_timeout():
+    code = "import numpy as np; a = np.ones(40 * 2**20 // 8); print(a.sum())"
+    res = common.run_measured([sys.executable, "-c", code], echo=False)
+    assert res["rc"] == 0 and res["peak_rss_bytes"] > 40 * 2**20  # the 40 MiB array, resident
+    stuck = common.run_measured(
+        [sys.executable, "-c", "import time; time.sleep(30)"], echo=False, timeout=1
+    )
+    assert stuck["timed_out"] and stuck["rc"] is None and stuck["wall_s"] < 10
+
+
+def test_count_compilations_sees_new_programs_only():
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda v: jnp.sin(v) * 3.0)
+    a, b = jnp.ones(7), jnp.zeros(7)
+    with common.count_compilations() as first:
+        f(a)
+    with common.count_compilations() as again:
+        f(b)
+    assert len(first) == 1 and again == []
+
+
+def test_harmonic_labels_are_minus_the_energy_gradient():
+    import scaling
+
+    numbers, ref = scaling.random_chain(12)
+    pos = ref + 0.05 * np.random.default_rng(0).standard_normal((2, 12, 3))
+    energy, forces = scaling.harmonic_labels(pos, ref)
+    step = np.zeros_like(pos)
+    step[:, 5, 1] = 1e-6
+    fd = (
+        scaling.harmonic_labels(pos - step, ref)[0] - scaling.harmonic_labels(pos + step, ref)[0]
+    ) / 2e-6
+    np.testing.assert_allclose(forces[:, 5, 1], fd, rtol=1e-6, atol=1e-9)
+    assert np.all(energy > 0) and np.abs(forces.sum(axis=1)).max() < 1e-12
+
+
+@needs_data
+def test_scaling_datasets():
+    import scaling
+
+    sizes = {
+        "ethanol": 9,
+        "aspirin": 21,
+        "azobenzene": 24,
+        "ala3-synthetic": 42,
+        "chain56-synthetic": 56,
+    }
+    assert set(sizes) == set(scaling.MOLECULES)
+    for name, n_atoms in sizes.items():
+        data, desc = scaling.make_dataset(name, 5)
+        assert (data.n_frames, data.n_atoms) == (5, n_atoms), desc
+        assert np.all(np.isfinite(data.forces)) and np.all(np.isfinite(data.energies))
+
+
+@pytest.mark.slow
+@needs_data
+def test_md_speed_quick(tmp_path):
+    r = run_script("md_speed", tmp_path)["result"]
+    assert r["no_recompilation"], r["compiled_during_timing"]
+    assert (
+        r["energy_forces"]["calls"] == 20 and r["md"]["step_ms"] > 0 and r["md_with_std"]["step_ms"] > 0
+    )
+
+
+@pytest.mark.slow
+@needs_data
+def test_scaling_quick(tmp_path):
+    res = run_script("scaling", tmp_path)["results"]
+    (row,) = res["n"]
+    assert row["epoch_s"] > 0 and row["accumulate_warm_s"] > 0 and row["gemm_bound_s"] > 0
+    assert row["compilations_in_epoch_2"] == 0 and row["compiled_in_warm_accumulate"] == []
+    (mem,) = res["memory"]
+    assert mem["chunk"] < 64 and mem["estimate_bytes"] <= 0.001 * common.GiB  # the limit took effect
+
+
+@pytest.mark.slow
+@needs_data
+def test_vs_sgdml_quick_only_forcegp_keeps_the_stored_sgdml_rows(tmp_path):
+    """sGDML first (skipped and recorded as such without .venv-sgdml), then forcegp alone."""
+    first = run_script("vs_sgdml", tmp_path, "--only", "sgdml")
+    (before,) = first["rows"]
+    assert "forcegp" not in before and ("sgdml" in before or before["sgdml_skipped"])
+    second = run_script("vs_sgdml", tmp_path, "--only", "forcegp")
+    (after,) = second["rows"]
+    assert after["n"] == 20 and after["forcegp"]["forces_mae_meV_A"] > 0
+    assert after["forcegp"]["md_traces"] == 1
+    for key in ("sgdml", "sgdml_skipped"):
+        assert after.get(key) == before.get(key)
