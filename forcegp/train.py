@@ -43,9 +43,7 @@ def _labels(hyper: Hyper):
     """'mlp' for the deep-kernel weights, 'gp' for everything else (own learning rates)."""
     labels = jax.tree_util.tree_map(lambda _: "gp", hyper)
     if hyper.mlp is not None:
-        labels = eqx.tree_at(
-            lambda h: h.mlp, labels, jax.tree_util.tree_map(lambda _: "mlp", hyper.mlp)
-        )
+        labels = eqx.tree_at(lambda h: h.mlp, labels, jax.tree_util.tree_map(lambda _: "mlp", hyper.mlp))
     return labels
 
 

@@ -57,9 +57,7 @@ def _check_labelled(data: Dataset, what: str, at_least: int = 1) -> None:
             " training and evaluation need both"
         )
     if data.n_frames < at_least:
-        raise InputError(
-            f"{what} data has {data.n_frames} frame(s); at least {at_least} are needed"
-        )
+        raise InputError(f"{what} data has {data.n_frames} frame(s); at least {at_least} are needed")
 
 
 def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
@@ -78,9 +76,7 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
     if not isinstance(config.n_permutations, int) or config.n_permutations < 1:
         raise InputError(f"n_permutations must be an integer >= 1, got {config.n_permutations!r}")
     if config.descriptor not in ("inverse-distance", "cartesian"):
-        raise InputError(
-            f"unknown descriptor {config.descriptor!r}; use inverse-distance or cartesian"
-        )
+        raise InputError(f"unknown descriptor {config.descriptor!r}; use inverse-distance or cartesian")
     if config.explicit not in ("quadratic", "none"):
         raise InputError(f"unknown explicit block {config.explicit!r}; use quadratic or none")
     if n_atoms < 2:

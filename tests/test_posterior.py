@@ -112,9 +112,7 @@ def test_predictions_equal_dense_gp(small_problem, fitted_small, dense_fitted):
     pb, model = small_problem, fitted_small
     phi, lam, t = dense_fitted
     kxx = phi @ phi.T + np.diag(lam)
-    star, _, _ = dense_problem(
-        model, pb.test_positions.reshape(3, -1), np.zeros(3), np.zeros((3, 15))
-    )
+    star, _, _ = dense_problem(model, pb.test_positions.reshape(3, -1), np.zeros(3), np.zeros((3, 15)))
     # Function-space formulas: K_*x K_xx^-1 y and diag(K_** - K_*x K_xx^-1 K_x*).
     k_sx = star @ phi.T
     mean = k_sx @ np.linalg.solve(kxx, t)
@@ -126,9 +124,7 @@ def test_predictions_equal_dense_gp(small_problem, fitted_small, dense_fitted):
 
     out = posterior.predict(model, pb.test_positions)
     np.testing.assert_allclose(out["energy"], sigma * mean[:, 0] + mu, rtol=1e-10)
-    np.testing.assert_allclose(
-        out["forces"].reshape(3, -1), -sigma * mean[:, 1:], rtol=1e-6, atol=1e-8
-    )
+    np.testing.assert_allclose(out["forces"].reshape(3, -1), -sigma * mean[:, 1:], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(out["energy_std"], sigma * np.sqrt(var[:, 0] + noise[0]), rtol=1e-6)
     np.testing.assert_allclose(
         out["forces_std"].reshape(3, -1), sigma * np.sqrt(var[:, 1:] + noise[1:]), rtol=1e-6
@@ -237,9 +233,7 @@ MULTI_DEVICE = textwrap.dedent(
 def test_multi_device_fit_and_training_equal_single_device():
     """4 forced host devices in a subprocess (the device count is fixed when JAX starts)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     # Share the session's persistent compilation cache (tests/conftest.py), if it has one.
