@@ -72,16 +72,27 @@ def skipped_steps(opt_state) -> int:
     return int(opt_state.total_notfinite)
 
 
-def make_step(model: ForceGP, opt: optax.GradientTransformation):
-    static = eqx.tree_at(lambda m: m.hyper, model, replace_fn=lambda _: None)
+def strong_types(tree):
+    """``tree`` with every array leaf a strongly typed JAX array of the same dtype and shape.
 
-    @eqx.filter_jit
-    def step(hyper, opt_state, model_rest, x, y, g):
-        loss, grads = eqx.filter_value_and_grad(batch_loss)(hyper, model_rest, x, y, g)
-        updates, opt_state = opt.update(grads, opt_state, eqx.filter(hyper, eqx.is_array))
-        return eqx.apply_updates(hyper, updates), opt_state, loss
+    Leaves made from Python floats (jnp.asarray(0.05)) are weakly typed, and weak-typedness is
+    part of what a jitted function is compiled for: the step returns strongly typed leaves, so
+    feeding it weak ones would compile it a second time on its second call.
+    """
+    return jax.tree_util.tree_map(
+        lambda v: jnp.asarray(v, dtype=v.dtype) if eqx.is_array(v) else v, tree
+    )
 
-    return lambda hyper, opt_state, x, y, g: step(hyper, opt_state, static, x, y, g)
+
+@eqx.filter_jit
+def train_step(hyper, opt_state, model_rest, x, y, g, settings: TrainSettings, n_train: int):
+    """One Adam step on a batch. Module level, with the optimiser rebuilt from the static
+    (hashable) settings, so the compiled step is reused across runs, resumes and continuations
+    of the same shapes and settings. model_rest: the model with hyper=None."""
+    opt = optimizer(settings, hyper, n_train)
+    loss, grads = eqx.filter_value_and_grad(batch_loss)(hyper, model_rest, x, y, g)
+    updates, opt_state = opt.update(grads, opt_state, eqx.filter(hyper, eqx.is_array))
+    return strong_types(eqx.apply_updates(hyper, updates)), strong_types(opt_state), loss
 
 
 def epoch_key(key: jax.Array, epoch: int) -> jax.Array:
@@ -109,9 +120,9 @@ def run(
     opt = optimizer(settings, model.hyper, n)
     if state is None:
         state = TrainState(model.hyper, opt.init(eqx.filter(model.hyper, eqx.is_array)), 0, [])
-    step = make_step(model, opt)
+    model_rest = strong_types(eqx.tree_at(lambda m: m.hyper, model, replace_fn=lambda _: None))
     sharding = NamedSharding(mesh, P("batch")) if mesh is not None else None
-    hyper, opt_state = state.hyper, state.opt_state
+    hyper, opt_state = strong_types(state.hyper), strong_types(state.opt_state)
     for epoch in range(state.epoch, settings.epochs):
         order = np.asarray(jax.random.permutation(epoch_key(key, epoch), n))
         losses = []
@@ -120,7 +131,7 @@ def run(
             xb, yb, gb = x[idx], y[idx], g[idx]
             if sharding is not None:
                 xb, yb, gb = (jax.device_put(a, sharding) for a in (xb, yb, gb))
-            hyper, opt_state, loss = step(hyper, opt_state, xb, yb, gb)
+            hyper, opt_state, loss = train_step(hyper, opt_state, model_rest, xb, yb, gb, settings, n)
             losses.append(loss)
             if on_step is not None:
                 on_step(s, float(loss))

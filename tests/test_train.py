@@ -63,3 +63,41 @@ def test_non_finite_step_is_skipped(small_problem):
         for a, b in zip(leaves(state.hyper), leaves(pb.model.hyper), strict=True)
     ]
     assert all(changed)
+
+
+def count_calls(monkeypatch, module, name) -> list:
+    """Record each call of module.name; called inside a jitted function, once per trace."""
+    calls, original = [], getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_step_compiles_once_per_shapes_and_settings(small_problem, monkeypatch, tmp_path):
+    """One trace of the step: not again on its second call (the step returns leaves of the types
+    it was given), nor for a second run or one resumed from a checkpoint (module-level step)."""
+    from forcegp.io import load_checkpoint, save_checkpoint
+
+    pb = small_problem
+    traces = count_calls(monkeypatch, train, "batch_loss")
+    settings = train.TrainSettings(epochs=2, batch_size=5, lr=2e-2)  # shapes of no other test
+    after_one = []
+    key = jax.random.key(2)
+    first = train.run(
+        pb.model, pb.x, pb.y, pb.g, settings, key=key,
+        on_epoch=lambda s: after_one.append(s) if s.epoch == 1 else None,
+    )  # fmt: skip
+    assert len(traces) == 1  # 4 steps, initial hyperparameters partly weakly typed
+    again = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
+    path = tmp_path / "run.ckpt"
+    save_checkpoint(path, pb.model, after_one[0], key=key, epoch=1, fingerprint="f", settings={"s": 1})
+    saved = load_checkpoint(path, pb.model, train.optimizer(settings, pb.model.hyper, 12))
+    resumed = train.run(saved.model, pb.x, pb.y, pb.g, settings, key=key, state=saved.state)
+    assert len(traces) == 1
+    for a, b, c in zip(leaves(first.hyper), leaves(again.hyper), leaves(resumed.hyper), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
