@@ -231,25 +231,31 @@ def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 60):
 
 
 def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
-    """Fold an output-scale multiplier and new noise levels into the raw hyperparameters."""
+    """Fold an output-scale multiplier and new noise levels into the raw hyperparameters.
+
+    Each new leaf keeps the dtype, shape and weak-typedness of the leaf it replaces, so what was
+    compiled for the trained model (or a model loaded from file) is reused for the result.
+    """
     h = model.hyper
     inv = softplus_inv
+    names = (
+        "raw_scale",
+        "raw_scale_linear",
+        "raw_scale_quadratic",
+        "raw_noise_energy",
+        "raw_noise_force",
+    )
+    values = (
+        inv(max(float(h.scale) * scale**2 - SCALE_FLOOR, 1e-12)),
+        inv(max(float(h.scale_linear) * scale - SCALE_FLOOR, 1e-12)),
+        inv(max(float(h.scale_quadratic) * scale - SCALE_FLOOR, 1e-12)),
+        inv(max(noise_e - NOISE_FLOOR, 1e-12)),
+        inv(max(noise_f - NOISE_FLOOR, 1e-12)),
+    )
     h = eqx.tree_at(
-        lambda t: (
-            t.raw_scale,
-            t.raw_scale_linear,
-            t.raw_scale_quadratic,
-            t.raw_noise_energy,
-            t.raw_noise_force,
-        ),
+        lambda t: tuple(getattr(t, name) for name in names),
         h,
-        (
-            jnp.asarray(inv(max(float(h.scale) * scale**2 - SCALE_FLOOR, 1e-12))),
-            jnp.asarray(inv(max(float(h.scale_linear) * scale - SCALE_FLOOR, 1e-12))),
-            jnp.asarray(inv(max(float(h.scale_quadratic) * scale - SCALE_FLOOR, 1e-12))),
-            jnp.asarray(inv(max(noise_e - NOISE_FLOOR, 1e-12))),
-            jnp.asarray(inv(max(noise_f - NOISE_FLOOR, 1e-12))),
-        ),
+        tuple(jnp.full_like(getattr(h, name), v) for name, v in zip(names, values, strict=True)),
     )
     return eqx.tree_at(lambda m: m.hyper, model, h)
 

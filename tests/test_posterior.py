@@ -97,6 +97,33 @@ def test_refinement_changes_only_scales_and_noise(small_problem, fitted_small):
     assert after <= before
 
 
+def avals(tree):
+    return [(v.dtype, v.shape, v.weak_type) for v in jax.tree_util.tree_leaves(tree) if eqx.is_array(v)]
+
+
+def test_refined_model_reuses_what_was_compiled_for_the_trained_one(small_problem):
+    """with_scale_and_noise keeps each leaf's dtype, shape and weak type: no new compilation."""
+    from forcegp.train import strong_types
+
+    pb = small_problem
+    traces = []
+
+    @eqx.filter_jit
+    def noise(model):
+        traces.append(1)
+        return model.hyper.scale * model.hyper.noise_force
+
+    # As initialised (partly weakly typed) and as training returns them (strongly typed).
+    for hyper in (pb.model.hyper, strong_types(pb.model.hyper)):
+        model = eqx.tree_at(lambda m: m.hyper, pb.model, hyper)
+        refined = posterior.with_scale_and_noise(model, 1.3, 0.2, 0.05)
+        assert avals(refined.hyper) == avals(model.hyper)
+        traces.clear()
+        noise(model), noise(refined)
+        assert len(traces) == 1
+        np.testing.assert_allclose(float(refined.hyper.noise_force), 0.05, rtol=1e-12)
+
+
 def test_exact_nll_equals_dense(small_problem, dense_initial):
     pb = small_problem
     phi, lam, t = dense_initial
