@@ -198,6 +198,16 @@ def solve(
     )
 
 
+def _refine_loss(logs, suff: Sufficient):
+    s, be, bf = jnp.exp(logs)
+    return exact_nll(suff, s, be + NOISE_FLOOR, bf + NOISE_FLOOR)
+
+
+# Module level, with the statistics an argument (not closed over): every refinement of statistics
+# of the same shapes reuses one compilation.
+_refine_value_and_grad = jax.jit(jax.value_and_grad(_refine_loss))
+
+
 def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 60):
     """Exact full-data maximum likelihood for the output scale c and both noise levels.
 
@@ -209,17 +219,11 @@ def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 60):
     start = jnp.log(
         jnp.array([1.0, float(h.noise_energy) - NOISE_FLOOR, float(h.noise_force) - NOISE_FLOOR])
     )
-
-    def loss(logs):
-        s, be, bf = jnp.exp(logs)
-        return exact_nll(suff, s, be + NOISE_FLOOR, bf + NOISE_FLOOR)
-
     opt = optax.adam(0.1)
     state = opt.init(start)
-    grad = jax.jit(jax.value_and_grad(loss))
     logs, best, best_logs = start, float("inf"), start
     for _ in range(steps):
-        val, gr = grad(logs)
+        val, gr = _refine_value_and_grad(logs, suff)
         if not bool(jnp.isfinite(val)) or not bool(jnp.all(jnp.isfinite(gr))):
             break
         if float(val) < best:

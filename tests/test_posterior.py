@@ -124,6 +124,22 @@ def test_refined_model_reuses_what_was_compiled_for_the_trained_one(small_proble
         np.testing.assert_allclose(float(refined.hyper.noise_force), 0.05, rtol=1e-12)
 
 
+def test_refine_noise_compiles_once(small_problem, monkeypatch):
+    """Repeated refinements of statistics of the same shapes reuse the compiled objective."""
+    pb = small_problem
+    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    first = posterior.refine_noise(suff, pb.model)
+    traces, original = [], posterior.exact_nll
+
+    def counting(*args):
+        traces.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(posterior, "exact_nll", counting)
+    assert posterior.refine_noise(suff, pb.model) == first
+    assert traces == []
+
+
 def test_exact_nll_equals_dense(small_problem, dense_initial):
     pb = small_problem
     phi, lam, t = dense_initial
