@@ -31,7 +31,7 @@ from .io import (
 )
 from .model import Config, ForceGP
 from .stagewise import explicit_prefit, soft_only
-from .train import TrainSettings, TrainState, all_finite, optimizer, run, with_hyper
+from .train import TrainSettings, TrainState, all_finite, optimizer, run, strong_types, with_hyper
 
 #: Largest number of atom permutations the symmetrised model averages over (--symmetrize).
 MAX_SYMMETRY_PERMUTATIONS = 24
@@ -51,13 +51,15 @@ class TrainingInterrupted(ForceGPError):
 
 
 def _check_labelled(data: Dataset, what: str, at_least: int = 1) -> None:
+    where = ", ".join(data.sources) or "in memory"
     if not data.labelled:
         raise InputError(
-            f"{what} data ({', '.join(data.sources) or 'in memory'}) has no energies and forces;"
-            " training and evaluation need both"
+            f"{what} data ({where}) has no energies and forces; training and evaluation need both"
         )
     if data.n_frames < at_least:
-        raise InputError(f"{what} data has {data.n_frames} frame(s); at least {at_least} are needed")
+        raise InputError(
+            f"{what} data ({where}) has {data.n_frames} frame(s); at least {at_least} are needed"
+        )
 
 
 def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
@@ -170,7 +172,9 @@ def train_model(
     x, y, g = _standardised(model, train)
     say("message", {"text": "fitting the explicit block"})
     model, y_res, g_res = explicit_prefit(model, x, y, g)
-    model = match_prior_scale(model, x, g_res)
+    # Strongly typed leaves, as a checkpoint or model file gives them back: fresh, resumed and
+    # loaded models then share every compilation (predict, the fit, the training step).
+    model = strong_types(match_prior_scale(model, x, g_res))
 
     state = None
     if checkpoint is not None and resume:

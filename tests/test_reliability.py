@@ -187,7 +187,6 @@ def test_single_frame(tmp_path, files):
     assert invoke("predict", files / "m.fgp", one, "-o", tmp_path / "p.extxyz").exit_code == 0
 
 
-@pytest.mark.xfail(strict=True, reason="workflow._check_labelled does not name the data file")
 def test_single_frame_message_names_the_file(tmp_path, files):
     one = tmp_path / "one.extxyz"
     ase.io.write(one, ase.io.read(files / "data.extxyz", ":1"))

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from forcegp import train as train_module
 from forcegp import workflow
 from forcegp.data import read_dataset, write_extxyz_atomic
 from forcegp.errors import InputError, ModelFileError
@@ -110,6 +111,17 @@ def test_predict_dataset_survives_extxyz(tmp_path, ethanol, trained):
         assert "ref_energy" in b.info and "ref_forces" in b.arrays
 
 
+def record_calls(monkeypatch, module, name: str, calls: list) -> None:
+    """Append ``name`` to ``calls`` on each call of module.name: once per trace when jitted."""
+    original = getattr(module, name)
+
+    def recording(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+
+
 def test_resume_after_interruption_gives_the_same_model(tmp_path, ethanol, monkeypatch):
     full, full_meta = train(ethanol, epochs=3)
 
@@ -130,6 +142,10 @@ def test_resume_after_interruption_gives_the_same_model(tmp_path, ethanol, monke
     assert read_header(tmp_path / "run.ckpt", "forcegp-checkpoint")["epoch"] == 1
     monkeypatch.undo()
 
+    # Nothing to compile again: the same shapes and settings as the uninterrupted run.
+    traces = []
+    record_calls(monkeypatch, workflow.posterior, "exact_nll", traces)
+    record_calls(monkeypatch, train_module, "batch_loss", traces)
     messages = []
     resumed, meta = train(
         ethanol,
@@ -143,6 +159,7 @@ def test_resume_after_interruption_gives_the_same_model(tmp_path, ethanol, monke
     assert meta["history"] == full_meta["history"]
     for a, b in zip(leaves(resumed), leaves(full), strict=True):
         np.testing.assert_array_equal(a, b)  # bit-identical
+    assert traces == []
 
 
 def test_interruption_before_any_checkpoint(tmp_path, ethanol, monkeypatch):
@@ -175,7 +192,7 @@ def test_resume_with_other_data_or_settings_is_refused(tmp_path, ethanol, monkey
 
 
 def test_bad_training_input(ethanol):
-    with pytest.raises(InputError, match="at least 2"):
+    with pytest.raises(InputError, match=r"data \(.*ethanol_train.extxyz\) has 1 frame.*at least 2"):
         train(ethanol.subset([0]), valid=ethanol.subset([1]))
     with pytest.raises(InputError, match="unknown model option"):
         workflow.make_config(9, {"n_inducng": 8})
