@@ -92,9 +92,7 @@ class ByteSize(click.ParamType):
 
 def defaults(cls) -> dict:
     """Field defaults of a dataclass (Config, TrainSettings): the one source of CLI defaults."""
-    return {
-        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
-    }
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 def reader_options(func):
@@ -283,8 +281,7 @@ def format_summary(path, s: dict) -> str:
         ("mean temperature", f"{h['temperature_mean']:.4g}", ""),
         (
             "lengthscales",
-            f"{h['lengthscale_min']:.3g} / {h['lengthscale_median']:.3g} / "
-            f"{h['lengthscale_max']:.3g}",
+            f"{h['lengthscale_min']:.3g} / {h['lengthscale_median']:.3g} / {h['lengthscale_max']:.3g}",
             "(min / median / max)",
         ),
     ]

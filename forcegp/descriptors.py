@@ -62,9 +62,7 @@ def symmetric_pair_orbits(numbers: np.ndarray, permutations: np.ndarray) -> np.n
     return rep
 
 
-def molecular_permutations(
-    numbers: np.ndarray, positions: np.ndarray, limit: int = 24
-) -> np.ndarray:
+def molecular_permutations(numbers: np.ndarray, positions: np.ndarray, limit: int = 24) -> np.ndarray:
     """Atom permutations that map the bonded graph of a reference geometry onto itself.
 
     Bonds: pairs closer than 1.25 x the sum of covalent radii. Returns (n_perm, n_atoms) int array,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +91,8 @@ def initialize(
     evals, evecs = np.linalg.eigh(np.cov(v, rowvar=False) + 1e-12 * np.eye(v.shape[1]))
     order = np.argsort(evals)[::-1][:q]
     projection = evecs[:, order] / np.sqrt(np.maximum(evals[order], 1e-10))[None]
+    pairs = local_pairs(config, descs)
+    config = dataclasses.replace(config, n_local=len(pairs))
 
     stats = Stats(
         jnp.asarray(desc_mean),
@@ -97,6 +101,7 @@ def initialize(
         jnp.asarray(energy_mean),
         jnp.asarray(energy_scale),
         jnp.asarray(perms, dtype=jnp.int32),
+        jnp.asarray(pairs, dtype=jnp.int32).reshape(-1, 2),
     )
     mlp = None
     if config.n_features > 0:
@@ -114,19 +119,34 @@ def initialize(
     lengthscale = max(0.5 * median, 0.1)
 
     g_rms = force_rms / energy_scale
-    n_quad = q * (q + 1) // 2
+    n_quad = max(config.n_explicit - config.n_explicit_pair, 1)
+    n_lin = config.n_explicit_pair or q
     hyper = Hyper(
         mlp=mlp,
         z=z,
         raw_temperature=jnp.full((m, p), softplus_inv(1.0 - T_FLOOR)),
         raw_lengthscale=jnp.full((p,), softplus_inv(lengthscale)),
         raw_scale=jnp.asarray(softplus_inv(1.0)),
-        raw_scale_linear=jnp.asarray(softplus_inv(max(1.0 / np.sqrt(q), 2 * SCALE_FLOOR))),
+        raw_scale_linear=jnp.asarray(softplus_inv(max(1.0 / np.sqrt(n_lin), 2 * SCALE_FLOOR))),
         raw_scale_quadratic=jnp.asarray(softplus_inv(max(0.3 / np.sqrt(n_quad), 2 * SCALE_FLOOR))),
         raw_noise_energy=jnp.asarray(softplus_inv(0.05)),
         raw_noise_force=jnp.asarray(softplus_inv(max(0.05 * g_rms, 2 * NOISE_FLOOR))),
     )
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, None)
+
+
+def local_pairs(config: Config, descs: np.ndarray) -> np.ndarray:
+    """Descriptor entries (a, b), a < b, whose product is a local term of the explicit block.
+
+    The two atom pairs share an atom and both are on average shorter than config.local_cutoff
+    over the training sample (descs: raw inverse distances, (n, P)): bond-angle-like terms.
+    """
+    if config.explicit != "polynomial" or config.descriptor != "inverse-distance":
+        return np.zeros((0, 2), dtype=np.int64)
+    i, j = descriptors.pair_indices(config.n_atoms)
+    close = np.flatnonzero(1.0 / np.mean(descs, axis=0) < config.local_cutoff)
+    out = [(a, b) for s, a in enumerate(close) for b in close[s + 1 :] if {i[a], j[a]} & {i[b], j[b]}]
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
 def _perm_idx(perm) -> np.ndarray:
@@ -155,6 +175,4 @@ def match_prior_scale(model: ForceGP, x: np.ndarray, g: np.ndarray, *, sample: i
     if not (np.isfinite(prior_var) and prior_var > 0 and data_var > 0):
         return model
     scale = float(model.hyper.scale) * data_var / prior_var
-    return eqx.tree_at(
-        lambda m: m.hyper.raw_scale, model, jnp.asarray(softplus_inv(max(scale, 1e-8)))
-    )
+    return eqx.tree_at(lambda m: m.hyper.raw_scale, model, jnp.asarray(softplus_inv(max(scale, 1e-8))))

@@ -34,7 +34,7 @@ from ase import Atoms
 from .data import atomic_write
 from .descriptors import DESCRIPTORS
 from .errors import ModelFileError, NumericalError
-from .model import Config, ForceGP, Hyper, template
+from .model import EXPLICIT_BLOCKS, Config, ForceGP, Hyper, template
 from .train import TrainState, all_finite
 
 MODEL_FORMAT = "forcegp-model"
@@ -51,6 +51,7 @@ MAX_WIDTH = 100_000
 MAX_DEPTH = 64
 MAX_EXPLICIT_DIM = 2000
 MAX_PERMUTATIONS = 100_000
+MAX_LOCAL = 200_000
 MAX_BYTES = 64 * 2**30  # largest model the shapes may describe
 
 
@@ -92,9 +93,7 @@ def check_numbers(model_numbers, numbers, what: str, data: str = "the data") -> 
     hint = ""
     if ours.shape == theirs.shape and np.array_equal(np.sort(ours), np.sort(theirs)):
         hint = "; same atoms in another order: reorder the data to the model's order"
-    raise ModelFileError(
-        f"{what} was trained for {formula(ours)}, {data} has {formula(theirs)}{hint}"
-    )
+    raise ModelFileError(f"{what} was trained for {formula(ours)}, {data} has {formula(theirs)}{hint}")
 
 
 def json_safe(value):
@@ -285,8 +284,11 @@ INT_FIELDS = {
     "depth": (0, MAX_DEPTH),
     "explicit_dim": (0, MAX_EXPLICIT_DIM),
     "n_permutations": (1, MAX_PERMUTATIONS),
+    "explicit_cubic": (0, MAX_EXPLICIT_DIM),
+    "pair_powers": (0, 8),
+    "n_local": (0, MAX_LOCAL),
 }
-CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": ("quadratic", "none")}
+CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
 
 
 def check_config(path, raw) -> Config:
@@ -308,6 +310,9 @@ def check_config(path, raw) -> Config:
     for name, choices in CHOICE_FIELDS.items():
         if raw[name] not in choices:
             raise _fail(path, f"config {name}={raw[name]!r} is not one of {list(choices)}")
+    cutoff = raw["local_cutoff"]
+    if not isinstance(cutoff, (int, float)) or isinstance(cutoff, bool) or not 0 <= cutoff < 1e3:
+        raise _fail(path, f"config local_cutoff={cutoff!r} is not a number in [0, 1000)")
     jitter = raw["jitter"]
     if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter < 1:
         raise _fail(path, f"config jitter={jitter!r} is not a number in [0, 1)")
@@ -349,9 +354,7 @@ def _skeleton(path, header: dict, *, with_posterior: bool) -> ForceGP:
     n_perm = header.get("n_permutations")
     if not _is_int(n_perm) or not 1 <= n_perm <= config.n_permutations:
         raise _fail(path, "truncated or corrupted (bad n_permutations)")
-    skeleton = eqx.filter_eval_shape(
-        lambda: template(config, numbers, with_posterior=with_posterior)
-    )
+    skeleton = eqx.filter_eval_shape(lambda: template(config, numbers, with_posterior=with_posterior))
     # The symmetry search may find fewer permutations than the configured maximum.
     perms = jax.ShapeDtypeStruct((n_perm, config.n_atoms), skeleton.stats.permutations.dtype)
     return eqx.tree_at(lambda m: m.stats.permutations, skeleton, perms)

@@ -4,8 +4,12 @@
 
 phi(x) (K,) concatenates whitened blocks of basis functions:
   * the DSoftKI block, L^T w(u(x)) with L = chol(K_zz) (design note sections 2-4);
-  * optionally an exact explicit-feature block: linear and pairwise-product terms of the
-    (PCA-projected, standardised) descriptor with learned scales.
+  * optionally an exact explicit-feature block with learned scales. "polynomial" (default): for
+    every descriptor entry v_a (a standardised inverse distance) the powers v_a, v_a^2, v_a^3
+    (pair terms: a per-pair potential), products v_a v_b of pairs that share an atom and are
+    both shorter than a cutoff (local three-body terms), and products of degree 2 and 3 of the
+    leading PCA components of v (global collective terms). "quadratic": linear and product
+    terms of the PCA components alone.
 Optionally the whole map is averaged over the atom permutations of the molecular graph
 (methyl rotations, ring flips): f_sym(x) = mean_pi f(pi x), again a GP of the same form.
 
@@ -30,6 +34,7 @@ T_FLOOR = 5e-5
 LENGTHSCALE_FLOOR = 1e-2
 NOISE_FLOOR = 1e-4
 SCALE_FLOOR = 1e-6
+EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,12 @@ class Config:
     n_features: int = 16  # p; 0 disables the deep-kernel MLP (u = standardised descriptor)
     width: int = 64
     depth: int = 2
-    explicit: str = "quadratic"  # "quadratic" or "none"
-    explicit_dim: int = 36  # PCA components of the descriptor used by the explicit block
+    explicit: str = "polynomial"  # "polynomial", "quadratic" or "none"
+    explicit_dim: int = 36  # PCA components of the descriptor in the global product terms
+    explicit_cubic: int = 16  # leading PCA components in the cubic terms ("polynomial")
+    pair_powers: int = 3  # powers of each descriptor entry ("polynomial")
+    local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
+    n_local: int = 0  # local product terms; set by init.initialize from the training geometries
     n_permutations: int = 1  # 1 = no symmetrisation
     jitter: float = 1e-6
 
@@ -64,7 +73,18 @@ class Config:
         if self.explicit == "none":
             return 0
         q = self.explicit_q
-        return q + q * (q + 1) // 2
+        if self.explicit == "quadratic":
+            return q + q * (q + 1) // 2
+        return self.n_explicit_pair + self.n_local + q * (q + 1) // 2 + self.n_explicit_cubic
+
+    @property
+    def n_explicit_pair(self) -> int:
+        return self.pair_powers * self.descriptor_size if self.explicit == "polynomial" else 0
+
+    @property
+    def n_explicit_cubic(self) -> int:
+        c = min(self.explicit_cubic, self.explicit_q) if self.explicit == "polynomial" else 0
+        return c * (c + 1) * (c + 2) // 6
 
     @property
     def explicit_q(self) -> int:
@@ -93,6 +113,7 @@ class Stats(eqx.Module):
     energy_mean: jax.Array  # () eV
     energy_scale: jax.Array  # () eV
     permutations: jax.Array  # (n_perm, n_atoms) int
+    local_pairs: jax.Array  # (n_local, 2) int: descriptor entries multiplied in local products
 
 
 class Hyper(eqx.Module):
@@ -176,24 +197,69 @@ def soft_cholesky(config: Config, hyper: Hyper) -> jax.Array:
     return kernels.jittered_cholesky(k, config.jitter)
 
 
-def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) -> jax.Array:
-    q = config.explicit_q
-    a = v @ stats.projection  # (q,)
-    iu, ju = np.triu_indices(q)
-    prod = a[iu] * a[ju]
-    return jnp.concatenate([hyper.scale_linear * a, hyper.scale_quadratic * prod])
+def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index triples i <= j <= k < c of the cubic terms."""
+    idx = np.array([(i, j, k) for i in range(c) for j in range(i, c) for k in range(j, c)])
+    idx = idx.reshape(-1, 3).astype(np.int32)
+    return idx[:, 0], idx[:, 1], idx[:, 2]
 
 
 def _explicit_rows(config, stats, hyper, v, dv_dx) -> jax.Array:
+    """Value and gradient rows (1+D, F) of the explicit block from the descriptor v and dv/dx.
+
+    Every term is a product of at most three factors, so its gradient is written out
+    (product rule) as a combination of rows of dv/dx: no autodiff through the feature map.
+    """
     q = config.explicit_q
-    a = v @ stats.projection
+    a = v @ stats.projection  # (q,)
     da = stats.projection.T @ dv_dx  # (q, D)
     iu, ju = np.triu_indices(q)
-    prod = a[iu] * a[ju]
-    dprod = a[iu, None] * da[ju] + a[ju, None] * da[iu]
-    value = jnp.concatenate([hyper.scale_linear * a, hyper.scale_quadratic * prod])
-    grad = jnp.concatenate([hyper.scale_linear * da, hyper.scale_quadratic * dprod], axis=0)
+    values = []
+    grads = []
+    if config.explicit == "quadratic":
+        values.append(hyper.scale_linear * a)
+        grads.append(hyper.scale_linear * da)
+    else:
+        for k in range(1, config.pair_powers + 1):
+            values.append(hyper.scale_linear * v**k)
+            grads.append(hyper.scale_linear * (k * v ** (k - 1))[:, None] * dv_dx)
+        la, lb = stats.local_pairs[:, 0], stats.local_pairs[:, 1]
+        values.append(hyper.scale_quadratic * v[la] * v[lb])
+        grads.append(hyper.scale_quadratic * (v[lb, None] * dv_dx[la] + v[la, None] * dv_dx[lb]))
+    values.append(hyper.scale_quadratic * a[iu] * a[ju])
+    grads.append(hyper.scale_quadratic * (a[iu, None] * da[ju] + a[ju, None] * da[iu]))
+    if config.n_explicit_cubic:
+        i, j, k = _cubic_index(min(config.explicit_cubic, q))
+        values.append(hyper.scale_quadratic * a[i] * a[j] * a[k])
+        grads.append(
+            hyper.scale_quadratic
+            * (
+                (a[j] * a[k])[:, None] * da[i]
+                + (a[i] * a[k])[:, None] * da[j]
+                + (a[i] * a[j])[:, None] * da[k]
+            )
+        )
+    value = jnp.concatenate(values)
+    grad = jnp.concatenate(grads, axis=0)
     return jnp.concatenate([value[None], grad.T], axis=0)
+
+
+def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) -> jax.Array:
+    """The explicit block's values alone (the energy path; autodiff gives its forces)."""
+    q = config.explicit_q
+    a = v @ stats.projection
+    iu, ju = np.triu_indices(q)
+    values = []
+    if config.explicit == "quadratic":
+        values.append(hyper.scale_linear * a)
+    else:
+        values += [hyper.scale_linear * v**k for k in range(1, config.pair_powers + 1)]
+        values.append(hyper.scale_quadratic * v[stats.local_pairs[:, 0]] * v[stats.local_pairs[:, 1]])
+    values.append(hyper.scale_quadratic * a[iu] * a[ju])
+    if config.n_explicit_cubic:
+        i, j, k = _cubic_index(min(config.explicit_cubic, q))
+        values.append(hyper.scale_quadratic * a[i] * a[j] * a[k])
+    return jnp.concatenate(values)
 
 
 def _rows_one(config, stats, hyper, chol_zz, x) -> jax.Array:
@@ -275,6 +341,7 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
         z(()),
         z(()),
         jnp.zeros((config.n_permutations, config.n_atoms), dtype=jnp.int32),
+        jnp.zeros((config.n_local, 2), dtype=jnp.int32),
     )
     post = Posterior(z((k,)), z((k, k))) if with_posterior else None
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)

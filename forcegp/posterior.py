@@ -17,10 +17,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import evidence
 from .errors import NumericalError, ResourceError
 from .model import (
     NOISE_FLOOR,
@@ -198,40 +198,18 @@ def solve(
     )
 
 
-def _refine_loss(logs, suff: Sufficient):
-    s, be, bf = jnp.exp(logs)
-    return exact_nll(suff, s, be + NOISE_FLOOR, bf + NOISE_FLOOR)
-
-
-# Module level, with the statistics an argument (not closed over): every refinement of statistics
-# of the same shapes reuses one compilation.
-_refine_value_and_grad = jax.jit(jax.value_and_grad(_refine_loss))
-
-
-def refine_noise(suff: Sufficient, model: ForceGP, *, steps: int = 60):
+def refine_noise(suff: Sufficient, model: ForceGP):
     """Exact full-data maximum likelihood for the output scale c and both noise levels.
 
     The batch objective sees only small batches, which biases the noise levels; with the
     accumulated statistics the exact marginal likelihood of the whole training set costs one
-    K x K Cholesky per evaluation. Returns (scale, noise_e, noise_f).
+    K x K Cholesky factorisation and inverse per evaluation (forcegp.evidence, L-BFGS-B with
+    the closed-form gradient). Returns (scale, noise_e, noise_f).
     """
     h = model.hyper
-    start = jnp.log(
-        jnp.array([1.0, float(h.noise_energy) - NOISE_FLOOR, float(h.noise_force) - NOISE_FLOOR])
-    )
-    opt = optax.adam(0.1)
-    state = opt.init(start)
-    logs, best, best_logs = start, float("inf"), start
-    for _ in range(steps):
-        val, gr = _refine_value_and_grad(logs, suff)
-        if not bool(jnp.isfinite(val)) or not bool(jnp.all(jnp.isfinite(gr))):
-            break
-        if float(val) < best:
-            best, best_logs = float(val), logs
-        upd, state = opt.update(gr, state)
-        logs = logs + upd
-    s, be, bf = (float(v) for v in jnp.exp(best_logs))
-    return s, be + NOISE_FLOOR, bf + NOISE_FLOOR
+    groups = np.zeros(suff.a_e.shape[0], dtype=np.int64)
+    mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
+    return float(mult[0]), noise_e, noise_f
 
 
 def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:

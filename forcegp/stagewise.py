@@ -1,7 +1,8 @@
 """Stagewise hyperparameter selection: the explicit block first, then DSoftKI on the residual.
 
-The explicit block (linear and product terms of the descriptor) has only two scales. Its exact
-posterior over the whole training set takes one pass and one F x F solve, so we fit it first,
+The explicit block (pair and product terms of the descriptor) has only two scales. Its exact
+posterior over the whole training set takes one pass and F x F solves, so we fit it first (its
+two scales and the noise levels by the exact full-data marginal likelihood),
 then train the DSoftKI block's hyperparameters by the batch marginal likelihood of the residual
 (K = M instead of M + F per row: an order of magnitude cheaper per epoch). The final model is the
 exact joint posterior of both blocks (posterior.fit), so only the way hyperparameters are chosen
@@ -17,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import posterior
-from .model import ForceGP, explicit_rows
+from . import evidence, posterior
+from .model import SCALE_FLOOR, ForceGP, explicit_rows
 
 
 @eqx.filter_jit
@@ -56,25 +57,53 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray)
             suff.n_e + keep,
             suff.n_f + keep * vf.shape[1],
         )
-    scale, noise_e, noise_f = posterior.refine_noise(suff, model)
-    # Only the explicit block's scales take the multiplier; DSoftKI keeps its own output scale.
+    n_lin = model.config.n_explicit_pair or model.config.explicit_q
+    mult_lin, mult_quad, noise_e, noise_f = refine_explicit(suff, model, n_lin)
+    # Only the explicit block's scales change; DSoftKI keeps its own output scale.
     h = model.hyper
     inv = posterior.softplus_inv
     model = eqx.tree_at(
         lambda m: (m.hyper.raw_scale_linear, m.hyper.raw_scale_quadratic),
         model,
         (
-            jnp.asarray(inv(float(h.scale_linear) * scale)),
-            jnp.asarray(inv(float(h.scale_quadratic) * scale)),
+            jnp.asarray(inv(max(float(h.scale_linear) * mult_lin - SCALE_FLOOR, 1e-12))),
+            jnp.asarray(inv(max(float(h.scale_quadratic) * mult_quad - SCALE_FLOOR, 1e-12))),
         ),
     )
-    post = posterior.solve(suff, noise_e, noise_f, scale=1.0)
+    mult = _column_scales(jnp.log(jnp.array([mult_lin, mult_quad])), f, n_lin)
+    post = posterior.solve(_scaled(suff, mult), noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
     for start, keep, rows in _rows_in_chunks(model, x):
         pred = np.asarray(rows @ post.mean)
         res_y[start : start + keep] -= pred[:, 0]
         res_g[start : start + keep] -= pred[:, 1:]
     return model, res_y, res_g
+
+
+def _column_scales(log_mult, f: int, n_lin: int):
+    return jnp.where(jnp.arange(f) < n_lin, jnp.exp(log_mult[0]), jnp.exp(log_mult[1]))
+
+
+def _scaled(suff: posterior.Sufficient, mult) -> posterior.Sufficient:
+    """Statistics of the basis with column j multiplied by mult[j]."""
+    outer = mult[:, None] * mult[None]
+    return eqx.tree_at(
+        lambda s: (s.a_e, s.a_f, s.b_e, s.b_f),
+        suff,
+        (suff.a_e * outer, suff.a_f * outer, suff.b_e * mult, suff.b_f * mult),
+    )
+
+
+def refine_explicit(suff: posterior.Sufficient, model: ForceGP, n_lin: int):
+    """Exact full-data maximum likelihood of the explicit block's two scales and both noises.
+
+    Returns multipliers of the pair and product scales and the noise levels. The two groups get
+    their own scales because their natural sizes differ by orders of magnitude.
+    """
+    h = model.hyper
+    groups = (np.arange(model.config.n_explicit) >= n_lin).astype(np.int64)
+    mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
+    return float(mult[0]), float(mult[1]), noise_e, noise_f
 
 
 def soft_only(model: ForceGP) -> ForceGP:

@@ -28,9 +28,7 @@ def energy_factor(unit: str) -> float:
     """Factor that converts an energy in ``unit`` to eV."""
     key = str(unit).strip().lower()
     if key not in ENERGY_UNITS:
-        raise InputError(
-            f"unknown energy unit {unit!r}; use one of eV, meV, kcal/mol, kJ/mol, Hartree"
-        )
+        raise InputError(f"unknown energy unit {unit!r}; use one of eV, meV, kcal/mol, kJ/mol, Hartree")
     return ENERGY_UNITS[key]
 
 

@@ -29,7 +29,7 @@ from .io import (
     read_header,
     save_checkpoint,
 )
-from .model import Config, ForceGP
+from .model import EXPLICIT_BLOCKS, Config, ForceGP
 from .stagewise import explicit_prefit, soft_only
 from .train import TrainSettings, TrainState, all_finite, optimizer, run, strong_types, with_hyper
 
@@ -79,8 +79,16 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
         raise InputError(f"n_permutations must be an integer >= 1, got {config.n_permutations!r}")
     if config.descriptor not in ("inverse-distance", "cartesian"):
         raise InputError(f"unknown descriptor {config.descriptor!r}; use inverse-distance or cartesian")
-    if config.explicit not in ("quadratic", "none"):
-        raise InputError(f"unknown explicit block {config.explicit!r}; use quadratic or none")
+    if config.explicit not in EXPLICIT_BLOCKS:
+        raise InputError(
+            f"unknown explicit block {config.explicit!r}; use one of {', '.join(EXPLICIT_BLOCKS)}"
+        )
+    for name in ("explicit_cubic", "pair_powers"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 8 * 36:
+            raise InputError(f"model option {name} must be a non-negative integer, got {value!r}")
+    if not isinstance(config.local_cutoff, (int, float)) or not config.local_cutoff >= 0:
+        raise InputError(f"model option local_cutoff must be >= 0 Å, got {config.local_cutoff!r}")
     if n_atoms < 2:
         raise InputError(f"a molecule needs at least 2 atoms, the data has {n_atoms}")
     return config
@@ -163,6 +171,9 @@ def train_model(
     model = initialize(
         config, train.numbers, train.positions, train.energies, train.forces, key=key_init
     )
+    # The explicit block's local terms depend on the geometries: the model's config is final.
+    config = model.config
+    chunk = posterior.choose_chunk(config, max_memory, n_dev)
     fingerprint = train.fingerprint()
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
 

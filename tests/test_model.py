@@ -39,11 +39,13 @@ def energies(model, x):
 
 
 VARIANTS = {
-    "invdist-quadratic-mlp": dict(),
+    "invdist-polynomial-mlp": dict(),
+    "invdist-quadratic-mlp": dict(explicit="quadratic"),
     "invdist-none-nomlp": dict(explicit="none", n_features=0),
-    "cartesian-quadratic-nomlp": dict(descriptor="cartesian", n_features=0),
+    "cartesian-quadratic-nomlp": dict(descriptor="cartesian", n_features=0, explicit="quadratic"),
+    "cartesian-polynomial-nomlp": dict(descriptor="cartesian", n_features=0),
     "cartesian-none-mlp": dict(descriptor="cartesian", explicit="none"),
-    "invdist-quadratic-mlp-sym": dict(n_permutations=6),
+    "invdist-polynomial-mlp-sym": dict(n_permutations=6),
     "invdist-none-nomlp-sym": dict(explicit="none", n_features=0, n_permutations=6),
 }
 
@@ -55,6 +57,8 @@ def test_gradient_rows_equal_autodiff(methanol_data, variant):
     cfg = model.config
     assert (model.hyper.mlp is None) == (cfg.n_features == 0)
     assert model.stats.permutations.shape[0] == cfg.n_permutations
+    if cfg.explicit == "polynomial" and cfg.descriptor == "inverse-distance":
+        assert cfg.n_local > 0  # the local product terms are exercised
     # A training structure and a new one further from the reference.
     new = METHANOL_REFERENCE + 0.1 * np.random.default_rng(5).normal(size=(6, 3))
     for x in (positions[0].reshape(-1), new.reshape(-1)):

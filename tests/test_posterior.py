@@ -124,20 +124,49 @@ def test_refined_model_reuses_what_was_compiled_for_the_trained_one(small_proble
         np.testing.assert_allclose(float(refined.hyper.noise_force), 0.05, rtol=1e-12)
 
 
-def test_refine_noise_compiles_once(small_problem, monkeypatch):
-    """Repeated refinements of statistics of the same shapes reuse the compiled objective."""
+def test_refine_noise_finds_the_exact_likelihood_optimum(small_problem):
+    """The LAPACK search (forcegp.evidence) stops at a minimum of the JAX exact_nll."""
     pb = small_problem
     suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
-    first = posterior.refine_noise(suff, pb.model)
-    traces, original = [], posterior.exact_nll
+    scale, noise_e, noise_f = posterior.refine_noise(suff, pb.model)
+    best = float(posterior.exact_nll(suff, scale, noise_e, noise_f))
+    start = float(
+        posterior.exact_nll(suff, 1.0, pb.model.hyper.noise_energy, pb.model.hyper.noise_force)
+    )
+    assert best <= start
+    for factors in ((1.05, 1, 1), (0.95, 1, 1), (1, 1.05, 1), (1, 0.95, 1), (1, 1, 1.05), (1, 1, 0.95)):
+        moved = [v * f for v, f in zip((scale, noise_e, noise_f), factors, strict=True)]
+        assert float(posterior.exact_nll(suff, *moved)) >= best - 1e-9
 
-    def counting(*args):
-        traces.append(1)
-        return original(*args)
 
-    monkeypatch.setattr(posterior, "exact_nll", counting)
-    assert posterior.refine_noise(suff, pb.model) == first
-    assert traces == []
+def test_evidence_gradient_matches_finite_differences():
+    from forcegp import evidence
+
+    rng = np.random.default_rng(0)
+    k = 12
+    xf, xe = rng.normal(size=(60, k)), rng.normal(size=(8, k))
+    tf, te = rng.normal(size=60), rng.normal(size=8)
+    suff = posterior.Sufficient(xe.T @ xe, xf.T @ xf, xe.T @ te, xf.T @ tf, te @ te, tf @ tf, 8.0, 60.0)
+    st = evidence.Statistics(suff)
+    groups = (np.arange(k) >= 5).astype(np.int64)
+    params = np.array([0.3, -0.2, 0.1, -0.4])
+    value, grad = evidence.nll_and_grad(params, st, groups)
+    eye = np.eye(4)
+    numeric = [
+        (evidence.nll_and_grad(params + 1e-6 * eye[i], st, groups)[0]
+         - evidence.nll_and_grad(params - 1e-6 * eye[i], st, groups)[0]) / 2e-6
+        for i in range(4)
+    ]  # fmt: skip
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+    # The value is the dense GP's NLL per observation.
+    m = np.exp(params[:2])[groups]
+    phi = np.vstack([xe, xf]) * m
+    lam = np.r_[np.full(8, np.exp(2 * params[2])), np.full(60, np.exp(2 * params[3]))]
+    cov = phi @ phi.T + np.diag(lam)
+    chol = np.linalg.cholesky(cov)
+    a = np.linalg.solve(chol, np.r_[te, tf])
+    dense = 0.5 * (a @ a + 2 * np.log(np.diag(chol)).sum() + 68 * np.log(2 * np.pi)) / 68
+    np.testing.assert_allclose(value, dense, rtol=1e-10)
 
 
 def test_exact_nll_equals_dense(small_problem, dense_initial):

@@ -1,0 +1,123 @@
+"""Exact full-data marginal likelihood over a few scales and the noise levels, in LAPACK.
+
+With the noise-free sufficient statistics (posterior.Sufficient) of all training data, the exact
+negative log marginal likelihood for column multipliers m (one per group of basis columns) and
+noise levels s_e, s_f is, with alpha = 1 / s^2, C = alpha_e a_e + alpha_f a_f,
+
+    P = I + M C M,   b = M (alpha_e b_e + alpha_f b_f),   beta = P^-1 b
+    2 n NLL = alpha_e tt_e + alpha_f tt_f - b^T beta + log|P| + n_e log s_e^2 + n_f log s_f^2
+              + n log 2 pi
+
+and its gradient is closed form (d/d log m_g = sum_{j in g} (1 - P^-1_jj - beta_j^2); the noise
+derivatives need tr(P^-1 M a M)). One evaluation is a K x K Cholesky factorisation and inverse.
+These few-parameter searches run in scipy's LAPACK (scipy comes with ASE): XLA's CPU Cholesky
+and its gradient are several times slower at K in the thousands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+NOISE_FLOOR = 1e-4  # the same floor as forcegp.model.NOISE_FLOOR
+
+
+class Statistics:
+    """float64 numpy copies of posterior.Sufficient's fields."""
+
+    def __init__(self, suff):
+        self.a_e = np.asarray(suff.a_e, dtype=np.float64)
+        self.a_f = np.asarray(suff.a_f, dtype=np.float64)
+        self.b_e = np.asarray(suff.b_e, dtype=np.float64)
+        self.b_f = np.asarray(suff.b_f, dtype=np.float64)
+        self.tt_e = float(suff.tt_e)
+        self.tt_f = float(suff.tt_f)
+        self.n_e = float(suff.n_e)
+        self.n_f = float(suff.n_f)
+
+
+def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
+    """NLL per observation and its gradient in params = (log m_1..log m_G, log s_e, log s_f).
+
+    Returns (inf, zeros) where P is not numerically positive definite.
+    """
+    n_groups = len(params) - 2
+    m = np.exp(params[:n_groups])[groups]
+    s_e, s_f = np.exp(params[-2:])
+    al_e, al_f = s_e**-2, s_f**-2
+    me = m[:, None] * st.a_e * m[None]
+    mf = m[:, None] * st.a_f * m[None]
+    p = al_e * me + al_f * mf
+    p[np.diag_indices_from(p)] += 1.0
+    b_e, b_f = m * st.b_e, m * st.b_f
+    b = al_e * b_e + al_f * b_f
+    try:
+        chol = scipy.linalg.cholesky(p, lower=True, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        return np.inf, np.zeros_like(params)
+    beta = scipy.linalg.cho_solve((chol, True), b, check_finite=False)
+    inv, info = scipy.linalg.lapack.dpotri(chol, lower=1)
+    if info != 0:
+        return np.inf, np.zeros_like(params)
+    inv = np.tril(inv) + np.tril(inv, -1).T
+    n = st.n_e + st.n_f
+    logdet = 2.0 * np.sum(np.log(np.diag(chol)))
+    value = (
+        al_e * st.tt_e
+        + al_f * st.tt_f
+        - b @ beta
+        + logdet
+        + st.n_e * np.log(s_e**2)
+        + st.n_f * np.log(s_f**2)
+        + n * np.log(2 * np.pi)
+    ) / (2 * n)
+    grad = np.empty_like(params)
+    per_column = 1.0 - np.diag(inv) - beta**2
+    grad[:n_groups] = np.bincount(groups, weights=per_column, minlength=n_groups) / n
+    # d/d log alpha of 2 n NLL: alpha tt - 2 beta^T b_x alpha + alpha beta^T Mx beta
+    # + alpha tr(P^-1 Mx) - n_x; and d log alpha = -2 d log s.
+    for i, (al, mx, bx, tt, nx) in enumerate(
+        ((al_e, me, b_e, st.tt_e, st.n_e), (al_f, mf, b_f, st.tt_f, st.n_f))
+    ):
+        d_log_alpha = (
+            al * tt - 2 * al * (beta @ bx) + al * (beta @ mx @ beta) + al * np.sum(inv * mx) - nx
+        )
+        grad[n_groups + i] = -2.0 * d_log_alpha / (2 * n)
+    return float(value), grad
+
+
+def maximise(
+    suff,
+    groups: np.ndarray,
+    noise_e: float,
+    noise_f: float,
+    *,
+    max_iter: int = 40,
+) -> tuple[np.ndarray, float, float]:
+    """Column-group multipliers and noise levels of the exact maximum marginal likelihood.
+
+    groups: (K,) group index of every basis column (0..G-1). Starts from multipliers 1 and the
+    given noise levels; noise levels stay above twice the model's floor. Returns
+    (multipliers (G,), noise_e, noise_f); the start if the search cannot improve on it.
+    """
+    st = Statistics(suff)
+    groups = np.asarray(groups, dtype=np.int64)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    floor = np.log(2 * NOISE_FLOOR)
+    start = np.concatenate(
+        [np.zeros(n_groups), np.log([max(noise_e, 2.5 * NOISE_FLOOR), max(noise_f, 2.5 * NOISE_FLOOR)])]
+    )
+    bounds = [(-20.0, 20.0)] * n_groups + [(floor, 10.0)] * 2
+    start_value, _ = nll_and_grad(start, st, groups)
+    res = scipy.optimize.minimize(
+        nll_and_grad,
+        start,
+        args=(st, groups),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": max_iter},
+    )
+    best = res.x if np.isfinite(res.fun) and res.fun <= start_value else start
+    return np.exp(best[:n_groups]), float(np.exp(best[-2])), float(np.exp(best[-1]))
