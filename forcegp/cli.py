@@ -28,7 +28,7 @@ from .cli_common import (
     reader_options,
 )
 from .descriptors import DESCRIPTORS
-from .model import Config
+from .model import EXPLICIT_BLOCKS, Config
 from .train import TrainSettings
 
 CONFIG = defaults(Config)
@@ -118,15 +118,31 @@ def main(argv=None) -> None:
     "--explicit",
     default=CONFIG["explicit"],
     show_default=True,
-    type=click.Choice(["quadratic", "none"]),
-    help="Exact explicit-feature kernel block added to the soft interpolation.",
+    type=click.Choice(list(EXPLICIT_BLOCKS)),
+    help="Exact explicit-feature kernel block added to the soft interpolation: 'polynomial' "
+    "(per-pair powers, local products, PCA products), 'quadratic' (PCA terms only) or 'none'.",
 )
 @click.option(
     "--explicit-dim",
     default=CONFIG["explicit_dim"],
     show_default=True,
     type=click.IntRange(min=1),
-    help="Descriptor components of the explicit block.",
+    help="Leading PCA components of the descriptor in the explicit block's product terms.",
+)
+@click.option(
+    "--explicit-cubic",
+    default=CONFIG["explicit_cubic"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Leading PCA components in the cubic terms of the polynomial block (0: none).",
+)
+@click.option(
+    "--local-cutoff",
+    default=CONFIG["local_cutoff"],
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Polynomial block: products of atom pairs that share an atom and are on average "
+    "shorter than this (Å).",
 )
 @click.option(
     "--symmetrize/--no-symmetrize",
@@ -193,6 +209,8 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "descriptor": opts["descriptor"],
         "explicit": opts["explicit"],
         "explicit_dim": opts["explicit_dim"],
+        "explicit_cubic": opts["explicit_cubic"],
+        "local_cutoff": opts["local_cutoff"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(

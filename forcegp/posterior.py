@@ -212,12 +212,44 @@ def refine_noise(suff: Sufficient, model: ForceGP):
     return float(mult[0]), noise_e, noise_f
 
 
-def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
-    """Fold an output-scale multiplier and new noise levels into the raw hyperparameters.
+def basis_groups(config) -> np.ndarray:
+    """Group of every basis column: 0 DSoftKI, 1 explicit pair/linear terms, 2 explicit products."""
+    n_lin = config.n_explicit_pair if config.explicit == "polynomial" else config.explicit_q
+    groups = np.full(config.n_basis, 2, dtype=np.int64)
+    groups[: config.n_inducing] = 0
+    if config.explicit != "none":
+        groups[config.n_inducing : config.n_inducing + n_lin] = 1
+    return groups
+
+
+def scaled_statistics(suff: Sufficient, mult) -> Sufficient:
+    """Statistics of the basis whose column j is multiplied by mult[j]."""
+    mult = jnp.asarray(mult)
+    outer = mult[:, None] * mult[None]
+    return eqx.tree_at(
+        lambda s: (s.a_e, s.a_f, s.b_e, s.b_f),
+        suff,
+        (suff.a_e * outer, suff.a_f * outer, suff.b_e * mult, suff.b_f * mult),
+    )
+
+
+def refine_blocks(suff: Sufficient, model: ForceGP):
+    """Exact full-data maximum likelihood for one scale per block of basis functions (DSoftKI,
+    explicit pair terms, explicit products) and both noise levels. Returns (multipliers (G,),
+    noise_e, noise_f); multiply the columns of group g by multipliers[g]."""
+    h = model.hyper
+    groups = basis_groups(model.config)
+    return evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
+
+
+def with_multipliers(model: ForceGP, mult, noise_e: float, noise_f: float) -> ForceGP:
+    """Fold per-block basis multipliers (DSoftKI, explicit pair, explicit product) and new noise
+    levels into the raw hyperparameters.
 
     Each new leaf keeps the dtype, shape and weak-typedness of the leaf it replaces, so what was
     compiled for the trained model (or a model loaded from file) is reused for the result.
     """
+    mult = [float(v) for v in mult] + [1.0] * (3 - len(mult))
     h = model.hyper
     inv = softplus_inv
     names = (
@@ -228,9 +260,9 @@ def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: 
         "raw_noise_force",
     )
     values = (
-        inv(max(float(h.scale) * scale**2 - SCALE_FLOOR, 1e-12)),
-        inv(max(float(h.scale_linear) * scale - SCALE_FLOOR, 1e-12)),
-        inv(max(float(h.scale_quadratic) * scale - SCALE_FLOOR, 1e-12)),
+        inv(max(float(h.scale) * mult[0] ** 2 - SCALE_FLOOR, 1e-12)),
+        inv(max(float(h.scale_linear) * mult[1] - SCALE_FLOOR, 1e-12)),
+        inv(max(float(h.scale_quadratic) * mult[2] - SCALE_FLOOR, 1e-12)),
         inv(max(noise_e - NOISE_FLOOR, 1e-12)),
         inv(max(noise_f - NOISE_FLOOR, 1e-12)),
     )
@@ -242,20 +274,26 @@ def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: 
     return eqx.tree_at(lambda m: m.hyper, model, h)
 
 
+def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
+    """One output-scale multiplier for every block (see with_multipliers)."""
+    return with_multipliers(model, (scale, scale, scale), noise_e, noise_f)
+
+
 def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:
     """Return the model with its posterior fitted on standardised data x (n, D), y (n,), g (n, D).
 
-    With ``refine`` the output scale and noise levels are first set by the exact marginal
-    likelihood of the whole training set (see refine_noise); the basis functions are unchanged,
-    so the statistics need one pass only. The result is the exact posterior of the final model.
+    With ``refine`` the scale of each block of basis functions and the noise levels are first
+    set by the exact marginal likelihood of the whole training set (see refine_blocks); the
+    basis functions are otherwise unchanged, so the statistics need one pass only. The result
+    is the exact posterior of the final model.
     """
     suff = accumulate(model, x, y, g, **kwargs)
     if refine:
-        scale, noise_e, noise_f = refine_noise(suff, model)
-        model = with_scale_and_noise(model, scale, noise_e, noise_f)
-        post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force, scale=scale)
-    else:
-        post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force)
+        mult, noise_e, noise_f = refine_blocks(suff, model)
+        model = with_multipliers(model, mult, noise_e, noise_f)
+        columns = np.asarray(mult)[basis_groups(model.config)]
+        suff = scaled_statistics(suff, columns)
+    post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force)
     return eqx.tree_at(lambda m: m.posterior, model, post, is_leaf=lambda v: v is None)
 
 

@@ -70,28 +70,14 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray)
             jnp.asarray(inv(max(float(h.scale_quadratic) * mult_quad - SCALE_FLOOR, 1e-12))),
         ),
     )
-    mult = _column_scales(jnp.log(jnp.array([mult_lin, mult_quad])), f, n_lin)
-    post = posterior.solve(_scaled(suff, mult), noise_e, noise_f, scale=1.0)
+    mult = np.where(np.arange(f) < n_lin, mult_lin, mult_quad)
+    post = posterior.solve(posterior.scaled_statistics(suff, mult), noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
     for start, keep, rows in _rows_in_chunks(model, x):
         pred = np.asarray(rows @ post.mean)
         res_y[start : start + keep] -= pred[:, 0]
         res_g[start : start + keep] -= pred[:, 1:]
     return model, res_y, res_g
-
-
-def _column_scales(log_mult, f: int, n_lin: int):
-    return jnp.where(jnp.arange(f) < n_lin, jnp.exp(log_mult[0]), jnp.exp(log_mult[1]))
-
-
-def _scaled(suff: posterior.Sufficient, mult) -> posterior.Sufficient:
-    """Statistics of the basis with column j multiplied by mult[j]."""
-    outer = mult[:, None] * mult[None]
-    return eqx.tree_at(
-        lambda s: (s.a_e, s.a_f, s.b_e, s.b_f),
-        suff,
-        (suff.a_e * outer, suff.a_f * outer, suff.b_e * mult, suff.b_f * mult),
-    )
 
 
 def refine_explicit(suff: posterior.Sufficient, model: ForceGP, n_lin: int):

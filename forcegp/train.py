@@ -20,7 +20,7 @@ from .objectives import batch_loss
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 5e-3
     lr_mlp: float = 1e-3
