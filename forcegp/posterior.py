@@ -274,6 +274,22 @@ def with_multipliers(model: ForceGP, mult, noise_e: float, noise_f: float) -> Fo
     return eqx.tree_at(lambda m: m.hyper, model, h)
 
 
+def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
+    """The fitted GP with every prior scale and both noise levels multiplied by kappa.
+
+    The posterior mean is unchanged and every predictive variance is multiplied by kappa^2
+    (P = I + Phi^T Lam^-1 Phi is invariant; the mean of theta scales by 1/kappa). Exact: the
+    result is the posterior of the GP with those hyperparameters, with no refit.
+    """
+    kappa = float(kappa)
+    h = model.hyper
+    out = with_multipliers(
+        model, (kappa,) * 3, kappa * float(h.noise_energy), kappa * float(h.noise_force)
+    )
+    post = Posterior(model.posterior.mean / kappa, model.posterior.inv_chol)
+    return eqx.tree_at(lambda m: m.posterior, out, post)
+
+
 def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
     """One output-scale multiplier for every block (see with_multipliers)."""
     return with_multipliers(model, (scale, scale, scale), noise_e, noise_f)

@@ -89,12 +89,21 @@ def test_refinement_changes_only_scales_and_noise(small_problem, fitted_small):
         np.testing.assert_array_equal(a, b)
     suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
     before = float(posterior.exact_nll(suff, 1.0, h0.noise_energy, h0.noise_force))
-    # The fitted model's rows are c times the initial ones: recover c from the explicit scales.
-    c = float(h1.scale_linear / h0.scale_linear)
-    np.testing.assert_allclose(float(h1.scale), float(h0.scale) * c**2, rtol=1e-8)
-    np.testing.assert_allclose(float(h1.scale_quadratic / h0.scale_quadratic), c, rtol=1e-8)
-    after = float(posterior.exact_nll(suff, c, h1.noise_energy, h1.noise_force))
-    assert after <= before
+    # Each block's rows are a multiple of the initial ones: recover the multipliers.
+    mult = np.array(
+        [
+            np.sqrt(float(h1.scale / h0.scale)),
+            float(h1.scale_linear / h0.scale_linear),
+            float(h1.scale_quadratic / h0.scale_quadratic),
+        ]
+    )
+    columns = mult[posterior.basis_groups(pb.model.config)]
+    scaled = posterior.scaled_statistics(suff, columns)
+    after = float(posterior.exact_nll(scaled, 1.0, h1.noise_energy, h1.noise_force))
+    assert after < before
+    # The fitted posterior is the exact one of the refined hyperparameters.
+    post = posterior.solve(scaled, h1.noise_energy, h1.noise_force)
+    np.testing.assert_allclose(fitted_small.posterior.mean, post.mean, rtol=1e-8, atol=1e-10)
 
 
 def avals(tree):
@@ -324,3 +333,28 @@ def test_multi_device_fit_and_training_equal_single_device():
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "MULTI-DEVICE OK" in proc.stdout
+
+
+def test_amplitude_scales_variances_and_keeps_the_exact_posterior(small_problem, fitted_small):
+    """with_amplitude(kappa) equals refitting the GP whose scales and noises are kappa times larger."""
+    pb, kappa = small_problem, 1.7
+    scaled = posterior.with_amplitude(fitted_small, kappa)
+    h = fitted_small.hyper
+    refit = posterior.fit(
+        posterior.with_multipliers(
+            fitted_small, (kappa,) * 3, kappa * float(h.noise_energy), kappa * float(h.noise_force)
+        ),
+        pb.x,
+        pb.y,
+        pb.g,
+        refine=False,
+    )
+    a = posterior.predict(fitted_small, pb.test_positions)
+    b = posterior.predict(scaled, pb.test_positions)
+    c = posterior.predict(refit, pb.test_positions)
+    np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-10)
+    np.testing.assert_allclose(b["forces"], a["forces"], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b["forces_std"], kappa * a["forces_std"], rtol=1e-8)
+    np.testing.assert_allclose(b["energy_std"], kappa * a["energy_std"], rtol=1e-8)
+    for key in ("energy", "forces", "energy_std", "forces_std"):
+        np.testing.assert_allclose(b[key], c[key], rtol=1e-6, atol=1e-9)
