@@ -1,6 +1,6 @@
 """Ablation runs on one rMD17 molecule (README accuracy section, 'How we got here').
 
-    python benchmarks/ablation.py joint ethanol --epochs 30          # DSoftKI + explicit, joint batch MLL
+    python benchmarks/ablation.py joint ethanol --epochs 30     # DSoftKI + explicit, joint batch MLL
     python benchmarks/ablation.py stagewise ethanol --epochs 40      # the default pipeline
 
 'joint' trains all hyperparameters by the batch marginal likelihood of the full model and fits
