@@ -3,6 +3,8 @@
     python benchmarks/rmd17.py                       # all ten molecules, split 01, defaults
     python benchmarks/rmd17.py --splits 01 02 03 04 05 --molecules ethanol aspirin
     python benchmarks/rmd17.py --quick               # smoke run (tiny model, 100 structures)
+    python benchmarks/rmd17.py --molecules ethanol --config explicit_cubic=26 explicit_dim=26 \
+        --out benchmarks/results/rmd17_variants.jsonl   # a non-default model
 
 Each (molecule, split) trains in a fresh subprocess-free call of forcegp.workflow.train_model with
 the library's default settings (override with --epochs, --inducing), tests on the 1000 test
@@ -53,6 +55,9 @@ def run_one(molecule: str, split: str, args) -> dict:
     overrides = {k: v for k, v in (("epochs", args.epochs),) if v is not None}
     settings = TrainSettings(**overrides)
     config = {"n_inducing": args.inducing} if args.inducing else {}
+    for item in args.config:
+        key, value = item.split("=", 1)
+        config[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
     if args.quick:
         config = {"n_inducing": 16, "n_features": 4, "width": 8, "explicit_dim": 6}
     started = time.perf_counter()
@@ -110,6 +115,10 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", default=["01"])
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--inducing", type=int, default=None)
+    ap.add_argument(
+        "--config", nargs="*", default=[], metavar="KEY=VALUE",
+        help="other Config fields, e.g. explicit_cubic=26 explicit_dim=26",
+    )  # fmt: skip
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny model, 100 structures, 1 epoch")
