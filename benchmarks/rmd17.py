@@ -54,12 +54,12 @@ def run_one(molecule: str, split: str, args) -> dict:
         train = train.subset(list(range(args.n_train)))
     overrides = {k: v for k, v in (("epochs", args.epochs),) if v is not None}
     settings = TrainSettings(**overrides)
-    config = {"n_inducing": args.inducing} if args.inducing else {}
+    config = {"n_inducing": 16, "n_features": 4, "width": 8, "explicit_dim": 6} if args.quick else {}
+    if args.inducing:
+        config["n_inducing"] = args.inducing
     for item in args.config:
         key, value = item.split("=", 1)
         config[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
-    if args.quick:
-        config = {"n_inducing": 16, "n_features": 4, "width": 8, "explicit_dim": 6}
     started = time.perf_counter()
     model, meta = train_model(train, config_kwargs=config, settings=settings, seed=args.seed)
     seconds = time.perf_counter() - started

@@ -1,0 +1,46 @@
+"""Smoke tests of the accuracy benchmarks (rmd17.py, acac_calibration.py): their --quick settings run
+end to end on the published data and write their tables. Skipped where the data is absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FORCEGP_PUBLISHED", ROOT.parent / "shared" / "data" / "published"))
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(not (DATA / "rmd17_ethanol_train_01.npz").exists(), reason="no rMD17 data")
+def test_rmd17_quick_with_config_override(tmp_path):
+    out = tmp_path / "r.jsonl"
+    run("rmd17.py", "--molecules", "ethanol", "--config", "explicit_cubic=2", "--out", str(out))
+    row = json.loads(out.read_text().splitlines()[-1])
+    assert row["molecule"] == "ethanol" and row["n_test"] == 1000
+    assert row["config"]["explicit_cubic"] == 2
+    assert 0 < row["forces_mae_mev_per_ang"] < 5000
+    assert (tmp_path / "r.md").read_text().startswith("| molecule |")
+
+
+@pytest.mark.skipif(not (DATA / "acac_train_300K.npz").exists(), reason="no acac data")
+def test_acac_calibration_quick():
+    stdout = run("acac_calibration.py")
+    assert "| 600K |" in stdout and "| 300K |" in stdout
+    summary = json.loads((ROOT / "benchmarks" / "results" / "tmp" / "acac_calibration.json").read_text())
+    assert set(summary["tests"]) == {"300K", "600K"}
