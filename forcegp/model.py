@@ -204,62 +204,61 @@ def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return idx[:, 0], idx[:, 1], idx[:, 2]
 
 
-def _explicit_rows(config, stats, hyper, v, dv_dx) -> jax.Array:
-    """Value and gradient rows (1+D, F) of the explicit block from the descriptor v and dv/dx.
+def _explicit_terms(config, stats, hyper, v, dv_dx=None):
+    """Values (F,) of the explicit block at descriptor v and, given dv/dx (P, D), their gradients
+    (F, D); (values, None) without it (the energy path, differentiated by autodiff).
 
     Every term is a product of at most three factors, so its gradient is written out
     (product rule) as a combination of rows of dv/dx: no autodiff through the feature map.
     """
     q = config.explicit_q
+    with_grad = dv_dx is not None
     a = v @ stats.projection  # (q,)
-    da = stats.projection.T @ dv_dx  # (q, D)
-    iu, ju = np.triu_indices(q)
-    values = []
-    grads = []
+    da = stats.projection.T @ dv_dx if with_grad else None  # (q, D)
+    values, grads = [], []
+
+    def add(scale, value, grad):
+        values.append(scale * value)
+        if with_grad:
+            grads.append(scale * grad())
+
     if config.explicit == "quadratic":
-        values.append(hyper.scale_linear * a)
-        grads.append(hyper.scale_linear * da)
+        add(hyper.scale_linear, a, lambda: da)
     else:
         for k in range(1, config.pair_powers + 1):
-            values.append(hyper.scale_linear * v**k)
-            grads.append(hyper.scale_linear * (k * v ** (k - 1))[:, None] * dv_dx)
+            add(hyper.scale_linear, v**k, lambda k=k: (k * v ** (k - 1))[:, None] * dv_dx)
         la, lb = stats.local_pairs[:, 0], stats.local_pairs[:, 1]
-        values.append(hyper.scale_quadratic * v[la] * v[lb])
-        grads.append(hyper.scale_quadratic * (v[lb, None] * dv_dx[la] + v[la, None] * dv_dx[lb]))
-    values.append(hyper.scale_quadratic * a[iu] * a[ju])
-    grads.append(hyper.scale_quadratic * (a[iu, None] * da[ju] + a[ju, None] * da[iu]))
+        add(
+            hyper.scale_quadratic,
+            v[la] * v[lb],
+            lambda: v[lb, None] * dv_dx[la] + v[la, None] * dv_dx[lb],
+        )
+    iu, ju = np.triu_indices(q)
+    add(hyper.scale_quadratic, a[iu] * a[ju], lambda: a[iu, None] * da[ju] + a[ju, None] * da[iu])
     if config.n_explicit_cubic:
         i, j, k = _cubic_index(min(config.explicit_cubic, q))
-        values.append(hyper.scale_quadratic * a[i] * a[j] * a[k])
-        grads.append(
-            hyper.scale_quadratic
-            * (
+        add(
+            hyper.scale_quadratic,
+            a[i] * a[j] * a[k],
+            lambda: (
                 (a[j] * a[k])[:, None] * da[i]
                 + (a[i] * a[k])[:, None] * da[j]
                 + (a[i] * a[j])[:, None] * da[k]
-            )
+            ),
         )
     value = jnp.concatenate(values)
-    grad = jnp.concatenate(grads, axis=0)
+    return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
+
+
+def _explicit_rows(config, stats, hyper, v, dv_dx) -> jax.Array:
+    """Value and gradient rows (1+D, F) of the explicit block from the descriptor v and dv/dx."""
+    value, grad = _explicit_terms(config, stats, hyper, v, dv_dx)
     return jnp.concatenate([value[None], grad.T], axis=0)
 
 
 def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) -> jax.Array:
-    """The explicit block's values alone (the energy path; autodiff gives its forces)."""
-    q = config.explicit_q
-    a = v @ stats.projection
-    iu, ju = np.triu_indices(q)
-    values = []
-    if config.explicit == "quadratic":
-        values.append(hyper.scale_linear * a)
-    else:
-        values += [hyper.scale_linear * v**k for k in range(1, config.pair_powers + 1)]
-        values.append(hyper.scale_quadratic * v[stats.local_pairs[:, 0]] * v[stats.local_pairs[:, 1]])
-    values.append(hyper.scale_quadratic * a[iu] * a[ju])
-    if config.n_explicit_cubic:
-        i, j, k = _cubic_index(min(config.explicit_cubic, q))
-        values.append(hyper.scale_quadratic * a[i] * a[j] * a[k])
-    return jnp.concatenate(values)
+    """The explicit block's values alone."""
+    return _explicit_terms(config, stats, hyper, v)[0]
 
 
 def _rows_one(config, stats, hyper, chol_zz, x) -> jax.Array:

@@ -57,10 +57,13 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray)
             suff.n_e + keep,
             suff.n_f + keep * vf.shape[1],
         )
-    n_lin = model.config.n_explicit_pair or model.config.explicit_q
-    mult_lin, mult_quad, noise_e, noise_f = refine_explicit(suff, model, n_lin)
-    # Only the explicit block's scales change; DSoftKI keeps its own output scale.
+    # The explicit columns' groups (pair/linear terms, products) as the final refinement sees them;
+    # their two scales and both noise levels by the exact evidence of all data.
+    groups = posterior.basis_groups(model.config)[model.config.n_inducing :] - 1
     h = model.hyper
+    mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
+    mult_lin, mult_quad = (list(mult) + [1.0, 1.0])[:2]
+    # Only the explicit block's scales change; DSoftKI keeps its own output scale.
     inv = posterior.softplus_inv
     model = eqx.tree_at(
         lambda m: (m.hyper.raw_scale_linear, m.hyper.raw_scale_quadratic),
@@ -70,26 +73,14 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray)
             jnp.asarray(inv(max(float(h.scale_quadratic) * mult_quad - SCALE_FLOOR, 1e-12))),
         ),
     )
-    mult = np.where(np.arange(f) < n_lin, mult_lin, mult_quad)
-    post = posterior.solve(posterior.scaled_statistics(suff, mult), noise_e, noise_f, scale=1.0)
+    columns = np.array([mult_lin, mult_quad])[groups]
+    post = posterior.solve(posterior.scaled_statistics(suff, columns), noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
     for start, keep, rows in _rows_in_chunks(model, x):
         pred = np.asarray(rows @ post.mean)
         res_y[start : start + keep] -= pred[:, 0]
         res_g[start : start + keep] -= pred[:, 1:]
     return model, res_y, res_g
-
-
-def refine_explicit(suff: posterior.Sufficient, model: ForceGP, n_lin: int):
-    """Exact full-data maximum likelihood of the explicit block's two scales and both noises.
-
-    Returns multipliers of the pair and product scales and the noise levels. The two groups get
-    their own scales because their natural sizes differ by orders of magnitude.
-    """
-    h = model.hyper
-    groups = (np.arange(model.config.n_explicit) >= n_lin).astype(np.int64)
-    mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
-    return float(mult[0]), float(mult[1]), noise_e, noise_f
 
 
 def soft_only(model: ForceGP) -> ForceGP:

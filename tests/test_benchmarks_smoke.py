@@ -117,7 +117,10 @@ def test_md_speed_quick(tmp_path):
 
 @pytest.mark.slow
 @needs_data
-@pytest.mark.xfail(reason="scaling.py not yet updated for the polynomial block (KeyError chunk); issue 4", strict=False)
+@pytest.mark.xfail(
+    reason="scaling.py not yet updated for the polynomial block (KeyError chunk); issue 4",
+    strict=False,
+)
 def test_scaling_quick(tmp_path):
     res = run_script("scaling", tmp_path)["results"]
     (row,) = res["n"]

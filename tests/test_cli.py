@@ -31,7 +31,8 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def one_line_error(result, code):
+def one_line_error(result, code=2) -> str:
+    """The one error line of a failed command: exit ``code``, no traceback, nothing after it."""
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     # Progress lines may come first; the error is one line, the last, and has no traceback.
     lines = result.stderr.strip().splitlines()

@@ -25,13 +25,12 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from click.testing import CliRunner
 from synthetic import SMALL_NUMBERS, SMALL_REFERENCE, make_data, morse_energy
+from test_cli import invoke, one_line_error
 from test_data import BAD_KINDS, bad_file
 from test_data import frames as ethanol_frames
 
 from forcegp import ForceGPCalculator
-from forcegp.cli import cli
 from forcegp.data import read_dataset
 from forcegp.errors import InputError, ModelFileError
 from forcegp.io import load_model, save_model
@@ -39,20 +38,6 @@ from forcegp.io import load_model, save_model
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--inducing", "8", "--features", "3", "--width", "8", "--depth", "1", "--explicit-dim", "4"]
 MD = ["--steps", "2", "--temperature", "300", "--timestep", "0.5"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, code=2) -> str:
-    """The one error line of a failed command: exit ``code``, no traceback, nothing after it."""
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("forcegp: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.output
-    return errors[0]
 
 
 def labelled(positions, numbers=SMALL_NUMBERS, **info) -> list[Atoms]:
