@@ -112,26 +112,36 @@ def test_forces_are_minus_the_gradient_of_the_energy(trained, atoms):
     np.testing.assert_allclose(forces, numeric, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(reason="NVE drift tolerance fails with the polynomial block on the tiny model; under investigation", strict=False)
-def test_nve_conserves_energy_and_md_never_recompiles(trained, atoms):
-    calc = ForceGPCalculator(trained[0])
+def _nve_energies(calc, atoms, timestep_fs, steps):
+    """Total energies along velocity Verlet from atoms (300 K momenta, seed 0)."""
+    atoms = atoms.copy()
     atoms.calc = calc
     # thermalize_momenta replaces MaxwellBoltzmannDistribution in newer ASE.
     thermalize = getattr(velocitydistribution, "thermalize_momenta", None)
     thermalize = thermalize or velocitydistribution.MaxwellBoltzmannDistribution
     thermalize(atoms, temperature_K=300, rng=np.random.default_rng(0))
     velocitydistribution.Stationary(atoms)
-    atoms.get_potential_energy()
-    traces = calc.n_traces
-    assert traces == 1
-    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     totals = []
     dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=1)
-    dyn.run(50)
-    totals = np.asarray(totals)
-    assert np.all(np.isfinite(totals))
-    assert np.ptp(totals) < 5e-3, np.ptp(totals)  # eV; kinetic energy is about 0.3 eV
-    assert calc.n_traces == traces  # 50 steps, one compiled function
+    dyn.run(steps)
+    return np.asarray(totals)
+
+
+def test_nve_conserves_energy_and_md_never_recompiles(trained, atoms):
+    """Forces that are the exact gradient of the energy conserve a shadow energy under velocity
+    Verlet: the total-energy spread shrinks as the timestep squared. Forces that were not a
+    gradient would drift at any timestep instead."""
+    calc = ForceGPCalculator(trained[0])
+    coarse = _nve_energies(calc, atoms, 0.5, 50)
+    traces = calc.n_traces
+    assert traces == 1  # 50 steps, one compiled function
+    fine = _nve_energies(calc, atoms, 0.25, 100)  # the same 25 fs
+    assert np.all(np.isfinite(coarse)) and np.all(np.isfinite(fine))
+    ratio = np.ptp(coarse) / np.ptp(fine)
+    assert 3.0 < ratio < 5.0, ratio  # dt**2 would give 4
+    assert np.ptp(fine) < 3e-3, np.ptp(fine)  # eV; kinetic energy is about 0.6 eV
+    assert calc.n_traces == traces
     calc.get_property("forces_std", atoms)
     calc.get_property("forces_std", atoms)
     assert calc.n_traces == traces + 1  # the std path is compiled once too
