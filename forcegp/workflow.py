@@ -161,17 +161,17 @@ def train_model(
                 f"{formula(train.numbers)}; both must list the same atoms in the same order"
             )
         split = {"valid_fingerprint": valid.fingerprint()}
-    # Resources first, so a bad --devices or --max-memory fails before any training.
-    mesh = posterior.make_mesh(devices)
+    mesh = posterior.make_mesh(devices)  # a bad --devices fails before anything else
     n_dev = int(mesh.devices.size)
-    chunk = posterior.choose_chunk(config, max_memory, n_dev)
 
     key = jax.random.key(seed)  # the one place a key is made from the seed
     key_init, key_train = jax.random.split(key)
     model = initialize(
         config, train.numbers, train.positions, train.energies, train.forces, key=key_init
     )
-    # The explicit block's local terms depend on the geometries: the model's config is final.
+    # The explicit block's local terms depend on the geometries, so the basis size (and the
+    # memory of every K x K step) is known now: a --max-memory that cannot be met fails here,
+    # before the explicit prefit and training.
     config = model.config
     chunk = posterior.choose_chunk(config, max_memory, n_dev)
     fingerprint = train.fingerprint()

@@ -149,6 +149,11 @@ def test_bad_inputs(workdir, model):
     assert result.exit_code == 2 and "Traceback" not in result.output
     result = invoke("train", workdir / "small.extxyz", "-o", "x.fgp", "--max-memory", "lots")
     assert result.exit_code == 2
+    # A memory cap the fit cannot meet: refused before training, with the basis size named.
+    err = one_line_error(
+        invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", "--max-memory", "1K"), 1
+    )
+    assert "--max-memory" in err and "K=" in err and not (workdir / "x.fgp").exists()
 
 
 def test_debug_shows_the_traceback(workdir):
