@@ -261,30 +261,38 @@ def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) ->
     return _explicit_terms(config, stats, hyper, v)[0]
 
 
-def _rows_one(config, stats, hyper, chol_zz, x) -> jax.Array:
-    """Unsymmetrised rows (1+D, K) for one structure."""
+def _raw_rows_one(config, stats, hyper, x) -> jax.Array:
+    """Unsymmetrised rows (1+D, K) for one structure, the DSoftKI block not yet whitened."""
     v = descriptor(config, stats, x)
     dv_dx = jax.jacfwd(lambda y: descriptor(config, stats, y))(x)  # (P, D)
     if hyper.mlp is not None:
-        u, dmlp = hyper.mlp(v), jax.jacfwd(hyper.mlp)(v)  # (p,), (p, P)
-        du_dx = dmlp @ dv_dx
+        # Push the D columns of dv/dx through the MLP as tangents: du/dx (p, D) directly.
+        u, du_dx = jax.vmap(lambda t: jax.jvp(hyper.mlp, (v,), (t,)), in_axes=1, out_axes=(None, 1))(
+            dv_dx
+        )
     else:
         u, du_dx = v, dv_dx
     w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
-    dw_dx = dw_du @ du_dx  # (M, D)
-    soft = jnp.concatenate([w[None], dw_dx.T], axis=0) @ chol_zz  # whitened: (1+D, M)
+    soft = jnp.concatenate([w[None], du_dx.T @ dw_du.T], axis=0)  # (1+D, M)
     if config.explicit == "none":
         return soft
     return jnp.concatenate([soft, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
 
 
-def _value_one(config, stats, hyper, chol_zz, x) -> jax.Array:
+def _raw_value_one(config, stats, hyper, x) -> jax.Array:
     v = descriptor(config, stats, x)
     u = hyper.mlp(v) if hyper.mlp is not None else v
-    soft = interpolation.weights(u, hyper.z, hyper.temperature) @ chol_zz
+    soft = interpolation.weights(u, hyper.z, hyper.temperature)
     if config.explicit == "none":
         return soft
     return jnp.concatenate([soft, _explicit_value(config, stats, hyper, v)])
+
+
+def _whiten(config: Config, chol_zz, rows: jax.Array) -> jax.Array:
+    """Whiten the DSoftKI columns (the first M) of rows (..., K) by L = chol(K_zz)."""
+    m = config.n_inducing
+    soft = rows[..., :m] @ chol_zz
+    return soft if config.explicit == "none" else jnp.concatenate([soft, rows[..., m:]], axis=-1)
 
 
 def _perm_index(perm: jax.Array) -> jax.Array:
@@ -292,28 +300,32 @@ def _perm_index(perm: jax.Array) -> jax.Array:
 
 
 def basis_rows(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
-    """Value and gradient rows (1+D, K) of phi at one structure x (D,), symmetrised if configured."""
+    """Value and gradient rows (1+D, K) of phi at one structure x (D,), symmetrised if configured.
+
+    The symmetrised rows are the mean over permutations of the unwhitened rows, whitened once
+    (whitening is linear, and it is the largest per-permutation cost otherwise).
+    """
     if config.n_permutations <= 1:
-        return _rows_one(config, stats, hyper, chol_zz, x)
+        return _whiten(config, chol_zz, _raw_rows_one(config, stats, hyper, x))
 
     def one(perm):
         idx = _perm_index(perm)
-        r = _rows_one(config, stats, hyper, chol_zz, x[idx])
+        r = _raw_rows_one(config, stats, hyper, x[idx])
         # d f(x[idx]) / d x[idx[l]] = grad_l: scatter gradient rows back to x's order.
         inv = jnp.argsort(idx)
         return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
 
-    return jnp.mean(jax.lax.map(one, stats.permutations), axis=0)
+    return _whiten(config, chol_zz, jnp.mean(jax.lax.map(one, stats.permutations), axis=0))
 
 
 def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
     """phi(x) (K,) alone: the energy path, differentiated by autodiff for forces."""
     if config.n_permutations <= 1:
-        return _value_one(config, stats, hyper, chol_zz, x)
-    vals = jax.vmap(lambda p: _value_one(config, stats, hyper, chol_zz, x[_perm_index(p)]))(
+        return _whiten(config, chol_zz, _raw_value_one(config, stats, hyper, x))
+    vals = jax.vmap(lambda p: _raw_value_one(config, stats, hyper, x[_perm_index(p)]))(
         stats.permutations
     )
-    return jnp.mean(vals, axis=0)
+    return _whiten(config, chol_zz, jnp.mean(vals, axis=0))
 
 
 def noise_vector(config: Config, hyper: Hyper) -> jax.Array:
