@@ -76,6 +76,9 @@ def run_one(molecule: str, split: str, args) -> dict:
         "energy_coverage_95": m["energy_coverage_95"],
         "spearman_std_error": m.get("forces_std_error_spearman"),
         "train_seconds": seconds,
+        # Inside train_seconds: DSoftKI's epochs, and the posterior fit with its refinement.
+        "epochs_seconds": meta["training"]["train_seconds"],
+        "fit_seconds": meta["training"]["fit_seconds"],
         "config": meta["training"]["config"],
         "settings": meta["training"]["settings"],
         "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),

@@ -1,5 +1,6 @@
-"""Smoke tests of the accuracy benchmarks (rmd17.py, acac_calibration.py): their --quick settings run
-end to end on the published data and write their tables. Skipped where the data is absent."""
+"""Smoke tests of the accuracy benchmarks (rmd17.py, learning_curve.py, acac_calibration.py): their
+--quick settings run end to end on the published data and write their tables. Skipped where the
+data is absent."""
 
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ def test_rmd17_quick_with_config_override(tmp_path):
     assert row["config"]["explicit_cubic"] == 2
     assert 0 < row["forces_mae_mev_per_ang"] < 5000
     assert (tmp_path / "r.md").read_text().startswith("| molecule |")
+
+
+@pytest.mark.skipif(not (DATA / "rmd17_ethanol_train_01.npz").exists(), reason="no rMD17 data")
+def test_learning_curve_quick(tmp_path):
+    out = tmp_path / "lc.jsonl"
+    stdout = run("learning_curve.py", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["n_train"] for r in rows] == [30, 60] and all(r["n_test"] == 1000 for r in rows)
+    assert "| ethanol | 60 |" in stdout
 
 
 @pytest.mark.skipif(not (DATA / "acac_train_300K.npz").exists(), reason="no acac data")
