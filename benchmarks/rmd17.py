@@ -126,7 +126,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny model, 100 structures, 1 epoch")
     ap.add_argument("--out", default=str(RESULTS / "rmd17.jsonl"))
+    ap.add_argument(
+        "--table-only", action="store_true",
+        help="rebuild the .md table from --out's rows (the newest per molecule and split)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.table_only:
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
+        newest = {(r["molecule"], r["split"]): r for r in rows}
+        md = table(list(newest.values()))
+        print(md)
+        Path(args.out).with_suffix(".md").write_text(md + "\n")
+        return
     jax.config.update("jax_enable_x64", True)
     if args.quick:
         args.n_train, args.epochs = args.n_train or 100, args.epochs or 1
