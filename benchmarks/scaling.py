@@ -202,9 +202,9 @@ def worker_train(spec: dict) -> dict:
         accumulate_s = time.perf_counter() - t0
     with common.count_compilations() as refine_compiled:
         t0 = time.perf_counter()
-        mult, noise_e, noise_f = posterior.refine_blocks(suff, bare)
-        scaled = posterior.scaled_statistics(suff, np.asarray(mult)[posterior.basis_groups(config)])
-        jax.block_until_ready(posterior.solve(scaled, noise_e, noise_f, scale=1.0).mean)
+        refit, scaled = posterior.refined(suff, bare)
+        h = refit.hyper
+        jax.block_until_ready(posterior.solve(scaled, h.noise_energy, h.noise_force).mean)
         refine_solve_s = time.perf_counter() - t0
 
     gemm = common.gemm_rate(chunk * rows, k)

@@ -261,10 +261,14 @@ def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) ->
     return _explicit_terms(config, stats, hyper, v)[0]
 
 
+def _descriptor_and_jacobian(config, stats, x) -> tuple[jax.Array, jax.Array]:
+    """The descriptor v (P,) of one structure and dv/dx (P, D)."""
+    return descriptor(config, stats, x), jax.jacfwd(lambda y: descriptor(config, stats, y))(x)
+
+
 def _raw_rows_one(config, stats, hyper, x) -> jax.Array:
     """Unsymmetrised rows (1+D, K) for one structure, the DSoftKI block not yet whitened."""
-    v = descriptor(config, stats, x)
-    dv_dx = jax.jacfwd(lambda y: descriptor(config, stats, y))(x)  # (P, D)
+    v, dv_dx = _descriptor_and_jacobian(config, stats, x)
     if hyper.mlp is not None:
         # Push the D columns of dv/dx through the MLP as tangents: du/dx (p, D) directly.
         u, du_dx = jax.vmap(lambda t: jax.jvp(hyper.mlp, (v,), (t,)), in_axes=1, out_axes=(None, 1))(
@@ -299,23 +303,31 @@ def _perm_index(perm: jax.Array) -> jax.Array:
     return (3 * perm[:, None] + jnp.arange(3)[None]).reshape(-1)
 
 
+def _symmetrised(config: Config, stats: Stats, rows_of, x: jax.Array) -> jax.Array:
+    """rows_of(x) (1+D, ...), value and gradient rows, averaged over the model's atom
+    permutations if it has any; the gradient rows of each permuted copy are scattered back to
+    x's atom order."""
+    if config.n_permutations <= 1:
+        return rows_of(x)
+
+    def one(perm):
+        idx = _perm_index(perm)
+        r = rows_of(x[idx])
+        # d f(x[idx]) / d x[idx[l]] = grad_l: scatter gradient rows back to x's order.
+        inv = jnp.argsort(idx)
+        return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
+
+    return jnp.mean(jax.lax.map(one, stats.permutations), axis=0)
+
+
 def basis_rows(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
     """Value and gradient rows (1+D, K) of phi at one structure x (D,), symmetrised if configured.
 
     The symmetrised rows are the mean over permutations of the unwhitened rows, whitened once
     (whitening is linear, and it is the largest per-permutation cost otherwise).
     """
-    if config.n_permutations <= 1:
-        return _whiten(config, chol_zz, _raw_rows_one(config, stats, hyper, x))
-
-    def one(perm):
-        idx = _perm_index(perm)
-        r = _raw_rows_one(config, stats, hyper, x[idx])
-        # d f(x[idx]) / d x[idx[l]] = grad_l: scatter gradient rows back to x's order.
-        inv = jnp.argsort(idx)
-        return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
-
-    return _whiten(config, chol_zz, jnp.mean(jax.lax.map(one, stats.permutations), axis=0))
+    raw = _symmetrised(config, stats, lambda y: _raw_rows_one(config, stats, hyper, y), x)
+    return _whiten(config, chol_zz, raw)
 
 
 def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
@@ -362,17 +374,6 @@ def explicit_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> j
     """Rows (1+D, F) of the explicit block alone at one structure (symmetrised if configured)."""
 
     def one(xp):
-        v = descriptor(config, stats, xp)
-        dv_dx = jax.jacfwd(lambda y: descriptor(config, stats, y))(xp)
-        return _explicit_rows(config, stats, hyper, v, dv_dx)
+        return _explicit_rows(config, stats, hyper, *_descriptor_and_jacobian(config, stats, xp))
 
-    if config.n_permutations <= 1:
-        return one(x)
-
-    def permuted(perm):
-        idx = _perm_index(perm)
-        r = one(x[idx])
-        inv = jnp.argsort(idx)
-        return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
-
-    return jnp.mean(jax.lax.map(permuted, stats.permutations), axis=0)
+    return _symmetrised(config, stats, one, x)

@@ -242,6 +242,14 @@ def refine_blocks(suff: Sufficient, model: ForceGP):
     return evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
 
 
+def refined(suff: Sufficient, model: ForceGP) -> tuple[ForceGP, Sufficient]:
+    """The model with the block scales and noise levels of refine_blocks folded in, and the
+    statistics of its (rescaled) basis, ready for solve with the new model's noise levels."""
+    mult, noise_e, noise_f = refine_blocks(suff, model)
+    model = with_multipliers(model, mult, noise_e, noise_f)
+    return model, scaled_statistics(suff, np.asarray(mult)[basis_groups(model.config)])
+
+
 def with_multipliers(model: ForceGP, mult, noise_e: float, noise_f: float) -> ForceGP:
     """Fold per-block basis multipliers (DSoftKI, explicit pair, explicit product) and new noise
     levels into the raw hyperparameters.
@@ -305,10 +313,7 @@ def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:
     """
     suff = accumulate(model, x, y, g, **kwargs)
     if refine:
-        mult, noise_e, noise_f = refine_blocks(suff, model)
-        model = with_multipliers(model, mult, noise_e, noise_f)
-        columns = np.asarray(mult)[basis_groups(model.config)]
-        suff = scaled_statistics(suff, columns)
+        model, suff = refined(suff, model)
     post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force)
     return eqx.tree_at(lambda m: m.posterior, model, post, is_leaf=lambda v: v is None)
 
