@@ -2,7 +2,7 @@
 
     python benchmarks/learning_curve.py                      # ethanol, aspirin; 50 ... 1000
     python benchmarks/learning_curve.py --molecules uracil --sizes 100 1000
-    python benchmarks/learning_curve.py --config n_permutations=24   # a non-default model
+    python benchmarks/learning_curve.py --config n_permutations=1    # not symmetrised
 
 Each point trains forcegp.workflow.train_model (default settings) on the FIRST n structures of
 the official train_01 split and tests on all 1000 structures of test_01 (benchmarks/rmd17.py's

@@ -1,7 +1,7 @@
 """Train a ForceGP on rMD17 ethanol through the library API and test it.
 
     python examples/train_ethanol.py                      # small and quick (a few minutes, CPU)
-    python examples/train_ethanol.py --frames 1000 --epochs 60 --inducing 256 --symmetrize \
+    python examples/train_ethanol.py --frames 1000 --epochs 40 --inducing 256 \
         -o ethanol.fgp                                    # the forcegp train defaults
 
 The same as ``forcegp train data/ethanol_train.extxyz -o ethanol.fgp`` followed by ``forcegp test
@@ -27,7 +27,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--inducing", type=int, default=64)
     parser.add_argument("--explicit-dim", type=int, default=36)
-    parser.add_argument("--symmetrize", action="store_true", help="average over 24 permutations")
+    parser.add_argument(
+        "--symmetrize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average over the molecule's atom permutations (at most 24; the default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -146,10 +146,11 @@ def main(argv=None) -> None:
 )
 @click.option(
     "--symmetrize/--no-symmetrize",
-    default=False,
+    default=True,
     show_default=True,
     help="Average the model over the molecule's graph automorphisms (methyl rotations, ring "
-    "flips); costs one model evaluation per permutation (up to 24).",
+    "flips), as sGDML does: the largest accuracy gain on molecules with equivalent atoms; each "
+    "permutation (up to 24) adds one deep-kernel evaluation per structure.",
 )
 @click.option("--epochs", default=SETTINGS["epochs"], show_default=True, type=click.IntRange(min=1))
 @click.option(

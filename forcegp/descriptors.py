@@ -45,6 +45,21 @@ def raw_descriptor(kind: str, x: jax.Array, n_atoms: int) -> jax.Array:
     return jax.lax.rsqrt(d2)
 
 
+def permuted_index(kind: str, permutations: jax.Array, n_atoms: int) -> jax.Array:
+    """Index (n_perm, P) with raw_descriptor(x permuted by perm p) == raw_descriptor(x)[index[p]].
+
+    An atom permutation only reorders the descriptor's entries, so a permuted copy's descriptor
+    and its Jacobian are gathers of the original's: no descriptor is recomputed per permutation.
+    """
+    permutations = jnp.asarray(permutations)
+    if kind == "cartesian":
+        return (3 * permutations[:, :, None] + jnp.arange(3)).reshape(len(permutations), -1)
+    i, j = pair_indices(n_atoms)
+    table = np.zeros((n_atoms, n_atoms), dtype=np.int32)
+    table[i, j] = table[j, i] = np.arange(len(i))
+    return jnp.asarray(table)[permutations[:, i], permutations[:, j]]
+
+
 def symmetric_pair_orbits(numbers: np.ndarray, permutations: np.ndarray) -> np.ndarray:
     """For each pair (i<j), a representative index of its orbit under the given atom permutations.
 
@@ -129,6 +144,19 @@ class DeepKernel(eqx.Module):
 
     def __call__(self, v: jax.Array) -> jax.Array:
         return self.mlp(v)
+
+    def with_tangents(self, v: jax.Array, dv: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """h(v) (p,) and dh/dv @ dv (p, D) for tangents dv (P, D), layer by layer as matrix
+        products (forward mode written out: under vmap each layer is one large product, and so
+        is its reverse-mode pass)."""
+        layers = self.mlp.layers
+        for k, layer in enumerate(layers):
+            v = layer.weight @ v + layer.bias
+            dv = layer.weight @ dv
+            if k < len(layers) - 1:  # tanh on hidden layers, identity on the output (__init__)
+                v = jnp.tanh(v)
+                dv = (1.0 - v * v)[:, None] * dv
+        return v, dv
 
 
 def all_permutations_small(n: int) -> list[tuple[int, ...]]:

@@ -53,7 +53,8 @@ class Config:
     pair_powers: int = 3  # powers of each descriptor entry ("polynomial")
     local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
     n_local: int = 0  # local product terms; set by init.initialize from the training geometries
-    n_permutations: int = 1  # 1 = no symmetrisation
+    # Atom permutations (graph automorphisms) the model is averaged over, at most; 1 = none.
+    n_permutations: int = 24
     jitter: float = 1e-6
 
     @property
@@ -205,91 +206,111 @@ def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _explicit_terms(config, stats, hyper, v, dv_dx=None):
-    """Values (F,) of the explicit block at descriptor v and, given dv/dx (P, D), their gradients
-    (F, D); (values, None) without it (the energy path, differentiated by autodiff).
+    """Values (F,) of the explicit block averaged over the copies v (C, P) of a structure and,
+    given dv/dx (C, P, D), their gradients (F, D); (values, None) without it (the energy path,
+    differentiated by autodiff).
 
-    Every term is a product of at most three factors, so its gradient is written out
-    (product rule) as a combination of rows of dv/dx: no autodiff through the feature map.
+    Every term is a product of at most three factors, so its gradient is written out (product
+    rule) as a combination of rows of dv/dx: no autodiff through the feature map. The mean over
+    copies is taken inside each product-rule term (a sum over the copy axis fused with the
+    gather), so no (F, D) array is made per copy.
     """
+    n = v.shape[0]
     q = config.explicit_q
     with_grad = dv_dx is not None
-    a = v @ stats.projection  # (q,)
-    da = stats.projection.T @ dv_dx if with_grad else None  # (q, D)
+    a = v @ stats.projection  # (C, q)
+    da = jnp.einsum("cpd,pq->cqd", dv_dx, stats.projection) if with_grad else None  # (C, q, D)
     values, grads = [], []
 
+    def mean(x, dy):
+        """Copy mean of x[c, t] dy[c, t, :]: (T, D)."""
+        return jnp.sum(x[..., None] * dy, axis=0) / n
+
     def add(scale, value, grad):
-        values.append(scale * value)
+        values.append(scale * jnp.mean(value, axis=0))
         if with_grad:
             grads.append(scale * grad())
 
     if config.explicit == "quadratic":
-        add(hyper.scale_linear, a, lambda: da)
+        add(hyper.scale_linear, a, lambda: jnp.mean(da, axis=0))
     else:
         for k in range(1, config.pair_powers + 1):
-            add(hyper.scale_linear, v**k, lambda k=k: (k * v ** (k - 1))[:, None] * dv_dx)
+            add(hyper.scale_linear, v**k, lambda k=k: mean(k * v ** (k - 1), dv_dx))
         la, lb = stats.local_pairs[:, 0], stats.local_pairs[:, 1]
         add(
             hyper.scale_quadratic,
-            v[la] * v[lb],
-            lambda: v[lb, None] * dv_dx[la] + v[la, None] * dv_dx[lb],
+            v[:, la] * v[:, lb],
+            lambda: mean(v[:, lb], dv_dx[:, la]) + mean(v[:, la], dv_dx[:, lb]),
         )
+    # Products of PCA components: the copy means of a_i da_j and a_i a_j da_k for all index
+    # tuples are matrix products over the copy axis, gathered afterwards.
     iu, ju = np.triu_indices(q)
-    add(hyper.scale_quadratic, a[iu] * a[ju], lambda: a[iu, None] * da[ju] + a[ju, None] * da[iu])
+
+    def quadratic_grad():
+        g2 = jnp.einsum("ci,cjd->ijd", a, da) / n  # (q, q, D)
+        return g2[iu, ju] + g2[ju, iu]
+
+    add(hyper.scale_quadratic, a[:, iu] * a[:, ju], quadratic_grad)
     if config.n_explicit_cubic:
-        i, j, k = _cubic_index(min(config.explicit_cubic, q))
-        add(
-            hyper.scale_quadratic,
-            a[i] * a[j] * a[k],
-            lambda: (
-                (a[j] * a[k])[:, None] * da[i]
-                + (a[i] * a[k])[:, None] * da[j]
-                + (a[i] * a[j])[:, None] * da[k]
-            ),
-        )
+        c3 = min(config.explicit_cubic, q)
+        i, j, k = _cubic_index(c3)
+
+        def cubic_grad():
+            aa = (a[:, :c3, None] * a[:, None, :c3]).reshape(n, c3 * c3)
+            g3 = (jnp.einsum("ct,ckd->tkd", aa, da[:, :c3]) / n).reshape(c3, c3, c3, -1)
+            return g3[j, k, i] + g3[i, k, j] + g3[i, j, k]
+
+        add(hyper.scale_quadratic, a[:, i] * a[:, j] * a[:, k], cubic_grad)
     value = jnp.concatenate(values)
     return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
 
 
 def _explicit_rows(config, stats, hyper, v, dv_dx) -> jax.Array:
-    """Value and gradient rows (1+D, F) of the explicit block from the descriptor v and dv/dx."""
+    """Value and gradient rows (1+D, F) of the explicit block, averaged over the copies v (C, P),
+    dv/dx (C, P, D)."""
     value, grad = _explicit_terms(config, stats, hyper, v, dv_dx)
     return jnp.concatenate([value[None], grad.T], axis=0)
 
 
-def _explicit_value(config: Config, stats: Stats, hyper: Hyper, v: jax.Array) -> jax.Array:
-    """The explicit block's values alone."""
-    return _explicit_terms(config, stats, hyper, v)[0]
+def _copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
+    """Standardised descriptors v (n_copies, P) of x and of its permuted copies (one copy when the
+    model is not symmetrised) and, with ``jacobian``, dv/dx (n_copies, P, D).
 
+    An atom permutation only reorders the raw descriptor (descriptors.permuted_index), so the
+    descriptor and its Jacobian are computed once and gathered per copy. The chain rule through
+    the gather takes the gradient of f(copy) with respect to x itself: nothing is scattered back.
+    """
 
-def _descriptor_and_jacobian(config, stats, x) -> tuple[jax.Array, jax.Array]:
-    """The descriptor v (P,) of one structure and dv/dx (P, D)."""
-    return descriptor(config, stats, x), jax.jacfwd(lambda y: descriptor(config, stats, y))(x)
+    def raw_of(y):
+        return descriptors.raw_descriptor(config.descriptor, y, config.n_atoms)
 
-
-def _raw_rows_one(config, stats, hyper, x) -> jax.Array:
-    """Unsymmetrised rows (1+D, K) for one structure, the DSoftKI block not yet whitened."""
-    v, dv_dx = _descriptor_and_jacobian(config, stats, x)
-    if hyper.mlp is not None:
-        # Push the D columns of dv/dx through the MLP as tangents: du/dx (p, D) directly.
-        u, du_dx = jax.vmap(lambda t: jax.jvp(hyper.mlp, (v,), (t,)), in_axes=1, out_axes=(None, 1))(
-            dv_dx
-        )
+    raw = raw_of(x)
+    draw = jax.jacfwd(raw_of)(x) if jacobian else None
+    if config.n_permutations > 1:
+        idx = descriptors.permuted_index(config.descriptor, stats.permutations, config.n_atoms)
+        raw, draw = raw[idx], (draw[idx] if jacobian else None)
     else:
-        u, du_dx = v, dv_dx
-    w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
-    soft = jnp.concatenate([w[None], du_dx.T @ dw_du.T], axis=0)  # (1+D, M)
-    if config.explicit == "none":
-        return soft
-    return jnp.concatenate([soft, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
+        raw, draw = raw[None], (draw[None] if jacobian else None)
+    v = (raw - stats.desc_mean) / stats.desc_std
+    return v, (draw / stats.desc_std[:, None] if jacobian else None)
 
 
-def _raw_value_one(config, stats, hyper, x) -> jax.Array:
-    v = descriptor(config, stats, x)
-    u = hyper.mlp(v) if hyper.mlp is not None else v
-    soft = interpolation.weights(u, hyper.z, hyper.temperature)
-    if config.explicit == "none":
-        return soft
-    return jnp.concatenate([soft, _explicit_value(config, stats, hyper, v)])
+def _soft_rows(hyper: Hyper, v: jax.Array, dv_dx: jax.Array) -> jax.Array:
+    """Unwhitened DSoftKI rows (1+D, M): interpolation weights and their gradients, averaged over
+    the copies v (n, P), dv/dx (n, P, D)."""
+
+    def one(vc, dvc):
+        if hyper.mlp is not None:
+            u, du = hyper.mlp.with_tangents(vc, dvc)  # du/dx (p, D) directly, forward mode
+        else:
+            u, du = vc, dvc
+        w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
+        return w, du, dw_du
+
+    w, du, dw_du = jax.vmap(one)(v, dv_dx)  # (n, M), (n, p, D), (n, M, p)
+    n = v.shape[0]
+    grad = jnp.einsum("cpd,cmp->dm", du, dw_du) / n  # one contraction over copies and features
+    return jnp.concatenate([jnp.mean(w, axis=0)[None], grad], axis=0)
 
 
 def _whiten(config: Config, chol_zz, rows: jax.Array) -> jax.Array:
@@ -299,45 +320,31 @@ def _whiten(config: Config, chol_zz, rows: jax.Array) -> jax.Array:
     return soft if config.explicit == "none" else jnp.concatenate([soft, rows[..., m:]], axis=-1)
 
 
-def _perm_index(perm: jax.Array) -> jax.Array:
-    return (3 * perm[:, None] + jnp.arange(3)[None]).reshape(-1)
-
-
-def _symmetrised(config: Config, stats: Stats, rows_of, x: jax.Array) -> jax.Array:
-    """rows_of(x) (1+D, ...), value and gradient rows, averaged over the model's atom
-    permutations if it has any; the gradient rows of each permuted copy are scattered back to
-    x's atom order."""
-    if config.n_permutations <= 1:
-        return rows_of(x)
-
-    def one(perm):
-        idx = _perm_index(perm)
-        r = rows_of(x[idx])
-        # d f(x[idx]) / d x[idx[l]] = grad_l: scatter gradient rows back to x's order.
-        inv = jnp.argsort(idx)
-        return jnp.concatenate([r[:1], r[1:][inv]], axis=0)
-
-    return jnp.mean(jax.lax.map(one, stats.permutations), axis=0)
-
-
 def basis_rows(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
     """Value and gradient rows (1+D, K) of phi at one structure x (D,), symmetrised if configured.
 
     The symmetrised rows are the mean over permutations of the unwhitened rows, whitened once
     (whitening is linear, and it is the largest per-permutation cost otherwise).
     """
-    raw = _symmetrised(config, stats, lambda y: _raw_rows_one(config, stats, hyper, y), x)
-    return _whiten(config, chol_zz, raw)
+    v, dv_dx = _copies(config, stats, x, jacobian=True)
+    rows = _soft_rows(hyper, v, dv_dx)
+    if config.explicit != "none":
+        rows = jnp.concatenate([rows, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
+    return _whiten(config, chol_zz, rows)
 
 
 def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
     """phi(x) (K,) alone: the energy path, differentiated by autodiff for forces."""
-    if config.n_permutations <= 1:
-        return _whiten(config, chol_zz, _raw_value_one(config, stats, hyper, x))
-    vals = jax.vmap(lambda p: _raw_value_one(config, stats, hyper, x[_perm_index(p)]))(
-        stats.permutations
-    )
-    return _whiten(config, chol_zz, jnp.mean(vals, axis=0))
+    v, _ = _copies(config, stats, x, jacobian=False)
+
+    def soft_one(vc):
+        u = hyper.mlp(vc) if hyper.mlp is not None else vc
+        return interpolation.weights(u, hyper.z, hyper.temperature)
+
+    value = jnp.mean(jax.vmap(soft_one)(v), axis=0)
+    if config.explicit != "none":
+        value = jnp.concatenate([value, _explicit_terms(config, stats, hyper, v)[0]])
+    return _whiten(config, chol_zz, value)
 
 
 def noise_vector(config: Config, hyper: Hyper) -> jax.Array:
@@ -372,8 +379,4 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
 
 def explicit_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
     """Rows (1+D, F) of the explicit block alone at one structure (symmetrised if configured)."""
-
-    def one(xp):
-        return _explicit_rows(config, stats, hyper, *_descriptor_and_jacobian(config, stats, xp))
-
-    return _symmetrised(config, stats, one, x)
+    return _explicit_rows(config, stats, hyper, *_copies(config, stats, x, jacobian=True))

@@ -34,7 +34,7 @@ from .stagewise import explicit_prefit, soft_only
 from .train import TrainSettings, TrainState, all_finite, optimizer, run, strong_types, with_hyper
 
 #: Largest number of atom permutations the symmetrised model averages over (--symmetrize).
-MAX_SYMMETRY_PERMUTATIONS = 24
+MAX_SYMMETRY_PERMUTATIONS = Config.n_permutations
 
 #: progress(event, info): events "message" {text}, "epoch" {epoch, epochs, loss, seconds},
 #: "fit" {done, total}, "evaluate" {}.

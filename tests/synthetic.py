@@ -80,7 +80,8 @@ def random_rotation(rng):
 def tiny_config(n_atoms, **kw):
     from forcegp.model import Config
 
-    settings = dict(n_inducing=8, n_features=3, width=8, depth=1, explicit_dim=4)
+    # Not symmetrised unless asked (the default is): the symmetry tests ask for it.
+    settings = dict(n_inducing=8, n_features=3, width=8, depth=1, explicit_dim=4, n_permutations=1)
     settings.update(kw)
     return Config(n_atoms=n_atoms, **settings)
 

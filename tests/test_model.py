@@ -47,6 +47,7 @@ VARIANTS = {
     "cartesian-none-mlp": dict(descriptor="cartesian", explicit="none"),
     "invdist-polynomial-mlp-sym": dict(n_permutations=6),
     "invdist-none-nomlp-sym": dict(explicit="none", n_features=0, n_permutations=6),
+    "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
 }
 
 
@@ -142,6 +143,39 @@ def test_molecular_permutations_of_ch2oh():
 
     perms = descriptors.molecular_permutations(SMALL_NUMBERS, SMALL_REFERENCE.reshape(-1))
     np.testing.assert_array_equal(perms, [[0, 1, 2, 3, 4], [0, 2, 1, 3, 4]])
+
+
+@pytest.mark.parametrize("kind", descriptors.DESCRIPTORS)
+def test_a_permuted_copy_reorders_the_descriptor(kind):
+    """The symmetrised rows gather each copy's descriptor from the original's (no recomputation)."""
+    perms = descriptors.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1))
+    x = (METHANOL_REFERENCE + 0.1 * np.random.default_rng(0).normal(size=(6, 3))).reshape(-1)
+    raw = np.asarray(descriptors.raw_descriptor(kind, jnp.asarray(x), 6))
+    index = np.asarray(descriptors.permuted_index(kind, perms, 6))
+    assert index.shape == (len(perms), raw.size)
+    for perm, idx in zip(perms, index, strict=True):
+        copy = descriptors.permute_coordinates(jnp.asarray(x), perm)
+        np.testing.assert_array_equal(np.asarray(descriptors.raw_descriptor(kind, copy, 6)), raw[idx])
+    assert len({tuple(i) for i in index}) == len(perms)  # each permutation reorders differently
+
+
+def test_deep_kernel_tangents_equal_forward_mode():
+    mlp = descriptors.DeepKernel(5, 3, 7, 2, key=jax.random.key(1))
+    rng = np.random.default_rng(2)
+    v, dv = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=(5, 4)))
+    u, du = mlp.with_tangents(v, dv)
+    np.testing.assert_allclose(u, mlp(v), rtol=1e-14)
+    np.testing.assert_allclose(du, jax.jacfwd(mlp)(v) @ dv, rtol=1e-12, atol=1e-14)
+
+
+def test_the_default_model_is_symmetrised(methanol_data):
+    from forcegp.init import initialize
+    from forcegp.model import Config
+
+    positions, e, f = methanol_data
+    config = Config(n_atoms=6, n_inducing=8, n_features=3, width=8, depth=1, explicit_dim=4)
+    model = initialize(config, METHANOL_NUMBERS, positions, e, f, key=jax.random.key(0))
+    assert model.stats.permutations.shape == (6, 6)  # the methyl group's 3! orderings
 
 
 def swap(positions, a, b):

@@ -1,0 +1,134 @@
+"""What symmetrisation costs: the compiled building blocks of training, fitting and prediction,
+timed with and without the molecule's atom permutations.
+
+    python benchmarks/sym_cost.py                          # ethanol, aspirin, toluene
+    python benchmarks/sym_cost.py --molecules ethanol --repeats 20
+
+For each molecule (rMD17 train_01, default Config and TrainSettings) and n_permutations in
+(1, 24) (the graph search caps the latter at the molecule's own count), after one compiled
+warm-up call:
+
+step      one Adam training step (forcegp.train.train_step) on a batch of the default size, on
+          the DSoftKI block alone (stagewise training never sees the explicit block);
+rows      the full basis rows (1+D, K) of 64 structures, as the posterior fit streams them;
+predict   energy, forces and their standard deviations of one structure (the ASE calculator's
+          call), after the posterior is set to the identity (timing only).
+
+Times are medians in milliseconds. Results: benchmarks/results/sym_cost.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+MOLECULES = ("ethanol", "aspirin", "toluene")
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def measure(molecule: str, n_perm: int, repeats: int) -> dict:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from forcegp import posterior
+    from forcegp.data import read_dataset
+    from forcegp.init import initialize
+    from forcegp.model import Config, Posterior, basis_rows, soft_cholesky
+    from forcegp.stagewise import soft_only
+    from forcegp.train import TrainSettings, optimizer, strong_types, train_step
+
+    data = read_dataset([common.rmd17_path(molecule, "train")], energy_unit="kcal/mol")
+    n = len(data.energies)
+    config = Config(n_atoms=data.positions.shape[1], n_permutations=n_perm)
+    model = initialize(
+        config, data.numbers, data.positions, data.energies, data.forces, key=jax.random.key(0)
+    )
+    x = jnp.asarray(data.positions.reshape(n, -1))
+    settings = TrainSettings()
+    b = settings.batch_size
+    y = jnp.zeros(b)
+    g = jnp.zeros((b, x.shape[1]))
+    soft = soft_only(model)
+    hyper = strong_types(soft.hyper)
+    opt_state = strong_types(optimizer(settings, hyper, n).init(eqx.filter(hyper, eqx.is_array)))
+    rest = eqx.tree_at(lambda m: m.hyper, soft, None)
+
+    def step():
+        out = train_step(hyper, opt_state, rest, x[:b], y, g, settings, n)
+        jax.block_until_ready(out)
+
+    rows_fn = eqx.filter_jit(
+        lambda m, xs: jax.vmap(
+            lambda xi: basis_rows(m.config, m.stats, m.hyper, soft_cholesky(m.config, m.hyper), xi)
+        )(xs)
+    )
+
+    def rows():
+        jax.block_until_ready(rows_fn(model, x[:64]))
+
+    k = model.config.n_basis
+    fitted = eqx.tree_at(
+        lambda m: m.posterior,
+        model,
+        Posterior(jnp.zeros(k), jnp.eye(k)),
+        is_leaf=lambda v: v is None,
+    )
+    one = jnp.asarray(x[:1])
+
+    def predict():
+        jax.block_until_ready(posterior._predict_batch(fitted, one, True))
+
+    return {
+        "molecule": molecule,
+        "n_permutations": int(model.stats.permutations.shape[0]),
+        "K": k,
+        "step_ms": median_ms(step, repeats),
+        "rows64_ms": median_ms(rows, max(3, repeats // 4)),
+        "predict_ms": median_ms(predict, repeats),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--molecules", nargs="+", default=list(MOLECULES))
+    parser.add_argument("--repeats", type=int, default=10)
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    common.enable_x64()
+    rows = []
+    for molecule in args.molecules:
+        for n_perm in (1, 24):
+            row = measure(molecule, n_perm, args.repeats)
+            print(row, flush=True)
+            rows.append(row)
+    info = common.machine_info()
+    columns = [
+        ("molecule", "molecule"), ("n_permutations", "permutations"), ("K", "K"),
+        ("step_ms", "train step (ms)"), ("rows64_ms", "rows of 64 structures (ms)"),
+        ("predict_ms", "E+F+std, one structure (ms)"),
+    ]  # fmt: skip
+    table = common.md_table(rows, columns)
+    markdown = "\n".join(["# Cost of symmetrisation", "", common.machine_markdown(info), "", table])
+    common.write_results("sym_cost", {"machine": info, "rows": rows}, markdown, common.results_dir(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
