@@ -146,7 +146,7 @@ def main(argv=None) -> None:
 )
 @click.option(
     "--symmetrize/--no-symmetrize",
-    default=True,
+    default=CONFIG["n_permutations"] > 1,
     show_default=True,
     help="Average the model over the molecule's graph automorphisms (methyl rotations, ring "
     "flips), as sGDML does: the largest accuracy gain on molecules with equivalent atoms; each "

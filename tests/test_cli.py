@@ -199,6 +199,7 @@ def test_defaults_come_from_the_dataclasses():
     assert params["explicit_dim"].default == config["explicit_dim"]
     assert params["epochs"].default == TrainSettings().epochs
     assert params["lr"].default == TrainSettings().lr
+    assert params["symmetrize"].default is (config["n_permutations"] > 1)
 
 
 @pytest.mark.parametrize(
