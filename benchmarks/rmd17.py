@@ -5,6 +5,8 @@
     python benchmarks/rmd17.py --quick               # smoke run (tiny model, 100 structures)
     python benchmarks/rmd17.py --molecules ethanol --config explicit_cubic=26 explicit_dim=26 \
         --out benchmarks/results/rmd17_variants.jsonl   # a non-default model
+    python benchmarks/rmd17.py --molecules malonaldehyde --settings batch_size=64 \
+        --out benchmarks/results/rmd17_variants.jsonl   # non-default training settings
 
 Each (molecule, split) trains in a fresh subprocess-free call of forcegp.workflow.train_model with
 the library's default settings (override with --epochs, --inducing), tests on the 1000 test
@@ -53,13 +55,11 @@ def run_one(molecule: str, split: str, args) -> dict:
     if args.n_train:
         train = train.subset(list(range(args.n_train)))
     overrides = {k: v for k, v in (("epochs", args.epochs),) if v is not None}
-    settings = TrainSettings(**overrides)
+    settings = TrainSettings(**overrides, **parse_pairs(args.settings))
     config = {"n_inducing": 16, "n_features": 4, "width": 8, "explicit_dim": 6} if args.quick else {}
     if args.inducing:
         config["n_inducing"] = args.inducing
-    for item in args.config:
-        key, value = item.split("=", 1)
-        config[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+    config.update(parse_pairs(args.config))
     started = time.perf_counter()
     model, meta = train_model(train, config_kwargs=config, settings=settings, seed=args.seed)
     seconds = time.perf_counter() - started
@@ -67,6 +67,7 @@ def run_one(molecule: str, split: str, args) -> dict:
     return {
         "molecule": molecule,
         "split": split,
+        "variant": variant_label(args),
         "n_train": train.n_frames,
         "n_test": test.n_frames,
         "energy_mae_mev": 1000 * m["energy_mae"],
@@ -86,6 +87,27 @@ def run_one(molecule: str, split: str, args) -> dict:
     }  # fmt: skip
 
 
+def parse_pairs(items: list[str]) -> dict:
+    """KEY=VALUE strings to a dict; numbers and JSON lists/objects are decoded."""
+    out = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        out[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+    return out
+
+
+def variant_label(args) -> str:
+    """What this run changed from the defaults ('default' for none)."""
+    parts = [*args.config, *args.settings]
+    parts += [f"{k}={v}" for k, v in (("epochs", args.epochs), ("n_inducing", args.inducing)) if v]
+    return " ".join(parts) or "default"
+
+
+def _name(row: dict) -> str:
+    variant = row.get("variant", "default")
+    return row["molecule"] if variant == "default" else f"{row['molecule']} ({variant})"
+
+
 def table(rows: list[dict]) -> str:
     import numpy as np
 
@@ -94,8 +116,9 @@ def table(rows: list[dict]) -> str:
         "train time (s) | MACE | NequIP | FCHL | GAP |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
-    for mol in sorted({r["molecule"] for r in rows}):
-        rs = [r for r in rows if r["molecule"] == mol]
+    for name in sorted({_name(r) for r in rows}):
+        rs = [r for r in rows if _name(r) == name]
+        mol = rs[0]["molecule"]
 
         def ms(key, fmt, rs=rs):
             v = np.array([r[key] for r in rs], dtype=float)
@@ -103,7 +126,7 @@ def table(rows: list[dict]) -> str:
 
         pub = PUBLISHED.get(mol, ("–",) * 4)
         lines.append(
-            f"| {mol} | {len(rs)} | {ms('energy_mae_mev', '{:.1f}')} | "
+            f"| {name} | {len(rs)} | {ms('energy_mae_mev', '{:.1f}')} | "
             f"{ms('forces_mae_mev_per_ang', '{:.1f}')} | {ms('forces_coverage_95', '{:.3f}')} | "
             f"{ms('spearman_std_error', '{:.2f}')} | {ms('train_seconds', '{:.0f}')} | "
             + " | ".join(str(p) for p in pub)
@@ -122,6 +145,10 @@ def main() -> None:
         "--config", nargs="*", default=[], metavar="KEY=VALUE",
         help="other Config fields, e.g. explicit_cubic=26 explicit_dim=26",
     )  # fmt: skip
+    ap.add_argument(
+        "--settings", nargs="*", default=[], metavar="KEY=VALUE",
+        help="other TrainSettings fields, e.g. batch_size=64 lr=0.01",
+    )  # fmt: skip
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny model, 100 structures, 1 epoch")
@@ -133,7 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.table_only:
         rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
-        newest = {(r["molecule"], r["split"]): r for r in rows}
+        newest = {(_name(r), r["split"]): r for r in rows}
         md = table(list(newest.values()))
         print(md)
         Path(args.out).with_suffix(".md").write_text(md + "\n")

@@ -10,6 +10,8 @@ warm-up call:
 
 step      one Adam training step (forcegp.train.train_step) on a batch of the default size, on
           the DSoftKI block alone (stagewise training never sees the explicit block);
+rows fwd  the DSoftKI rows of one training batch (what the step's loss is built from), forward;
+rows grad the same with their gradient (the reverse pass of the step's rows);
 rows      the full basis rows (1+D, K) of 64 structures, as the posterior fit streams them;
 predict   energy, forces and their standard deviations of one structure (the ASE calculator's
           call), after the posterior is set to the identity (timing only).
@@ -74,6 +76,12 @@ def measure(molecule: str, n_perm: int, repeats: int) -> dict:
         out = train_step(hyper, opt_state, rest, x[:b], y, g, settings, n)
         jax.block_until_ready(out)
 
+    from forcegp.objectives import batch_rows
+
+    weights = jax.random.normal(jax.random.key(1), (b, 1 + x.shape[1], config.n_inducing))
+    batch_fwd = eqx.filter_jit(lambda h: batch_rows(rest, h, x[:b]))
+    batch_grad = eqx.filter_jit(eqx.filter_grad(lambda h: jnp.sum(batch_rows(rest, h, x[:b]) * weights)))
+
     rows_fn = eqx.filter_jit(
         lambda m, xs: jax.vmap(
             lambda xi: basis_rows(m.config, m.stats, m.hyper, soft_cholesky(m.config, m.hyper), xi)
@@ -100,6 +108,8 @@ def measure(molecule: str, n_perm: int, repeats: int) -> dict:
         "n_permutations": int(model.stats.permutations.shape[0]),
         "K": k,
         "step_ms": median_ms(step, repeats),
+        "rows_fwd_ms": median_ms(lambda: jax.block_until_ready(batch_fwd(hyper)), repeats),
+        "rows_grad_ms": median_ms(lambda: jax.block_until_ready(batch_grad(hyper)), repeats),
         "rows64_ms": median_ms(rows, max(3, repeats // 4)),
         "predict_ms": median_ms(predict, repeats),
     }
@@ -121,7 +131,8 @@ def main(argv=None) -> int:
     info = common.machine_info()
     columns = [
         ("molecule", "molecule"), ("n_permutations", "permutations"), ("K", "K"),
-        ("step_ms", "train step (ms)"), ("rows64_ms", "rows of 64 structures (ms)"),
+        ("step_ms", "train step (ms)"), ("rows_fwd_ms", "step's rows fwd (ms)"),
+        ("rows_grad_ms", "step's rows grad (ms)"), ("rows64_ms", "rows of 64 structures (ms)"),
         ("predict_ms", "E+F+std, one structure (ms)"),
     ]  # fmt: skip
     table = common.md_table(rows, columns)

@@ -31,12 +31,18 @@ def run(script: str, *args: str) -> str:
 @pytest.mark.skipif(not (DATA / "rmd17_ethanol_train_01.npz").exists(), reason="no rMD17 data")
 def test_rmd17_quick_with_config_override(tmp_path):
     out = tmp_path / "r.jsonl"
-    run("rmd17.py", "--molecules", "ethanol", "--config", "explicit_cubic=2", "--out", str(out))
+    run(
+        "rmd17.py", "--molecules", "ethanol", "--config", "explicit_cubic=2",
+        "--settings", "batch_size=16", "--out", str(out),
+    )  # fmt: skip
     row = json.loads(out.read_text().splitlines()[-1])
     assert row["molecule"] == "ethanol" and row["n_test"] == 1000
-    assert row["config"]["explicit_cubic"] == 2
+    assert row["config"]["explicit_cubic"] == 2 and row["settings"]["batch_size"] == 16
     assert 0 < row["forces_mae_mev_per_ang"] < 5000
-    assert (tmp_path / "r.md").read_text().startswith("| molecule |")
+    table = (tmp_path / "r.md").read_text()
+    assert table.startswith("| molecule |")
+    # A non-default run is labelled with what it changed, so variants never average together.
+    assert "| ethanol (explicit_cubic=2 batch_size=16 epochs=1) | 1 |" in table
 
 
 @pytest.mark.skipif(not (DATA / "rmd17_ethanol_train_01.npz").exists(), reason="no rMD17 data")
