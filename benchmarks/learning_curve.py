@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[50, 100, 200, 500, 1000])
     ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--settings", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="tiny model, 30 and 60 structures, 1 epoch")
     ap.add_argument("--out", default=str(RESULTS / "learning_curve.jsonl"))
@@ -64,6 +65,7 @@ def main() -> None:
                 quick=args.quick,
                 inducing=None,
                 config=args.config,
+                settings=args.settings,
                 seed=0,
             )
             row = rmd17.run_one(mol, "01", run_args)
