@@ -53,7 +53,7 @@ def permuted_index(kind: str, permutations: jax.Array, n_atoms: int) -> jax.Arra
     """
     permutations = jnp.asarray(permutations)
     if kind == "cartesian":
-        return (3 * permutations[:, :, None] + jnp.arange(3)).reshape(len(permutations), -1)
+        return jax.vmap(coordinate_index)(permutations)
     i, j = pair_indices(n_atoms)
     table = np.zeros((n_atoms, n_atoms), dtype=np.int32)
     table[i, j] = table[j, i] = np.arange(len(i))
@@ -126,10 +126,14 @@ def molecular_permutations(numbers: np.ndarray, positions: np.ndarray, limit: in
     return perms[order]
 
 
+def coordinate_index(perm):
+    """Index (3N,) of the flattened coordinates that an atom permutation (N,) takes them to."""
+    return (3 * perm[:, None] + jnp.arange(3)[None]).reshape(-1)
+
+
 def permute_coordinates(x: jax.Array, perm: np.ndarray) -> jax.Array:
     """Apply an atom permutation to flattened coordinates: atom a of the result is atom perm[a]."""
-    idx = (3 * np.asarray(perm)[:, None] + np.arange(3)[None]).reshape(-1)
-    return x[idx]
+    return x[coordinate_index(jnp.asarray(perm))]
 
 
 class DeepKernel(eqx.Module):
@@ -148,14 +152,13 @@ class DeepKernel(eqx.Module):
     def with_tangents(self, v: jax.Array, dv: jax.Array) -> tuple[jax.Array, jax.Array]:
         """h(v) (p,) and dh/dv @ dv (p, D) for tangents dv (P, D), layer by layer as matrix
         products (forward mode written out: under vmap each layer is one large product, and so
-        is its reverse-mode pass)."""
+        is its reverse-mode pass). The MLP's own activations are used; they act elementwise."""
         layers = self.mlp.layers
         for k, layer in enumerate(layers):
-            v = layer.weight @ v + layer.bias
-            dv = layer.weight @ dv
-            if k < len(layers) - 1:  # tanh on hidden layers, identity on the output (__init__)
-                v = jnp.tanh(v)
-                dv = (1.0 - v * v)[:, None] * dv
+            act = self.mlp.activation if k < len(layers) - 1 else self.mlp.final_activation
+            h = layer.weight @ v + layer.bias
+            v, slope = jax.jvp(act, (h,), (jnp.ones_like(h),))
+            dv = slope[:, None] * (layer.weight @ dv)
         return v, dv
 
 
