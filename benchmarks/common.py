@@ -196,6 +196,10 @@ def run_worker(script: Path, spec: dict, *, env=None, timeout=None, python=None)
 # ----------------------------------------------------------------------------- JAX
 
 
+#: The tiny model of the scripts' --quick smoke settings (numbers meaningless).
+QUICK_CONFIG = {"n_inducing": 16, "n_features": 4, "width": 8, "depth": 1, "explicit_dim": 4}
+
+
 def use_quick_compile_cache() -> None:
     """--quick only: the persistent compilation cache of tests/conftest.py, for the subprocesses too.
 

@@ -38,7 +38,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-QUICK_CONFIG = {"n_inducing": 16, "n_features": 4, "width": 8, "depth": 1, "explicit_dim": 4}
 TARGET_FAST_MS = 1.0
 TARGET_STD_MS = 5.0
 
@@ -57,7 +56,7 @@ def get_model(args):
         settings=settings,
         seed=0,
         valid=data.subset(np.arange(n, n + 16)),
-        config_kwargs=QUICK_CONFIG if args.quick else None,
+        config_kwargs=common.QUICK_CONFIG if args.quick else None,
     )
     config = "tiny config" if args.quick else "default Config()"
     return model, (

@@ -55,7 +55,7 @@ def run_one(molecule: str, split: str, args) -> dict:
     if args.n_train:
         train = train.subset(list(range(args.n_train)))
     overrides = {k: v for k, v in (("epochs", args.epochs),) if v is not None}
-    settings = TrainSettings(**overrides, **parse_pairs(args.settings))
+    settings = TrainSettings(**{**overrides, **parse_pairs(args.settings)})
     config = {"n_inducing": 16, "n_features": 4, "width": 8, "explicit_dim": 6} if args.quick else {}
     if args.inducing:
         config["n_inducing"] = args.inducing

@@ -3,6 +3,7 @@ timed with and without the molecule's atom permutations.
 
     python benchmarks/sym_cost.py                          # ethanol, aspirin, toluene
     python benchmarks/sym_cost.py --molecules ethanol --repeats 20
+    python benchmarks/sym_cost.py --quick                  # smoke test (tiny model, ethanol)
 
 For each molecule (rMD17 train_01, default Config and TrainSettings) and n_permutations in
 (1, 24) (the graph search caps the latter at the molecule's own count), after one compiled
@@ -44,7 +45,7 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def measure(molecule: str, n_perm: int, repeats: int) -> dict:
+def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -53,12 +54,14 @@ def measure(molecule: str, n_perm: int, repeats: int) -> dict:
     from forcegp.data import read_dataset
     from forcegp.init import initialize
     from forcegp.model import Config, Posterior, basis_rows, soft_cholesky
+    from forcegp.objectives import batch_rows
     from forcegp.stagewise import soft_only
     from forcegp.train import TrainSettings, optimizer, strong_types, train_step
 
     data = read_dataset([common.rmd17_path(molecule, "train")], energy_unit="kcal/mol")
     n = len(data.energies)
-    config = Config(n_atoms=data.positions.shape[1], n_permutations=n_perm)
+    tiny = common.QUICK_CONFIG if quick else {}
+    config = Config(n_atoms=data.positions.shape[1], n_permutations=n_perm, **tiny)
     model = initialize(
         config, data.numbers, data.positions, data.energies, data.forces, key=jax.random.key(0)
     )
@@ -75,8 +78,6 @@ def measure(molecule: str, n_perm: int, repeats: int) -> dict:
     def step():
         out = train_step(hyper, opt_state, rest, x[:b], y, g, settings, n)
         jax.block_until_ready(out)
-
-    from forcegp.objectives import batch_rows
 
     weights = jax.random.normal(jax.random.key(1), (b, 1 + x.shape[1], config.n_inducing))
     batch_fwd = eqx.filter_jit(lambda h: batch_rows(rest, h, x[:b]))
@@ -122,10 +123,13 @@ def main(argv=None) -> int:
     common.add_common_args(parser)
     args = parser.parse_args(argv)
     common.enable_x64()
+    if args.quick:
+        common.use_quick_compile_cache()
+        args.molecules, args.repeats = args.molecules[:1], 1
     rows = []
     for molecule in args.molecules:
         for n_perm in (1, 24):
-            row = measure(molecule, n_perm, args.repeats)
+            row = measure(molecule, n_perm, args.repeats, args.quick)
             print(row, flush=True)
             rows.append(row)
     info = common.machine_info()
@@ -136,8 +140,12 @@ def main(argv=None) -> int:
         ("predict_ms", "E+F+std, one structure (ms)"),
     ]  # fmt: skip
     table = common.md_table(rows, columns)
-    markdown = "\n".join(["# Cost of symmetrisation", "", common.machine_markdown(info), "", table])
-    common.write_results("sym_cost", {"machine": info, "rows": rows}, markdown, common.results_dir(args))
+    parts = ["# Cost of symmetrisation", "", common.machine_markdown(info), ""]
+    if args.quick:
+        parts += ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
+    markdown = "\n".join([*parts, table])
+    payload = {"quick": args.quick, "machine": info, "rows": rows}
+    common.write_results("sym_cost", payload, markdown, common.results_dir(args))
     return 0
 
 

@@ -57,7 +57,6 @@ SCRIPT = Path(__file__).resolve()
 CODES = ("sgdml", "forcegp")
 N_ATOMS = {"ethanol": 9, "malonaldehyde": 9, "uracil": 12, "aspirin": 21}
 SIGMA_GRID = tuple(range(10, 100, 10))  # sgdml all's default
-QUICK_CONFIG = {"n_inducing": 16, "n_features": 4, "width": 8, "depth": 1, "explicit_dim": 4}
 
 
 # ----------------------------------------------------------------------------- both workers
@@ -322,7 +321,7 @@ def run_forcegp(row: dict, args) -> None:
     spec = {"kind": "forcegp", "molecule": row["molecule"], "n": row["n"], "md_steps": args.md_steps}
     spec |= {
         "n_test": args.n_test,
-        "config": QUICK_CONFIG if args.quick else None,
+        "config": common.QUICK_CONFIG if args.quick else None,
         "epochs": args.epochs,
     }
     row["forcegp"] = common.run_worker(SCRIPT, spec, timeout=args.timeout) | {"measured": measured_now()}

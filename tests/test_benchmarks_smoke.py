@@ -115,6 +115,15 @@ def test_md_speed_quick(tmp_path):
     )
 
 
+@needs_data
+def test_sym_cost_quick(tmp_path):
+    rows = run_script("sym_cost", tmp_path)["rows"]
+    assert [r["molecule"] for r in rows] == ["ethanol", "ethanol"]
+    assert [r["n_permutations"] for r in rows] == [1, 12]  # ethanol's graph: CH3 x CH2
+    keys = ("step_ms", "rows_fwd_ms", "rows_grad_ms", "rows64_ms", "predict_ms")
+    assert all(r[k] > 0 for r in rows for k in keys)
+
+
 @pytest.mark.slow
 @needs_data
 def test_scaling_quick(tmp_path):
