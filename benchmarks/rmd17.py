@@ -108,6 +108,21 @@ def _name(row: dict) -> str:
     return row["molecule"] if variant == "default" else f"{row['molecule']} ({variant})"
 
 
+def _model_key(row: dict) -> str:
+    """The model a row measured: its config (less the geometry-derived n_local) and settings."""
+    config = {k: v for k, v in row.get("config", {}).items() if k != "n_local"}
+    return json.dumps([config, row.get("settings", {})], sort_keys=True)
+
+
+def newest_model_rows(rows: list[dict]) -> list[dict]:
+    """Per table name, the newest row of each split among the rows that measured the same model
+    as the name's newest row: when a default changes, the old default's rows of other splits
+    drop out instead of being averaged with the new ones."""
+    latest = {_name(r): _model_key(r) for r in rows}
+    newest = {(_name(r), r["split"]): r for r in rows if _model_key(r) == latest[_name(r)]}
+    return list(newest.values())
+
+
 def table(rows: list[dict]) -> str:
     import numpy as np
 
@@ -155,13 +170,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "rmd17.jsonl"))
     ap.add_argument(
         "--table-only", action="store_true",
-        help="rebuild the .md table from --out's rows (the newest per molecule and split)",
+        help="rebuild the .md table from --out's rows (per molecule, the newest row of each split "
+        "that measured the same model as the molecule's newest row)",
     )  # fmt: skip
     args = ap.parse_args()
     if args.table_only:
         rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
-        newest = {(_name(r), r["split"]): r for r in rows}
-        md = table(list(newest.values()))
+        md = table(newest_model_rows(rows))
         print(md)
         Path(args.out).with_suffix(".md").write_text(md + "\n")
         return

@@ -60,3 +60,27 @@ def test_acac_calibration_quick():
     assert "| 600K |" in stdout and "| 300K |" in stdout
     summary = json.loads((ROOT / "benchmarks" / "results" / "tmp" / "acac_calibration.json").read_text())
     assert set(summary["tests"]) == {"300K", "600K"}
+
+
+def test_rmd17_table_only_keeps_one_model_per_molecule(tmp_path):
+    """--table-only: when the default changes, rows of the old default (other splits) drop out
+    instead of averaging with the new one; the newest row of each split counts."""
+
+    def row(split, mae, width, epochs=40):
+        return {
+            "molecule": "uracil", "split": split, "variant": "default", "energy_mae_mev": 1.0,
+            "forces_mae_mev_per_ang": mae, "forces_coverage_95": 0.95, "spearman_std_error": 0.7,
+            "train_seconds": 100.0, "config": {"width": width, "n_local": 5},
+            "settings": {"epochs": epochs},
+        }  # fmt: skip
+
+    rows = [row("01", 20.0, 64), row("02", 21.0, 64), row("01", 15.0, 128), row("01", 16.0, 128)]
+    out = tmp_path / "r.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rmd17.py"), "--table-only", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "r.md").read_text()
+    assert "| uracil | 1 | 1.0 | 16.0 | 0.950 |" in table
