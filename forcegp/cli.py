@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .cli_common import (
+    AutoInt,
     ByteSize,
     ForceGPGroup,
     TrainProgress,
@@ -95,10 +96,11 @@ def main(argv=None) -> None:
 )
 @click.option(
     "--width",
-    default=CONFIG["width"],
+    default="auto" if CONFIG["width"] < 0 else CONFIG["width"],
     show_default=True,
-    type=click.IntRange(min=1),
-    help="Width of the deep-kernel MLP.",
+    type=AutoInt(minimum=1),
+    help="Width of the deep-kernel MLP (auto: 128 where permutation copies x (1 + 3N) is at "
+    "most 350, else 64).",
 )
 @click.option(
     "--depth",
@@ -131,10 +133,11 @@ def main(argv=None) -> None:
 )
 @click.option(
     "--explicit-cubic",
-    default=CONFIG["explicit_cubic"],
+    default="auto" if CONFIG["explicit_cubic"] < 0 else CONFIG["explicit_cubic"],
     show_default=True,
-    type=click.IntRange(min=0),
-    help="Leading PCA components in the cubic terms of the polynomial block (0: none).",
+    type=AutoInt(),
+    help="Leading PCA components in the cubic terms of the polynomial block (0: none; auto: "
+    "as many as a cost budget in training structures and atoms allows, at most --explicit-dim).",
 )
 @click.option(
     "--local-cutoff",
@@ -153,6 +156,14 @@ def main(argv=None) -> None:
     "permutation (up to 24) adds one deep-kernel evaluation per structure.",
 )
 @click.option("--epochs", default=SETTINGS["epochs"], show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--train-permutations",
+    default=SETTINGS["train_permutations"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Symmetrised models: permutation copies each training step averages over, drawn at "
+    "random per step (0: all). The fitted posterior and predictions always use all of them.",
+)
 @click.option(
     "--batch-size",
     default=SETTINGS["batch_size"],
@@ -215,7 +226,11 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(
-        epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], lr_mlp=opts["lr_mlp"]
+        epochs=opts["epochs"],
+        batch_size=opts["batch_size"],
+        lr=opts["lr"],
+        lr_mlp=opts["lr_mlp"],
+        train_permutations=opts["train_permutations"],
     )
     model, metadata = train_model(
         train_data,

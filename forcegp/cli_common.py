@@ -90,6 +90,26 @@ class ByteSize(click.ParamType):
         return size
 
 
+class AutoInt(click.ParamType):
+    """An integer of at least ``minimum``, or 'auto' (passed on as -1: the library chooses)."""
+
+    name = "integer|auto"
+
+    def __init__(self, minimum: int = 0):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if str(value).strip().lower() == "auto":
+            return -1
+        try:
+            number = int(str(value))
+        except ValueError:
+            number = self.minimum - 1
+        if number < self.minimum:
+            self.fail(f"{value!r} is neither an integer >= {self.minimum} nor 'auto'", param, ctx)
+        return number
+
+
 def defaults(cls) -> dict:
     """Field defaults of a dataclass (Config, TrainSettings): the one source of CLI defaults."""
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}

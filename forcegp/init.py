@@ -78,6 +78,8 @@ def initialize(
         perms = descriptors.molecular_permutations(numbers, x[0], limit=config.n_permutations)
     else:
         perms = np.arange(config.n_atoms)[None]
+    if config.width < 0:
+        config = dataclasses.replace(config, width=budgeted_width(config, len(perms)))
     raw = jax.vmap(lambda xi: descriptors.raw_descriptor(config.descriptor, xi, config.n_atoms))
     sample = x[: min(n, 2000)]
     # Statistics over every permuted copy, so symmetric atoms share them.
@@ -93,6 +95,8 @@ def initialize(
     projection = evecs[:, order] / np.sqrt(np.maximum(evals[order], 1e-10))[None]
     pairs = local_pairs(config, descs)
     config = dataclasses.replace(config, n_local=len(pairs))
+    if config.explicit_cubic < 0:
+        config = dataclasses.replace(config, explicit_cubic=budgeted_cubic(config, n))
 
     stats = Stats(
         jnp.asarray(desc_mean),
@@ -147,6 +151,45 @@ def local_pairs(config: Config, descs: np.ndarray) -> np.ndarray:
     close = np.flatnonzero(1.0 / np.mean(descs, axis=0) < config.local_cutoff)
     out = [(a, b) for s, a in enumerate(close) for b in close[s + 1 :] if {i[a], j[a]} & {i[b], j[b]}]
     return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+#: Cost budget of the explicit block, observations x F^2 (the F x F accumulation of the prefit and
+#: of the posterior fit): rMD17 aspirin's block at 1000 structures (F = 3224), whose fit
+#: is a sixth of its training time. Measured in benchmarks/results/rmd17_variants.jsonl: the
+#: cubic block's size is the largest accuracy lever on the small molecules.
+EXPLICIT_BUDGET = 6.7e11
+#: At most this many explicit functions: the block's F x F eigendecompositions (F^3) do not
+#: shrink with the data; rMD17 ethanol's cubic-26 block (F = 3987) adds about 2.5 minutes.
+EXPLICIT_MAX = 4000
+
+
+def budgeted_cubic(config: Config, n_train: int) -> int:
+    """Leading PCA components in the cubic terms ("auto"): the largest c <= explicit_dim whose
+    explicit block of F functions keeps n_train * (1 + 3N) * F^2 within EXPLICIT_BUDGET, F within
+    EXPLICIT_MAX and at most the number of observations (beyond that the block costs more than
+    the data hold)."""
+    obs = n_train * (1 + config.dim)
+    best = 0
+    for c in range(config.explicit_q + 1):
+        f = dataclasses.replace(config, explicit_cubic=c).n_explicit
+        if obs * f * f > EXPLICIT_BUDGET or f > min(obs, EXPLICIT_MAX):
+            break
+        best = c
+    return best
+
+
+#: Deep-kernel width ("auto"): WIDE where a training structure costs at most WIDE_COST tangent
+#: rows through the MLP (permutation copies x (1 + 3N)), NARROW elsewhere. Each training step
+#: pushes every copy's 1 + 3N tangents through the MLP, so its cost grows with width x that
+#: product; width 128 took rMD17 malonaldehyde from 31.9 to 27.7 meV/Å and ethanol (with the
+#: cubic-26 block) from 21.3 to 18.9 (docs/ablation.md) for about 45% more epoch time, which
+#: the molecules with many copies or atoms (benzene, toluene, aspirin, paracetamol,
+#: azobenzene: 384-732 rows) cannot spend within ten minutes.
+NARROW, WIDE, WIDE_COST = 64, 128, 350
+
+
+def budgeted_width(config: Config, n_permutations: int) -> int:
+    return WIDE if n_permutations * (1 + config.dim) <= WIDE_COST else NARROW
 
 
 def _perm_idx(perm) -> np.ndarray:

@@ -45,11 +45,13 @@ class Config:
     descriptor: str = "inverse-distance"
     n_inducing: int = 256
     n_features: int = 16  # p; 0 disables the deep-kernel MLP (u = standardised descriptor)
-    width: int = 64
+    width: int = -1  # deep-kernel MLP width; -1: init.budgeted_width chooses it (64 or 128)
     depth: int = 2
     explicit: str = "polynomial"  # "polynomial", "quadratic" or "none"
-    explicit_dim: int = 36  # PCA components of the descriptor in the global product terms
-    explicit_cubic: int = 16  # leading PCA components in the cubic terms ("polynomial")
+    explicit_dim: int = 26  # PCA components of the descriptor in the global product terms
+    # Leading PCA components in the cubic terms ("polynomial"); -1: init.budgeted_cubic chooses
+    # it from the number of training structures and atoms.
+    explicit_cubic: int = -1
     pair_powers: int = 3  # powers of each descriptor entry ("polynomial")
     local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
     n_local: int = 0  # local product terms; set by init.initialize from the training geometries
@@ -84,7 +86,7 @@ class Config:
 
     @property
     def n_explicit_cubic(self) -> int:
-        c = min(self.explicit_cubic, self.explicit_q) if self.explicit == "polynomial" else 0
+        c = min(max(self.explicit_cubic, 0), self.explicit_q) if self.explicit == "polynomial" else 0
         return c * (c + 1) * (c + 2) // 6
 
     @property

@@ -26,6 +26,9 @@ class TrainSettings:
     lr_mlp: float = 1e-3
     clip: float = 1.0
     final_lr_fraction: float = 0.05
+    # Permutation copies each training step averages over, drawn at random per step from the
+    # model's permutations (0 = all of them). The posterior fit and predictions always use all.
+    train_permutations: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -84,12 +87,30 @@ def strong_types(tree):
     )
 
 
+def _permutation_subset(model_rest: ForceGP, settings: TrainSettings, key: jax.Array) -> ForceGP:
+    """model_rest averaging over ``settings.train_permutations`` of its permutations, drawn
+    without replacement with ``key`` (unchanged when that is 0 or not fewer than it has)."""
+    perms = model_rest.stats.permutations
+    k = settings.train_permutations
+    if k <= 0 or k >= perms.shape[0]:
+        return model_rest
+    pick = jax.random.choice(key, perms.shape[0], (k,), replace=False)
+    return eqx.tree_at(lambda m: m.stats.permutations, model_rest, perms[pick])
+
+
+def step_key(key: jax.Array, epoch: int, step: int) -> jax.Array:
+    return jax.random.fold_in(epoch_key(key, epoch), step + 1)
+
+
 @eqx.filter_jit
-def train_step(hyper, opt_state, model_rest, x, y, g, settings: TrainSettings, n_train: int):
+def train_step(hyper, opt_state, model_rest, x, y, g, settings: TrainSettings, n_train: int, key=None):
     """One Adam step on a batch. Module level, with the optimiser rebuilt from the static
     (hashable) settings, so the compiled step is reused across runs, resumes and continuations
-    of the same shapes and settings. model_rest: the model with hyper=None."""
+    of the same shapes and settings. model_rest: the model with hyper=None. ``key`` draws the
+    step's permutation subset (settings.train_permutations); None uses all permutations."""
     opt = optimizer(settings, hyper, n_train)
+    if key is not None:
+        model_rest = _permutation_subset(model_rest, settings, key)
     loss, grads = eqx.filter_value_and_grad(batch_loss)(hyper, model_rest, x, y, g)
     updates, opt_state = opt.update(grads, opt_state, eqx.filter(hyper, eqx.is_array))
     return strong_types(eqx.apply_updates(hyper, updates)), strong_types(opt_state), loss
@@ -131,7 +152,9 @@ def run(
             xb, yb, gb = x[idx], y[idx], g[idx]
             if sharding is not None:
                 xb, yb, gb = (jax.device_put(a, sharding) for a in (xb, yb, gb))
-            hyper, opt_state, loss = train_step(hyper, opt_state, model_rest, xb, yb, gb, settings, n)
+            hyper, opt_state, loss = train_step(
+                hyper, opt_state, model_rest, xb, yb, gb, settings, n, step_key(key, epoch, s)
+            )
             losses.append(loss)
             if on_step is not None:
                 on_step(s, float(loss))

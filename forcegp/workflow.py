@@ -73,7 +73,8 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
     minimum = {"n_inducing": 1, "n_features": 0, "width": 1, "depth": 1, "explicit_dim": 1}
     for name, low in minimum.items():
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        auto = name == "width" and value == -1  # chosen by init.budgeted_width
+        if not isinstance(value, int) or isinstance(value, bool) or (value < low and not auto):
             raise InputError(f"model option {name} must be an integer >= {low}, got {value!r}")
     if not isinstance(config.n_permutations, int) or config.n_permutations < 1:
         raise InputError(f"n_permutations must be an integer >= 1, got {config.n_permutations!r}")
@@ -85,8 +86,13 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
         )
     for name in ("explicit_cubic", "pair_powers"):
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 8 * 36:
-            raise InputError(f"model option {name} must be a non-negative integer, got {value!r}")
+        low = -1 if name == "explicit_cubic" else 0  # -1: chosen by init.budgeted_cubic
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 8 * 36:
+            raise InputError(
+                f"model option {name} must be a non-negative integer"
+                + (" or -1 (auto)" if low < 0 else "")
+                + f", got {value!r}"
+            )
     if not isinstance(config.local_cutoff, (int, float)) or not config.local_cutoff >= 0:
         raise InputError(f"model option local_cutoff must be >= 0 Å, got {config.local_cutoff!r}")
     if n_atoms < 2:
@@ -99,6 +105,9 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"epochs must be an integer >= 1, got {settings.epochs!r}")
     if not isinstance(settings.batch_size, int) or settings.batch_size < 1:
         raise InputError(f"batch size must be an integer >= 1, got {settings.batch_size!r}")
+    k = settings.train_permutations
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise InputError(f"train_permutations must be an integer >= 0 (0: all), got {k!r}")
     for name in ("lr", "lr_mlp", "clip"):
         value = getattr(settings, name)
         if not np.isfinite(value) or value <= 0:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from forcegp import workflow
 from forcegp.cli import cli
-from forcegp.cli_common import ByteSize, defaults
+from forcegp.cli_common import AutoInt, ByteSize, defaults
 from forcegp.data import read_dataset, write_extxyz_atomic
 from forcegp.model import Config
 from forcegp.train import TrainSettings
@@ -117,9 +117,7 @@ def test_nonexistent_file(workdir):
     err = one_line_error(invoke("test", workdir / "missing.fgp", workdir / "small.extxyz"), 2)
     assert "missing.fgp" in err and "not found" in err
     out = workdir / "none.extxyz"
-    one_line_error(
-        invoke("predict", workdir / "missing.fgp", workdir / "small.extxyz", "-o", out), 2
-    )
+    one_line_error(invoke("predict", workdir / "missing.fgp", workdir / "small.extxyz", "-o", out), 2)
     assert not out.exists()
 
 
@@ -197,6 +195,9 @@ def test_defaults_come_from_the_dataclasses():
     assert params["inducing"].default == config["n_inducing"]
     assert params["features"].default == config["n_features"]
     assert params["explicit_dim"].default == config["explicit_dim"]
+    # Config's -1 is the library's own choice, shown and accepted as 'auto'.
+    assert config["width"] == config["explicit_cubic"] == -1
+    assert params["width"].default == params["explicit_cubic"].default == "auto"
     assert params["epochs"].default == TrainSettings().epochs
     assert params["lr"].default == TrainSettings().lr
     assert params["symmetrize"].default is (config["n_permutations"] > 1)
@@ -207,6 +208,16 @@ def test_defaults_come_from_the_dataclasses():
 )
 def test_byte_sizes(text, size):
     assert ByteSize().convert(text, None, None) == size
+
+
+def test_auto_integers():
+    assert AutoInt().convert("auto", None, None) == -1
+    assert AutoInt().convert(" AUTO ", None, None) == -1
+    assert AutoInt().convert("0", None, None) == 0
+    assert AutoInt(minimum=1).convert(128, None, None) == 128
+    for bad, minimum in (("-1", 0), ("0", 1), ("wide", 1), ("1.5", 0)):
+        with pytest.raises(click.BadParameter):
+            AutoInt(minimum=minimum).convert(bad, None, None)
 
 
 def test_bad_byte_size():

@@ -208,3 +208,54 @@ def test_symmetrised_model_is_invariant_under_methyl_permutations(methanol_data)
     np.testing.assert_allclose(out["forces"][2:], swap(out["forces"][:2], 1, 2), atol=1e-9)
     np.testing.assert_allclose(out["energy_std"][2:], out["energy_std"][:2], rtol=1e-7)
     np.testing.assert_allclose(out["forces_std"][2:], swap(out["forces_std"][:2], 1, 2), rtol=1e-7)
+
+
+# ------------------------------------------------------------------ budgeted explicit block
+
+
+def test_budgeted_cubic_grows_with_data_within_budget_and_limits():
+    """explicit_cubic=-1 ('auto'): the largest cubic block within the cost budget, the size
+    limit and the number of observations; never more components than explicit_dim."""
+    import dataclasses
+
+    from forcegp.init import EXPLICIT_BUDGET, EXPLICIT_MAX, budgeted_cubic
+    from forcegp.model import Config
+
+    config = Config(n_atoms=9, n_local=252)  # rMD17 ethanol's shape
+    chosen = {n: budgeted_cubic(config, n) for n in (20, 50, 200, 1000, 10_000, 100_000)}
+    assert chosen[1000] == config.explicit_q == 26
+    assert chosen[20] < chosen[50] < chosen[200] == 26  # limited by the observations
+    assert chosen[100_000] < chosen[10_000] < 26  # limited by the cost budget
+    assert chosen[20] == 0  # the pair and quadratic terms alone outnumber 20 x 28 observations
+    for n, c in chosen.items():
+        obs = n * (1 + config.dim)
+        f = dataclasses.replace(config, explicit_cubic=c).n_explicit
+        bigger = dataclasses.replace(config, explicit_cubic=c + 1).n_explicit
+        # Only the cubic terms are budgeted: with none, the rest of the block may exceed it.
+        assert c == 0 or (obs * f * f <= EXPLICIT_BUDGET and f <= min(obs, EXPLICIT_MAX))
+        assert c == 26 or obs * bigger**2 > EXPLICIT_BUDGET or bigger > min(obs, EXPLICIT_MAX)
+
+
+def test_initialize_resolves_auto_cubic(methanol_data):
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=-1)
+    assert 0 <= model.config.explicit_cubic <= model.config.explicit_q
+    assert model.config.n_explicit <= len(e) * (1 + model.config.dim)
+    fixed = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=2)
+    assert fixed.config.explicit_cubic == 2
+
+
+def test_budgeted_width_follows_the_cost_of_a_training_structure(methanol_data):
+    from forcegp.init import NARROW, WIDE, budgeted_width
+    from forcegp.model import Config
+
+    # rMD17: ethanol (12 copies, 28 rows) and naphthalene (4, 55) wide; benzene (12, 37) and
+    # aspirin (6, 64) narrow.
+    assert budgeted_width(Config(n_atoms=9), 12) == WIDE == 128
+    assert budgeted_width(Config(n_atoms=18), 4) == WIDE
+    assert budgeted_width(Config(n_atoms=12), 12) == NARROW == 64
+    assert budgeted_width(Config(n_atoms=21), 6) == NARROW
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, width=-1, n_permutations=6)
+    assert model.config.width == WIDE  # 6 copies x 19 rows
+    assert model.hyper.mlp.mlp.layers[0].weight.shape[0] == WIDE

@@ -101,3 +101,29 @@ def test_step_compiles_once_per_shapes_and_settings(small_problem, monkeypatch, 
     for a, b, c in zip(leaves(first.hyper), leaves(again.hyper), leaves(resumed.hyper), strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+def test_training_steps_average_over_a_random_subset_of_permutations(methanol_data):
+    """train_permutations=k: each step's model keeps k distinct permutations of its own, drawn
+    by the step key (same key, same subset); the loss is that of the subset model."""
+    from synthetic import METHANOL_NUMBERS, build_model
+
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, n_permutations=6)
+    perms = np.asarray(model.stats.permutations)
+    assert perms.shape[0] == 6
+    settings = train.TrainSettings(train_permutations=2)
+    seen = set()
+    for step in range(8):
+        key = train.step_key(jax.random.key(3), 0, step)
+        sub = np.asarray(train._permutation_subset(model, settings, key).stats.permutations)
+        again = np.asarray(train._permutation_subset(model, settings, key).stats.permutations)
+        np.testing.assert_array_equal(sub, again)
+        rows = {tuple(r) for r in sub}
+        assert len(rows) == 2 and rows <= {tuple(r) for r in perms}
+        seen |= rows
+    assert len(seen) > 2  # different steps draw different subsets
+    # 0 (all) or k >= the count leaves the model as it is.
+    for k in (0, 6, 9):
+        same = train._permutation_subset(model, train.TrainSettings(train_permutations=k), key)
+        assert same is model
