@@ -283,7 +283,8 @@ def format_summary(path, s: dict) -> str:
         f"{path}: forcegp model (forcegp {s['forcegp_version']})",
         f"molecule:  {s['formula']}, numbers {' '.join(map(str, s['numbers']))}",
         f"model:     M={cfg['n_inducing']} points, p={cfg['n_features']} features, "
-        f"explicit {cfg['explicit']} ({cfg['explicit_dim']}), descriptor {cfg['descriptor']}, "
+        f"MLP width {cfg['width']}, explicit {cfg['explicit']} (PCA {cfg['explicit_dim']}, "
+        f"cubic {cfg['explicit_cubic']}), descriptor {cfg['descriptor']}, "
         f"{s['n_permutations']} permutation(s), K={s['n_basis']} basis functions",
         f"training:  {t.get('n_structures', '?')} structures, fingerprint {fingerprint[:16]}, "
         f"from {', '.join(t.get('sources') or ['?'])}",

@@ -101,6 +101,7 @@ def test_info(model):
     assert result.exit_code == 0, result.output
     for text in ("C2H6O", "noise energy", "meV/Å", "lengthscales", "fingerprint", "jax"):
         assert text in result.stdout
+    assert "MLP width 8, explicit polynomial (PCA 4, cubic " in result.stdout  # resolved sizes
     result = invoke("info", model[0], "--json")
     summary = json.loads(result.stdout)
     assert summary["numbers"] == [6, 6, 8, 1, 1, 1, 1, 1, 1]
