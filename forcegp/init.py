@@ -81,10 +81,11 @@ def initialize(
     if config.width < 0:
         config = dataclasses.replace(config, width=budgeted_width(config, len(perms)))
     raw = jax.vmap(lambda xi: descriptors.raw_descriptor(config.descriptor, xi, config.n_atoms))
-    sample = x[: min(n, 2000)]
+    sample = jnp.asarray(x[: min(n, 2000)])
     # Statistics over every permuted copy, so symmetric atoms share them.
     descs = np.concatenate(
-        [np.asarray(raw(jnp.asarray(sample[:, _perm_idx(p)]))) for p in perms], axis=0
+        [np.asarray(raw(sample[:, descriptors.coordinate_index(jnp.asarray(p))])) for p in perms],
+        axis=0,
     )
     desc_mean = descs.mean(0)
     desc_std = np.maximum(descs.std(0), 1e-6 * (np.abs(desc_mean) + 1e-12))
@@ -116,7 +117,7 @@ def initialize(
     placeholder = Hyper(
         mlp, jnp.zeros((m, p)), jnp.zeros((m, p)), jnp.zeros((p,)), *([jnp.asarray(0.0)] * 5)
     )
-    u = jax.vmap(lambda xi: features(config, stats, placeholder, xi))(jnp.asarray(sample))
+    u = jax.vmap(lambda xi: features(config, stats, placeholder, xi))(sample)
     z = kmeans(u, m, key=k_means)
     dz = jnp.sqrt(jnp.sum((z[:, None] - z[None]) ** 2, -1))
     median = float(jnp.median(dz[jnp.triu_indices(m, 1)])) if m > 1 else 1.0
@@ -190,10 +191,6 @@ NARROW, WIDE, WIDE_COST = 64, 128, 350
 
 def budgeted_width(config: Config, n_permutations: int) -> int:
     return WIDE if n_permutations * (1 + config.dim) <= WIDE_COST else NARROW
-
-
-def _perm_idx(perm) -> np.ndarray:
-    return (3 * np.asarray(perm)[:, None] + np.arange(3)[None]).reshape(-1)
 
 
 def match_prior_scale(model: ForceGP, x: np.ndarray, g: np.ndarray, *, sample: int = 64) -> ForceGP:
