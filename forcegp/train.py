@@ -143,6 +143,8 @@ def run(
         state = TrainState(model.hyper, opt.init(eqx.filter(model.hyper, eqx.is_array)), 0, [])
     model_rest = strong_types(eqx.tree_at(lambda m: m.hyper, model, replace_fn=lambda _: None))
     sharding = NamedSharding(mesh, P("batch")) if mesh is not None else None
+    # Permutation subsets need a key per step; without them none is made (nor traced).
+    subsets = settings.train_permutations > 0
     hyper, opt_state = strong_types(state.hyper), strong_types(state.opt_state)
     for epoch in range(state.epoch, settings.epochs):
         order = np.asarray(jax.random.permutation(epoch_key(key, epoch), n))
@@ -153,8 +155,9 @@ def run(
             if sharding is not None:
                 xb, yb, gb = (jax.device_put(a, sharding) for a in (xb, yb, gb))
             hyper, opt_state, loss = train_step(
-                hyper, opt_state, model_rest, xb, yb, gb, settings, n, step_key(key, epoch, s)
-            )
+                hyper, opt_state, model_rest, xb, yb, gb, settings, n,
+                step_key(key, epoch, s) if subsets else None,
+            )  # fmt: skip
             losses.append(loss)
             if on_step is not None:
                 on_step(s, float(loss))
