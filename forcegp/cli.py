@@ -29,11 +29,16 @@ from .cli_common import (
     reader_options,
 )
 from .descriptors import DESCRIPTORS
-from .model import EXPLICIT_BLOCKS, Config
+from .model import AUTO, EXPLICIT_BLOCKS, Config
 from .train import TrainSettings
 
 CONFIG = defaults(Config)
 SETTINGS = defaults(TrainSettings)
+
+
+def _shown(name: str):
+    """Config's default of ``name`` as the CLI shows and takes it ('auto' for AUTO)."""
+    return "auto" if CONFIG[name] == AUTO else CONFIG[name]
 
 
 def _version() -> str:
@@ -96,7 +101,7 @@ def main(argv=None) -> None:
 )
 @click.option(
     "--width",
-    default="auto" if CONFIG["width"] < 0 else CONFIG["width"],
+    default=_shown("width"),
     show_default=True,
     type=AutoInt(minimum=1),
     help="Width of the deep-kernel MLP (auto: 128 where permutation copies x (1 + 3N) is at "
@@ -133,7 +138,7 @@ def main(argv=None) -> None:
 )
 @click.option(
     "--explicit-cubic",
-    default="auto" if CONFIG["explicit_cubic"] < 0 else CONFIG["explicit_cubic"],
+    default=_shown("explicit_cubic"),
     show_default=True,
     type=AutoInt(),
     help="Leading PCA components in the cubic terms of the polynomial block (0: none; auto: "

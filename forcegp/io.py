@@ -224,7 +224,7 @@ def _read(path, expected_format: str) -> tuple[dict, bytes]:
             _check_format(path, header, expected_format)
             size = header.get("payload_bytes")
             digest = header.get("payload_sha256")
-            if not _is_int(size) or size < 0 or not isinstance(digest, str):
+            if not is_int(size) or size < 0 or not isinstance(digest, str):
                 raise _fail(path, "truncated or corrupted (bad payload_bytes/payload_sha256)")
             remaining = os.fstat(handle.fileno()).st_size - len(line)
             if remaining != size:
@@ -252,7 +252,7 @@ def _check_format(path, header: dict, expected: str) -> None:
             raise _fail(path, f"is {other}, not a {expected.removeprefix('forcegp-')} file")
         raise _fail(path, f"not a forcegp file (format {fmt!r}, expected {expected!r})")
     version = header.get("format_version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise _fail(path, "truncated or corrupted (bad format_version)")
     if version > FORMAT_VERSION:
         made_by = header.get("forcegp_version", "?")
@@ -272,7 +272,7 @@ def _check_format(path, header: dict, expected: str) -> None:
         )
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -305,7 +305,7 @@ def check_config(path, raw) -> Config:
         )
     for name, (low, high) in INT_FIELDS.items():
         value = raw[name]
-        if not _is_int(value) or not low <= value <= high:
+        if not is_int(value) or not low <= value <= high:
             raise _fail(path, f"config {name}={value!r} is not an integer in [{low}, {high}]")
     for name, choices in CHOICE_FIELDS.items():
         if raw[name] not in choices:
@@ -341,7 +341,7 @@ def _check_numbers_field(path, header: dict, config: Config) -> tuple[int, ...]:
     if (
         not isinstance(numbers, list)
         or len(numbers) != config.n_atoms
-        or not all(_is_int(z) and 1 <= z <= 118 for z in numbers)
+        or not all(is_int(z) and 1 <= z <= 118 for z in numbers)
     ):
         raise _fail(path, "truncated or corrupted (bad atomic numbers)")
     return tuple(numbers)
@@ -352,7 +352,7 @@ def _skeleton(path, header: dict, *, with_posterior: bool) -> ForceGP:
     config = check_config(path, header.get("config"))
     numbers = _check_numbers_field(path, header, config)
     n_perm = header.get("n_permutations")
-    if not _is_int(n_perm) or not 1 <= n_perm <= config.n_permutations:
+    if not is_int(n_perm) or not 1 <= n_perm <= config.n_permutations:
         raise _fail(path, "truncated or corrupted (bad n_permutations)")
     skeleton = eqx.filter_eval_shape(lambda: template(config, numbers, with_posterior=with_posterior))
     # The symmetry search may find fewer permutations than the configured maximum.
@@ -461,7 +461,7 @@ def load_checkpoint(
     if n_perm != template_model.stats.permutations.shape[0]:
         raise refuse
     epoch, history = header.get("epoch"), header.get("history")
-    if not _is_int(epoch) or epoch < 0 or not isinstance(history, list):
+    if not is_int(epoch) or epoch < 0 or not isinstance(history, list):
         raise _fail(path, "truncated or corrupted (bad epoch or history)")
     key = _key(path, header)
     hyper: Hyper = template_model.hyper
@@ -478,7 +478,7 @@ def _key(path, header: dict) -> jax.Array:
     impl, data = header.get("key_impl"), header.get("key_data")
     if not isinstance(impl, str) or not isinstance(data, list) or len(data) > 64:
         raise _fail(path, "truncated or corrupted (bad PRNG key)")
-    if not all(_is_int(v) and 0 <= v < 2**32 for v in data):
+    if not all(is_int(v) and 0 <= v < 2**32 for v in data):
         raise _fail(path, "truncated or corrupted (bad PRNG key)")
     try:
         return jax.random.wrap_key_data(np.asarray(data, dtype=np.uint32), impl=impl)

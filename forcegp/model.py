@@ -35,6 +35,9 @@ LENGTHSCALE_FLOOR = 1e-2
 NOISE_FLOOR = 1e-4
 SCALE_FLOOR = 1e-6
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
+#: Config fields that init.initialize chooses from the training data when they are AUTO.
+AUTO = -1
+AUTO_FIELDS = ("width", "explicit_cubic")
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from .io import (
     CHECKPOINT_FORMAT,
     check_numbers,
     formula,
+    is_int,
     json_safe,
     load_checkpoint,
     read_header,
     save_checkpoint,
 )
-from .model import EXPLICIT_BLOCKS, Config, ForceGP
+from .model import AUTO, AUTO_FIELDS, EXPLICIT_BLOCKS, Config, ForceGP
 from .stagewise import explicit_prefit, soft_only
 from .train import TrainSettings, TrainState, all_finite, optimizer, run, strong_types, with_hyper
 
@@ -71,10 +72,13 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
         raise InputError(f"unknown model option(s) {sorted(unknown)}; known: {sorted(names)}")
     config = Config(n_atoms=n_atoms, **kwargs)
     minimum = {"n_inducing": 1, "n_features": 0, "width": 1, "depth": 1, "explicit_dim": 1}
+
+    def is_auto(name, value) -> bool:  # chosen by init.initialize from the training data
+        return name in AUTO_FIELDS and value == AUTO
+
     for name, low in minimum.items():
         value = getattr(config, name)
-        auto = name == "width" and value == -1  # chosen by init.budgeted_width
-        if not isinstance(value, int) or isinstance(value, bool) or (value < low and not auto):
+        if not is_int(value) or (value < low and not is_auto(name, value)):
             raise InputError(f"model option {name} must be an integer >= {low}, got {value!r}")
     if not isinstance(config.n_permutations, int) or config.n_permutations < 1:
         raise InputError(f"n_permutations must be an integer >= 1, got {config.n_permutations!r}")
@@ -86,13 +90,9 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
         )
     for name in ("explicit_cubic", "pair_powers"):
         value = getattr(config, name)
-        low = -1 if name == "explicit_cubic" else 0  # -1: chosen by init.budgeted_cubic
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 8 * 36:
-            raise InputError(
-                f"model option {name} must be a non-negative integer"
-                + (" or -1 (auto)" if low < 0 else "")
-                + f", got {value!r}"
-            )
+        if not is_int(value) or not (0 <= value <= 8 * 36 or is_auto(name, value)):
+            auto = f" or {AUTO} (auto)" if name in AUTO_FIELDS else ""
+            raise InputError(f"model option {name} must be a non-negative integer{auto}, got {value!r}")
     if not isinstance(config.local_cutoff, (int, float)) or not config.local_cutoff >= 0:
         raise InputError(f"model option local_cutoff must be >= 0 Å, got {config.local_cutoff!r}")
     if n_atoms < 2:
@@ -106,7 +106,7 @@ def check_settings(settings: TrainSettings) -> None:
     if not isinstance(settings.batch_size, int) or settings.batch_size < 1:
         raise InputError(f"batch size must be an integer >= 1, got {settings.batch_size!r}")
     k = settings.train_permutations
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    if not is_int(k) or k < 0:
         raise InputError(f"train_permutations must be an integer >= 0 (0: all), got {k!r}")
     for name in ("lr", "lr_mlp", "clip"):
         value = getattr(settings, name)
