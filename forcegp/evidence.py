@@ -40,29 +40,33 @@ class Statistics:
 def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
     """NLL per observation and its gradient in params = (log m_1..log m_G, log s_e, log s_f).
 
-    Returns (inf, zeros) where P is not numerically positive definite.
+    Returns (inf, zeros) where P is not numerically positive definite. One Cholesky
+    factorisation and one inverse from it (LAPACK potri); everything else is a few passes over
+    K x K arrays, in place where possible (K is in the thousands).
     """
     n_groups = len(params) - 2
     m = np.exp(params[:n_groups])[groups]
     s_e, s_f = np.exp(params[-2:])
     al_e, al_f = s_e**-2, s_f**-2
-    me = m[:, None] * st.a_e * m[None]
-    mf = m[:, None] * st.a_f * m[None]
-    p = al_e * me + al_f * mf
+    p = al_e * st.a_e
+    p += al_f * st.a_f
+    p *= m[:, None]
+    p *= m[None, :]
     p[np.diag_indices_from(p)] += 1.0
     b_e, b_f = m * st.b_e, m * st.b_f
     b = al_e * b_e + al_f * b_f
     try:
-        chol = scipy.linalg.cholesky(p, lower=True, check_finite=False)
+        chol = scipy.linalg.cholesky(p, lower=True, overwrite_a=True, check_finite=False)
     except (np.linalg.LinAlgError, ValueError):
         return np.inf, np.zeros_like(params)
     beta = scipy.linalg.cho_solve((chol, True), b, check_finite=False)
-    inv, info = scipy.linalg.lapack.dpotri(chol, lower=1)
+    logdet = 2.0 * np.sum(np.log(np.diag(chol)))
+    # P^-1 in the lower triangle; the upper one keeps the cleaned factor's zeros.
+    inv, info = scipy.linalg.lapack.dpotri(chol, lower=1, overwrite_c=1)
     if info != 0:
         return np.inf, np.zeros_like(params)
-    inv = np.tril(inv) + np.tril(inv, -1).T
+    diag_inv = np.diag(inv).copy()
     n = st.n_e + st.n_f
-    logdet = 2.0 * np.sum(np.log(np.diag(chol)))
     value = (
         al_e * st.tt_e
         + al_f * st.tt_f
@@ -73,16 +77,22 @@ def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
         + n * np.log(2 * np.pi)
     ) / (2 * n)
     grad = np.empty_like(params)
-    per_column = 1.0 - np.diag(inv) - beta**2
+    per_column = 1.0 - diag_inv - beta**2
     grad[:n_groups] = np.bincount(groups, weights=per_column, minlength=n_groups) / n
-    # d/d log alpha of 2 n NLL: alpha tt - 2 beta^T b_x alpha + alpha beta^T Mx beta
-    # + alpha tr(P^-1 Mx) - n_x; and d log alpha = -2 d log s.
-    for i, (al, mx, bx, tt, nx) in enumerate(
-        ((al_e, me, b_e, st.tt_e, st.n_e), (al_f, mf, b_f, st.tt_f, st.n_f))
+    # alpha_x tr(P^-1 M a_x M) for x = e, f. For the energy term, with P^-1 held as its lower
+    # triangle T: tr(P^-1 X) = 2 <T, X> - <diag T, diag X> for symmetric X. The force term
+    # follows from alpha_e M a_e M + alpha_f M a_f M = P - I: the two sum to K - tr(P^-1).
+    inv *= m[:, None]
+    inv *= m[None, :]
+    tr_e = 2.0 * np.vdot(inv, st.a_e) - np.sum(diag_inv * m * m * np.diag(st.a_e))
+    traces = (al_e * tr_e, len(m) - np.sum(diag_inv) - al_e * tr_e)
+    # d/d log alpha of 2 n NLL: alpha tt - 2 beta^T b_x alpha + alpha beta^T M a_x M beta
+    # + alpha tr(P^-1 M a_x M) - n_x; and d log alpha = -2 d log s.
+    mb = m * beta
+    for i, (al, a, bx, tt, nx) in enumerate(
+        ((al_e, st.a_e, b_e, st.tt_e, st.n_e), (al_f, st.a_f, b_f, st.tt_f, st.n_f))
     ):
-        d_log_alpha = (
-            al * tt - 2 * al * (beta @ bx) + al * (beta @ mx @ beta) + al * np.sum(inv * mx) - nx
-        )
+        d_log_alpha = al * tt - 2 * al * (beta @ bx) + al * (mb @ (a @ mb)) + traces[i] - nx
         grad[n_groups + i] = -2.0 * d_log_alpha / (2 * n)
     return float(value), grad
 
@@ -109,11 +119,16 @@ def maximise(
         [np.zeros(n_groups), np.log([max(noise_e, 2.5 * NOISE_FLOOR), max(noise_f, 2.5 * NOISE_FLOOR)])]
     )
     bounds = [(-20.0, 20.0)] * n_groups + [(floor, 10.0)] * 2
-    start_value, _ = nll_and_grad(start, st, groups)
+    start_value, start_grad = nll_and_grad(start, st, groups)
+
+    def objective(params):  # the search's first evaluation is the start, already done
+        if np.array_equal(params, start):
+            return start_value, start_grad.copy()
+        return nll_and_grad(params, st, groups)
+
     res = scipy.optimize.minimize(
-        nll_and_grad,
+        objective,
         start,
-        args=(st, groups),
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
