@@ -150,15 +150,16 @@ class DeepKernel(eqx.Module):
         return self.mlp(v)
 
     def with_tangents(self, v: jax.Array, dv: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """h(v) (p,) and dh/dv @ dv (p, D) for tangents dv (P, D), layer by layer as matrix
-        products (forward mode written out: under vmap each layer is one large product, and so
-        is its reverse-mode pass). The MLP's own activations are used; they act elementwise."""
+        """h(v) (p,) and the tangents dv @ (dh/dv)^T (D, p) of tangent rows dv (D, P), layer by
+        layer as matrix products (forward mode written out). Tangents are rows, so under vmap
+        every layer is one (rows x in) @ (in x out) product with no transposes around it, and so
+        is its reverse-mode pass. The MLP's own activations are used; they act elementwise."""
         layers = self.mlp.layers
         for k, layer in enumerate(layers):
             act = self.mlp.activation if k < len(layers) - 1 else self.mlp.final_activation
             h = layer.weight @ v + layer.bias
             v, slope = jax.jvp(act, (h,), (jnp.ones_like(h),))
-            dv = slope[:, None] * (layer.weight @ dv)
+            dv = (dv @ layer.weight.T) * slope[None, :]
         return v, dv
 
 

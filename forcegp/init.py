@@ -193,6 +193,19 @@ def budgeted_width(config: Config, n_permutations: int) -> int:
     return WIDE if n_permutations * (1 + config.dim) <= WIDE_COST else NARROW
 
 
+#: Training epochs ("auto"): LONG for the molecules whose structures cost at most WIDE_COST
+#: tangent rows per step (the same measure as the width), SHORT elsewhere. The deep kernel is
+#: still improving at 40 epochs (rMD17 ethanol 18.9 -> 15.0 meV/Å with 60, malonaldehyde
+#: 31.9 -> 27.7; docs/ablation.md); the molecules with many copies or atoms cannot spend 60
+#: within ten minutes on two cores.
+SHORT, LONG = 40, 60
+
+
+def budgeted_epochs(model: ForceGP) -> int:
+    rows = model.stats.permutations.shape[0] * (1 + model.config.dim)
+    return LONG if rows <= WIDE_COST else SHORT
+
+
 def match_prior_scale(model: ForceGP, x: np.ndarray, g: np.ndarray, *, sample: int = 64) -> ForceGP:
     """Set the DSoftKI output scale so the prior variance of gradient components matches the data.
 

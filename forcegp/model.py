@@ -306,15 +306,16 @@ def _soft_rows(hyper: Hyper, v: jax.Array, dv_dx: jax.Array) -> jax.Array:
 
     def one(vc, dvc):
         if hyper.mlp is not None:
-            u, du = hyper.mlp.with_tangents(vc, dvc)  # du/dx (p, D) directly, forward mode
+            u, du = hyper.mlp.with_tangents(vc, dvc)  # (du/dx)^T (D, p) directly, forward mode
         else:
             u, du = vc, dvc
         w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
         return w, du, dw_du
 
-    w, du, dw_du = jax.vmap(one)(v, dv_dx)  # (n, M), (n, p, D), (n, M, p)
+    # Tangents as rows (n, D, P): the MLP's layer products then need no transposes.
+    w, du, dw_du = jax.vmap(one)(v, jnp.swapaxes(dv_dx, 1, 2))  # (n, M), (n, D, p), (n, M, p)
     n = v.shape[0]
-    grad = jnp.einsum("cpd,cmp->dm", du, dw_du) / n  # one contraction over copies and features
+    grad = jnp.einsum("cdp,cmp->dm", du, dw_du) / n  # one contraction over copies and features
     return jnp.concatenate([jnp.mean(w, axis=0)[None], grad], axis=0)
 
 

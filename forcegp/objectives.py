@@ -12,6 +12,7 @@ A failed Cholesky gives NaN, which the optimiser's finite-check turns into a ski
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -50,9 +51,24 @@ def targets(y: jax.Array, g: jax.Array) -> jax.Array:
     return jnp.concatenate([y[:, None], g], axis=1)
 
 
-def batch_loss(hyper: Hyper, model: ForceGP, x: jax.Array, y: jax.Array, g: jax.Array):
-    """The training objective for a batch: x (B, D), y (B,), g (B, D) standardised."""
-    rows = batch_rows(model, hyper, x)
+def cast(tree, dtype):
+    """``tree`` with its floating-point array leaves converted to dtype (differentiable)."""
+    return jax.tree_util.tree_map(lambda v: v.astype(dtype) if eqx.is_inexact_array(v) else v, tree)
+
+
+def batch_loss(hyper: Hyper, model: ForceGP, x: jax.Array, y: jax.Array, g: jax.Array, rows_dtype=None):
+    """The training objective for a batch: x (B, D), y (B,), g (B, D) standardised.
+
+    rows_dtype: compute the basis rows (the feature map: descriptor, deep kernel, interpolation
+    weights and their gradients, the bulk of a step's work) in this precision, e.g. float32,
+    from copies of the parameters; the likelihood is float64 and gradients flow back through
+    the casts to the float64 parameters. None: the parameters' own precision.
+    """
+    if rows_dtype is None or rows_dtype == x.dtype:
+        rows = batch_rows(model, hyper, x)
+    else:
+        rows = batch_rows(cast(model, rows_dtype), cast(hyper, rows_dtype), x.astype(rows_dtype))
+        rows = rows.astype(x.dtype)
     b, r, k = rows.shape
     lam = jnp.tile(noise_vector(model.config, hyper), b)
     return capacitance_nll(rows.reshape(b * r, k), lam, targets(y, g).reshape(-1))

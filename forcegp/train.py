@@ -14,13 +14,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .model import ForceGP, Hyper
+from .model import AUTO, ForceGP, Hyper
 from .objectives import batch_loss
+
+#: Precisions of the training step's feature rows (TrainSettings.precision).
+PRECISIONS = ("float32", "float64")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 40
+    epochs: int = AUTO  # AUTO: init.budgeted_epochs chooses from the model's cost (40 or 60)
     batch_size: int = 32
     lr: float = 5e-3
     lr_mlp: float = 1e-3
@@ -29,6 +32,10 @@ class TrainSettings:
     # Permutation copies each training step averages over, drawn at random per step from the
     # model's permutations (0 = all of them). The posterior fit and predictions always use all.
     train_permutations: int = 0
+    # Precision of the training step's feature rows (deep kernel, interpolation weights and
+    # their gradients): "float32" or "float64". The batch likelihood itself, the optimiser, the
+    # checkpoints, the posterior fit and predictions are float64 either way.
+    precision: str = "float32"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -111,7 +118,8 @@ def train_step(hyper, opt_state, model_rest, x, y, g, settings: TrainSettings, n
     opt = optimizer(settings, hyper, n_train)
     if key is not None:
         model_rest = _permutation_subset(model_rest, settings, key)
-    loss, grads = eqx.filter_value_and_grad(batch_loss)(hyper, model_rest, x, y, g)
+    rows_dtype = jnp.dtype(settings.precision)
+    loss, grads = eqx.filter_value_and_grad(batch_loss)(hyper, model_rest, x, y, g, rows_dtype)
     updates, opt_state = opt.update(grads, opt_state, eqx.filter(hyper, eqx.is_array))
     return strong_types(eqx.apply_updates(hyper, updates)), strong_types(opt_state), loss
 

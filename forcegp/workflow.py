@@ -19,7 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from . import posterior
 from .data import Dataset
 from .errors import ForceGPError, InputError, NumericalError
-from .init import initialize, match_prior_scale, standardise_targets
+from .init import budgeted_epochs, initialize, match_prior_scale, standardise_targets
 from .io import (
     CHECKPOINT_FORMAT,
     check_numbers,
@@ -32,7 +32,16 @@ from .io import (
 )
 from .model import AUTO, AUTO_FIELDS, EXPLICIT_BLOCKS, Config, ForceGP
 from .stagewise import explicit_prefit, soft_only
-from .train import TrainSettings, TrainState, all_finite, optimizer, run, strong_types, with_hyper
+from .train import (
+    PRECISIONS,
+    TrainSettings,
+    TrainState,
+    all_finite,
+    optimizer,
+    run,
+    strong_types,
+    with_hyper,
+)
 
 #: Largest number of atom permutations the symmetrised model averages over (--symmetrize).
 MAX_SYMMETRY_PERMUTATIONS = Config.n_permutations
@@ -101,13 +110,16 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
 
 
 def check_settings(settings: TrainSettings) -> None:
-    if not isinstance(settings.epochs, int) or settings.epochs < 1:
-        raise InputError(f"epochs must be an integer >= 1, got {settings.epochs!r}")
+    epochs = settings.epochs
+    if not is_int(epochs) or (epochs < 1 and epochs != AUTO):
+        raise InputError(f"epochs must be an integer >= 1 or {AUTO} (auto), got {epochs!r}")
     if not isinstance(settings.batch_size, int) or settings.batch_size < 1:
         raise InputError(f"batch size must be an integer >= 1, got {settings.batch_size!r}")
     k = settings.train_permutations
     if not is_int(k) or k < 0:
         raise InputError(f"train_permutations must be an integer >= 0 (0: all), got {k!r}")
+    if settings.precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     for name in ("lr", "lr_mlp", "clip"):
         value = getattr(settings, name)
         if not np.isfinite(value) or value <= 0:
@@ -182,6 +194,8 @@ def train_model(
     # memory of every K x K step) is known now: a --max-memory that cannot be met fails here,
     # before the explicit prefit and training.
     config = model.config
+    if settings.epochs == AUTO:
+        settings = dataclasses.replace(settings, epochs=budgeted_epochs(model))
     chunk = posterior.choose_chunk(config, max_memory, n_dev)
     fingerprint = train.fingerprint()
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}

@@ -199,7 +199,8 @@ def test_defaults_come_from_the_dataclasses():
     # Config's -1 is the library's own choice, shown and accepted as 'auto'.
     assert config["width"] == config["explicit_cubic"] == -1
     assert params["width"].default == params["explicit_cubic"].default == "auto"
-    assert params["epochs"].default == TrainSettings().epochs
+    assert TrainSettings().epochs == -1 and params["epochs"].default == "auto"
+    assert params["precision"].default == TrainSettings().precision == "float32"
     assert params["lr"].default == TrainSettings().lr
     assert params["symmetrize"].default is (config["n_permutations"] > 1)
 

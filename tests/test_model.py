@@ -162,10 +162,10 @@ def test_a_permuted_copy_reorders_the_descriptor(kind):
 def test_deep_kernel_tangents_equal_forward_mode():
     mlp = descriptors.DeepKernel(5, 3, 7, 2, key=jax.random.key(1))
     rng = np.random.default_rng(2)
-    v, dv = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=(5, 4)))
+    v, dv = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=(4, 5)))  # 4 tangent rows
     u, du = mlp.with_tangents(v, dv)
     np.testing.assert_allclose(u, mlp(v), rtol=1e-14)
-    np.testing.assert_allclose(du, jax.jacfwd(mlp)(v) @ dv, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(du, dv @ jax.jacfwd(mlp)(v).T, rtol=1e-12, atol=1e-14)
 
 
 def test_the_default_model_is_symmetrised(methanol_data):
@@ -259,3 +259,13 @@ def test_budgeted_width_follows_the_cost_of_a_training_structure(methanol_data):
     model = build_model(METHANOL_NUMBERS, positions, e, f, width=-1, n_permutations=6)
     assert model.config.width == WIDE  # 6 copies x 19 rows
     assert model.hyper.mlp.mlp.layers[0].weight.shape[0] == WIDE
+
+
+def test_budgeted_epochs_follow_the_same_cost(methanol_data):
+    from forcegp.init import LONG, SHORT, budgeted_epochs
+
+    positions, e, f = methanol_data
+    few = build_model(METHANOL_NUMBERS, positions, e, f, n_permutations=6)  # 6 x 19 rows
+    assert budgeted_epochs(few) == LONG == 60
+    many = few.config.__class__(**{**few.config.to_dict(), "n_atoms": 40})  # 6 x 121 rows
+    assert budgeted_epochs(type(few)(many, few.numbers, few.stats, few.hyper)) == SHORT == 40

@@ -296,12 +296,16 @@ MULTI_DEVICE = textwrap.dedent(
     close(four.hyper, one.hyper, 1e-6)
     close(four.posterior, one.posterior, 1e-6)
 
-    settings = train.TrainSettings(epochs=1, batch_size=4, lr=1e-2)
+    # float64 rows: the sharded step is the single-device step. float32 rows (the default)
+    # differ by float32 rounding, as each device compiles its own share of the batch.
     key = jax.random.key(3)
-    s1 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
-    s4 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key, mesh=posterior.make_mesh(4))
-    close(s4.hyper, s1.hyper, 1e-6)
-    assert abs(s4.history[0]["loss"] - s1.history[0]["loss"]) < 1e-8 * abs(s1.history[0]["loss"])
+    for precision, rtol, loss_rtol in (("float64", 1e-6, 1e-8), ("float32", 1e-4, 1e-5)):
+        settings = train.TrainSettings(epochs=1, batch_size=4, lr=1e-2, precision=precision)
+        s1 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
+        s4 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key, mesh=posterior.make_mesh(4))
+        close(s4.hyper, s1.hyper, rtol)
+        loss1, loss4 = s1.history[0]["loss"], s4.history[0]["loss"]
+        assert abs(loss4 - loss1) < loss_rtol * abs(loss1), (precision, loss1, loss4)
 
     with pytest.raises(ResourceError, match="devices"):
         posterior.make_mesh(8)

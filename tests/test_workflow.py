@@ -200,6 +200,11 @@ def test_bad_training_input(ethanol):
         workflow.make_config(9, {"n_inducing": 0})
     with pytest.raises(InputError, match="epochs"):
         workflow.check_settings(TrainSettings(epochs=0))
+    with pytest.raises(InputError, match="epochs"):
+        workflow.check_settings(TrainSettings(epochs=-2))
+    workflow.check_settings(TrainSettings(epochs=-1))  # auto
+    with pytest.raises(InputError, match="precision must be one of float32, float64"):
+        workflow.check_settings(TrainSettings(precision="float16"))
     unlabelled = type(ethanol)(ethanol.numbers, ethanol.positions[:5], None, None)
     with pytest.raises(InputError, match="no energies and forces"):
         train(unlabelled)
