@@ -89,7 +89,7 @@ def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
         value = getattr(config, name)
         if not is_int(value) or (value < low and not is_auto(name, value)):
             raise InputError(f"model option {name} must be an integer >= {low}, got {value!r}")
-    if not isinstance(config.n_permutations, int) or config.n_permutations < 1:
+    if not is_int(config.n_permutations) or config.n_permutations < 1:
         raise InputError(f"n_permutations must be an integer >= 1, got {config.n_permutations!r}")
     if config.descriptor not in ("inverse-distance", "cartesian"):
         raise InputError(f"unknown descriptor {config.descriptor!r}; use inverse-distance or cartesian")
@@ -113,7 +113,7 @@ def check_settings(settings: TrainSettings) -> None:
     epochs = settings.epochs
     if not is_int(epochs) or (epochs < 1 and epochs != AUTO):
         raise InputError(f"epochs must be an integer >= 1 or {AUTO} (auto), got {epochs!r}")
-    if not isinstance(settings.batch_size, int) or settings.batch_size < 1:
+    if not is_int(settings.batch_size) or settings.batch_size < 1:
         raise InputError(f"batch size must be an integer >= 1, got {settings.batch_size!r}")
     k = settings.train_permutations
     if not is_int(k) or k < 0:

@@ -203,6 +203,11 @@ def test_bad_training_input(ethanol):
     with pytest.raises(InputError, match="epochs"):
         workflow.check_settings(TrainSettings(epochs=-2))
     workflow.check_settings(TrainSettings(epochs=-1))  # auto
+    for bad in ({"epochs": True}, {"batch_size": True}):
+        with pytest.raises(InputError, match="must be an integer"):
+            workflow.check_settings(TrainSettings(**bad))
+    with pytest.raises(InputError, match="n_permutations"):
+        workflow.make_config(9, {"n_permutations": True})
     with pytest.raises(InputError, match="precision must be one of float32, float64"):
         workflow.check_settings(TrainSettings(precision="float16"))
     unlabelled = type(ethanol)(ethanol.numbers, ethanol.positions[:5], None, None)
