@@ -10,8 +10,10 @@ For each molecule (rMD17 train_01, default Config and TrainSettings) and n_permu
 warm-up call:
 
 step      one Adam training step (forcegp.train.train_step) on a batch of the default size, on
-          the DSoftKI block alone (stagewise training never sees the explicit block);
-rows fwd  the DSoftKI rows of one training batch (what the step's loss is built from), forward;
+          the DSoftKI block alone (stagewise training never sees the explicit block), with the
+          default float32 feature rows and with TrainSettings.precision="float64";
+rows fwd  the DSoftKI rows of one training batch (what the step's loss is built from), float64,
+          forward;
 rows grad the same with their gradient (the reverse pass of the step's rows);
 rows      the full basis rows (1+D, K) of 64 structures, as the posterior fit streams them;
 predict   energy, forces and their standard deviations of one structure (the ASE calculator's
@@ -23,6 +25,7 @@ Times are medians in milliseconds. Results: benchmarks/results/sym_cost.json and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -75,9 +78,11 @@ def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> di
     opt_state = strong_types(optimizer(settings, hyper, n).init(eqx.filter(hyper, eqx.is_array)))
     rest = eqx.tree_at(lambda m: m.hyper, soft, None)
 
-    def step():
-        out = train_step(hyper, opt_state, rest, x[:b], y, g, settings, n)
+    def step(s=settings):
+        out = train_step(hyper, opt_state, rest, x[:b], y, g, s, n)
         jax.block_until_ready(out)
+
+    settings64 = dataclasses.replace(settings, precision="float64")
 
     weights = jax.random.normal(jax.random.key(1), (b, 1 + x.shape[1], config.n_inducing))
     batch_fwd = eqx.filter_jit(lambda h: batch_rows(rest, h, x[:b]))
@@ -109,6 +114,7 @@ def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> di
         "n_permutations": int(model.stats.permutations.shape[0]),
         "K": k,
         "step_ms": median_ms(step, repeats),
+        "step_f64_ms": median_ms(lambda: step(settings64), repeats),
         "rows_fwd_ms": median_ms(lambda: jax.block_until_ready(batch_fwd(hyper)), repeats),
         "rows_grad_ms": median_ms(lambda: jax.block_until_ready(batch_grad(hyper)), repeats),
         "rows64_ms": median_ms(rows, max(3, repeats // 4)),
@@ -135,7 +141,8 @@ def main(argv=None) -> int:
     info = common.machine_info()
     columns = [
         ("molecule", "molecule"), ("n_permutations", "permutations"), ("K", "K"),
-        ("step_ms", "train step (ms)"), ("rows_fwd_ms", "step's rows fwd (ms)"),
+        ("step_ms", "train step (ms)"), ("step_f64_ms", "float64 rows step (ms)"),
+        ("rows_fwd_ms", "step's rows fwd (ms)"),
         ("rows_grad_ms", "step's rows grad (ms)"), ("rows64_ms", "rows of 64 structures (ms)"),
         ("predict_ms", "E+F+std, one structure (ms)"),
     ]  # fmt: skip

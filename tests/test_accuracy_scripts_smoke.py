@@ -43,6 +43,7 @@ def test_rmd17_quick_with_config_override(tmp_path):
     assert table.startswith("| molecule |")
     # A non-default run is labelled with what it changed, so variants never average together.
     assert "| ethanol (explicit_cubic=2 batch_size=16 epochs=1) | 1 |" in table
+    assert "| 8 / 2 / 1 |" in table  # the sizes the run used: width, cubic block, epochs
 
 
 @pytest.mark.skipif(not (DATA / "rmd17_ethanol_train_01.npz").exists(), reason="no rMD17 data")
