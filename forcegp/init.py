@@ -189,8 +189,14 @@ def budgeted_cubic(config: Config, n_train: int) -> int:
 NARROW, WIDE, WIDE_COST = 64, 128, 350
 
 
+def few_tangent_rows(config: Config, n_permutations: int) -> bool:
+    """A training structure costs at most WIDE_COST tangent rows (copies x (1 + 3N)): the one
+    cost measure behind the width and epochs rules."""
+    return n_permutations * (1 + config.dim) <= WIDE_COST
+
+
 def budgeted_width(config: Config, n_permutations: int) -> int:
-    return WIDE if n_permutations * (1 + config.dim) <= WIDE_COST else NARROW
+    return WIDE if few_tangent_rows(config, n_permutations) else NARROW
 
 
 #: Training epochs ("auto"): LONG for the molecules whose structures cost at most WIDE_COST
@@ -202,8 +208,7 @@ SHORT, LONG = 40, 60
 
 
 def budgeted_epochs(model: ForceGP) -> int:
-    rows = model.stats.permutations.shape[0] * (1 + model.config.dim)
-    return LONG if rows <= WIDE_COST else SHORT
+    return LONG if few_tangent_rows(model.config, model.stats.permutations.shape[0]) else SHORT
 
 
 def match_prior_scale(model: ForceGP, x: np.ndarray, g: np.ndarray, *, sample: int = 64) -> ForceGP:

@@ -35,7 +35,8 @@ LENGTHSCALE_FLOOR = 1e-2
 NOISE_FLOOR = 1e-4
 SCALE_FLOOR = 1e-6
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
-#: Config fields that init.initialize chooses from the training data when they are AUTO.
+#: Config fields that init.initialize chooses from the training data when they are AUTO (and
+#: TrainSettings.epochs, which workflow.train_model resolves from the initialised model).
 AUTO = -1
 AUTO_FIELDS = ("width", "explicit_cubic")
 

@@ -194,9 +194,9 @@ def train_model(
     # memory of every K x K step) is known now: a --max-memory that cannot be met fails here,
     # before the explicit prefit and training.
     config = model.config
+    chunk = posterior.choose_chunk(config, max_memory, n_dev)
     if settings.epochs == AUTO:
         settings = dataclasses.replace(settings, epochs=budgeted_epochs(model))
-    chunk = posterior.choose_chunk(config, max_memory, n_dev)
     fingerprint = train.fingerprint()
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
 
