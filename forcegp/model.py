@@ -320,7 +320,16 @@ def _soft_rows(hyper: Hyper, v: jax.Array, dv_dx: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.mean(w, axis=0)[None], grad], axis=0)
 
 
-def _whiten(config: Config, chol_zz, rows: jax.Array) -> jax.Array:
+def raw_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """basis_rows before whitening: the interpolation weights themselves in the first M columns."""
+    v, dv_dx = _copies(config, stats, x, jacobian=True)
+    rows = _soft_rows(hyper, v, dv_dx)
+    if config.explicit != "none":
+        rows = jnp.concatenate([rows, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
+    return rows
+
+
+def whiten(config: Config, chol_zz, rows: jax.Array) -> jax.Array:
     """Whiten the DSoftKI columns (the first M) of rows (..., K) by L = chol(K_zz)."""
     m = config.n_inducing
     soft = rows[..., :m] @ chol_zz
@@ -333,11 +342,7 @@ def basis_rows(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array
     The symmetrised rows are the mean over permutations of the unwhitened rows, whitened once
     (whitening is linear, and it is the largest per-permutation cost otherwise).
     """
-    v, dv_dx = _copies(config, stats, x, jacobian=True)
-    rows = _soft_rows(hyper, v, dv_dx)
-    if config.explicit != "none":
-        rows = jnp.concatenate([rows, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
-    return _whiten(config, chol_zz, rows)
+    return whiten(config, chol_zz, raw_rows(config, stats, hyper, x))
 
 
 def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
@@ -351,7 +356,7 @@ def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Arra
     value = jnp.mean(jax.vmap(soft_one)(v), axis=0)
     if config.explicit != "none":
         value = jnp.concatenate([value, _explicit_terms(config, stats, hyper, v)[0]])
-    return _whiten(config, chol_zz, value)
+    return whiten(config, chol_zz, value)
 
 
 def noise_vector(config: Config, hyper: Hyper) -> jax.Array:

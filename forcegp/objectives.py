@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .model import ForceGP, Hyper, basis_rows, noise_vector, soft_cholesky
+from .model import ForceGP, Hyper, basis_rows, noise_vector, raw_rows, soft_cholesky, whiten
 
 
 def capacitance_nll(phi: jax.Array, lam: jax.Array, t: jax.Array) -> jax.Array:
@@ -40,10 +40,23 @@ def dense_nll(phi: jax.Array, lam: jax.Array, t: jax.Array) -> jax.Array:
     return 0.5 * (a @ a + 2.0 * jnp.sum(jnp.log(jnp.diag(chol))) + n * jnp.log(2 * jnp.pi)) / n
 
 
-def batch_rows(model: ForceGP, hyper: Hyper, x: jax.Array) -> jax.Array:
-    """Rows (B, 1+D, K) for a batch of structures x (B, D)."""
-    chol_zz = soft_cholesky(model.config, hyper)
-    return jax.vmap(lambda xi: basis_rows(model.config, model.stats, hyper, chol_zz, xi))(x)
+def batch_rows(model: ForceGP, hyper: Hyper, x: jax.Array, rows_dtype=None) -> jax.Array:
+    """Rows (B, 1+D, K) for a batch of structures x (B, D).
+
+    rows_dtype: compute the unwhitened rows (the feature map: descriptor, deep kernel,
+    interpolation weights and their gradients, the bulk of a step's work) in this precision,
+    e.g. float32, from copies of the parameters. The Cholesky factor of K_zz and the whitening
+    by it stay in the parameters' precision: K_zz is the one ill-conditioned piece of GP algebra
+    in the rows (in float32 it cost benzene a third of its accuracy, docs/ablation.md).
+    None: everything in the parameters' precision.
+    """
+    cfg = model.config
+    chol_zz = soft_cholesky(cfg, hyper)
+    if rows_dtype is None or jnp.dtype(rows_dtype) == x.dtype:
+        return jax.vmap(lambda xi: basis_rows(cfg, model.stats, hyper, chol_zz, xi))(x)
+    stats, low = cast(model.stats, rows_dtype), cast(hyper, rows_dtype)
+    raw = jax.vmap(lambda xi: raw_rows(cfg, stats, low, xi))(x.astype(rows_dtype))
+    return whiten(cfg, chol_zz, raw.astype(x.dtype))
 
 
 def targets(y: jax.Array, g: jax.Array) -> jax.Array:
@@ -59,16 +72,10 @@ def cast(tree, dtype):
 def batch_loss(hyper: Hyper, model: ForceGP, x: jax.Array, y: jax.Array, g: jax.Array, rows_dtype=None):
     """The training objective for a batch: x (B, D), y (B,), g (B, D) standardised.
 
-    rows_dtype: compute the basis rows (the feature map: descriptor, deep kernel, interpolation
-    weights and their gradients, the bulk of a step's work) in this precision, e.g. float32,
-    from copies of the parameters; the likelihood is float64 and gradients flow back through
-    the casts to the float64 parameters. None: the parameters' own precision.
+    rows_dtype: the precision of the feature map (batch_rows); the likelihood is float64 and
+    gradients flow back through the casts to the float64 parameters.
     """
-    if rows_dtype is None or rows_dtype == x.dtype:
-        rows = batch_rows(model, hyper, x)
-    else:
-        rows = batch_rows(cast(model, rows_dtype), cast(hyper, rows_dtype), x.astype(rows_dtype))
-        rows = rows.astype(x.dtype)
+    rows = batch_rows(model, hyper, x, rows_dtype)
     b, r, k = rows.shape
     lam = jnp.tile(noise_vector(model.config, hyper), b)
     return capacitance_nll(rows.reshape(b * r, k), lam, targets(y, g).reshape(-1))
