@@ -184,7 +184,7 @@ def main(argv=None) -> None:
     type=click.Choice(PRECISIONS),
     help="Precision of the feature rows in training steps (deep kernel and interpolation, the "
     "bulk of an epoch's work; float32 steps took a third less time on a 2-core CPU). The "
-    "likelihood, the posterior fit and predictions are float64 either way.",
+    "whitening by K_zz, the likelihood, the posterior fit and predictions are float64 either way.",
 )
 @click.option(
     "--batch-size",

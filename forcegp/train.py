@@ -33,8 +33,9 @@ class TrainSettings:
     # model's permutations (0 = all of them). The posterior fit and predictions always use all.
     train_permutations: int = 0
     # Precision of the training step's feature rows (deep kernel, interpolation weights and
-    # their gradients): "float32" or "float64". The batch likelihood itself, the optimiser, the
-    # checkpoints, the posterior fit and predictions are float64 either way.
+    # their gradients): "float32" or "float64". K_zz's Cholesky factor and the whitening, the
+    # batch likelihood itself, the optimiser, the checkpoints, the posterior fit and
+    # predictions are float64 either way.
     precision: str = "float32"
 
     def to_dict(self) -> dict:
