@@ -37,7 +37,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from .data import Dataset, concatenate, read_dataset
 from .errors import InputError, NumericalError
 from .io import check_numbers
-from .model import ForceGP, basis_rows, noise_vector, soft_cholesky
+from .model import ForceGP, noise_vector
+from .objectives import batch_rows
 
 BYTES = 8  # float64
 
@@ -72,10 +73,7 @@ def memory_bytes(model: ForceGP, n_candidates: int) -> int:
 @eqx.filter_jit
 def _whitened_rows(model: ForceGP, x: jax.Array) -> jax.Array:
     """S = phi A^T for structures x (C, D): (C, 1+D, K), in standardised units."""
-    cfg = model.config
-    chol_zz = soft_cholesky(cfg, model.hyper)
-    rows = jax.vmap(lambda xi: basis_rows(cfg, model.stats, model.hyper, chol_zz, xi))(x)
-    return rows @ model.posterior.inv_chol.T
+    return batch_rows(model, model.hyper, x) @ model.posterior.inv_chol.T
 
 
 @jax.jit
