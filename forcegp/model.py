@@ -345,8 +345,8 @@ def basis_rows(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array
     return whiten(config, chol_zz, raw_rows(config, stats, hyper, x))
 
 
-def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
-    """phi(x) (K,) alone: the energy path, differentiated by autodiff for forces."""
+def raw_value(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """basis_value before whitening (K,): the interpolation weights in the first M entries."""
     v, _ = _copies(config, stats, x, jacobian=False)
 
     def soft_one(vc):
@@ -356,7 +356,12 @@ def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Arra
     value = jnp.mean(jax.vmap(soft_one)(v), axis=0)
     if config.explicit != "none":
         value = jnp.concatenate([value, _explicit_terms(config, stats, hyper, v)[0]])
-    return whiten(config, chol_zz, value)
+    return value
+
+
+def basis_value(config: Config, stats: Stats, hyper: Hyper, chol_zz, x: jax.Array) -> jax.Array:
+    """phi(x) (K,) alone: the energy path, differentiated by autodiff for forces."""
+    return whiten(config, chol_zz, raw_value(config, stats, hyper, x))
 
 
 def noise_vector(config: Config, hyper: Hyper) -> jax.Array:

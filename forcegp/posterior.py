@@ -25,11 +25,15 @@ from .errors import NumericalError, ResourceError
 from .model import (
     NOISE_FLOOR,
     SCALE_FLOOR,
+    Config,
     ForceGP,
+    Hyper,
     Posterior,
+    Stats,
     basis_rows,
-    basis_value,
     noise_vector,
+    raw_rows,
+    raw_value,
     soft_cholesky,
     softplus_inv,
 )
@@ -321,30 +325,62 @@ def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:
 # --------------------------------------------------------------------------- prediction
 
 
-def _energy_std_units(model: ForceGP, chol_zz, x):
-    phi = basis_value(model.config, model.stats, model.hyper, chol_zz, x)
-    return phi @ model.posterior.mean
+class Predictor(eqx.Module):
+    """A fitted model folded for prediction: the whitening by L = chol(K_zz) is applied to the
+    posterior once, so a structure costs only its own feature map (no M x M Cholesky per call).
+
+    With phi = [w L, e] (DSoftKI weights w, explicit terms e: model.raw_value) and theta's
+    posterior N(m, C C^T), C = inv_chol^T:
+        E = phi . m = w . (L m_w) + e . m_e,
+        Var = ||phi C||^2 = ||[w, e] [L C_w; C_e]||^2 = ||raw rows cov||^2,
+    the same numbers as the whitened form, in the same float64 algebra.
+    """
+
+    config: Config = eqx.field(static=True)
+    stats: Stats
+    hyper: Hyper
+    mean: jax.Array  # (K,) [L m_w; m_e]
+    cov: jax.Array | None  # (K, K) [L C_w; C_e]; None for a predictor of energies and forces only
 
 
-def predict_one(model: ForceGP, x: jax.Array, with_std: bool = True):
-    """Energy (eV), forces (N, 3, eV/Å) and, if asked, their standard deviations for x (D,)."""
-    stats, cfg = model.stats, model.config
-    chol_zz = soft_cholesky(cfg, model.hyper)
-    e, grad = jax.value_and_grad(lambda y: _energy_std_units(model, chol_zz, y))(x)
+def predictor(model: ForceGP, with_std: bool = True) -> Predictor:
+    """The Predictor of a fitted model (traceable: call it inside or outside jit)."""
+    cfg, h, post = model.config, model.hyper, model.posterior
+    chol_zz = soft_cholesky(cfg, h)
+    m = cfg.n_inducing
+
+    def unwhiten(a):  # [L a_w; a_e] for a (K,) or (K, K): the whitening moved onto a
+        return jnp.concatenate([chol_zz @ a[:m], a[m:]], axis=0)
+
+    cov = unwhiten(post.inv_chol.T) if with_std else None
+    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov)
+
+
+def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True):
+    """Energy (eV), forces (N, 3, eV/Å) and, if asked (and pred has cov), their standard
+    deviations for x (D,)."""
+    stats, cfg, hyper = pred.stats, pred.config, pred.hyper
+    e, grad = jax.value_and_grad(lambda y: raw_value(cfg, stats, hyper, y) @ pred.mean)(x)
     energy = stats.energy_scale * e + stats.energy_mean
     forces = (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
     if not with_std:
         return energy, forces
-    rows = basis_rows(cfg, stats, model.hyper, chol_zz, x)  # (1+D, K)
-    s = rows @ model.posterior.inv_chol.T
-    var = jnp.sum(s * s, axis=1) + noise_vector(cfg, model.hyper)
+    s = raw_rows(cfg, stats, hyper, x) @ pred.cov  # (1+D, K)
+    var = jnp.sum(s * s, axis=1) + noise_vector(cfg, hyper)
     std = stats.energy_scale * jnp.sqrt(var)
     return energy, forces, std[0], std[1:].reshape(cfg.n_atoms, 3)
 
 
+def predict_one(model: ForceGP, x: jax.Array, with_std: bool = True):
+    """Energy (eV), forces (N, 3, eV/Å) and, if asked, their standard deviations for x (D,).
+    Folds the model on every call: for repeated calls build a predictor once."""
+    return predict_folded(predictor(model, with_std), x, with_std)
+
+
 @eqx.filter_jit
 def _predict_batch(model, x, with_std: bool):
-    return jax.vmap(lambda xi: predict_one(model, xi, with_std))(x)
+    pred = predictor(model, with_std)  # once per batch, outside the vmap
+    return jax.vmap(lambda xi: predict_folded(pred, xi, with_std))(x)
 
 
 def predict(model: ForceGP, positions: np.ndarray, *, with_std: bool = True, chunk: int = 64):

@@ -95,6 +95,30 @@ def test_results_types_units_and_caching(trained, atoms):
         atoms.get_stress()
 
 
+def test_what_triggers_a_recalculation(trained, atoms):
+    """check_state compares only what the model depends on, exactly (ASE's default compares
+    every per-atom array with allclose, as costly as a prediction)."""
+    calc = ForceGPCalculator(trained[0])
+    calls = counting(calc)
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    atoms.set_initial_magnetic_moments(np.ones(len(atoms)))
+    atoms.set_initial_charges(np.full(len(atoms), 0.1))
+    assert calc.check_state(atoms) == []  # ASE's default reports both and recomputes
+    np.testing.assert_array_equal(atoms.get_forces(), forces)
+    assert len(calls) == 1
+    atoms.set_cell(np.eye(3) * 10.0)  # no pbc: reported as ASE does, the forces stay the same
+    assert calc.check_state(atoms) == ["cell"]
+    np.testing.assert_allclose(atoms.get_forces(), forces, rtol=1e-12)
+    assert len(calls) == 2
+    moved = atoms.copy()
+    moved.positions[3, 1] += 1e-12  # any change of a coordinate recomputes
+    assert calc.check_state(moved) == ["positions"]
+    moved.calc = calc
+    moved.get_forces()
+    assert len(calls) == 3
+
+
 def test_forces_are_minus_the_gradient_of_the_energy(trained, atoms):
     atoms.calc = ForceGPCalculator(trained[0])
     forces = atoms.get_forces()
