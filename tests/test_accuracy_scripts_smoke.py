@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,10 +58,14 @@ def test_learning_curve_quick(tmp_path):
 
 @pytest.mark.skipif(not (DATA / "acac_train_300K.npz").exists(), reason="no acac data")
 def test_acac_calibration_quick():
-    stdout = run("acac_calibration.py")
+    stdout = run("acac_calibration.py", "--ratio-study")
     assert "| 600K |" in stdout and "| 300K |" in stdout
     summary = json.loads((ROOT / "benchmarks" / "results" / "tmp" / "acac_calibration.json").read_text())
     assert set(summary["tests"]) == {"300K", "600K"}
+    # The ratio study rebuilds the trained posterior mean from its eigendecomposition (r = 1).
+    rebuilt = float(re.search(r"its mean rebuilt to ([0-9.e+-]+)\)", stdout).group(1))
+    assert rebuilt < 1e-6
+    assert stdout.count("\n| ") >= 6 and "(input-dependent noise), a =" in stdout
 
 
 def test_rmd17_table_only_keeps_one_model_per_molecule(tmp_path):
