@@ -61,9 +61,10 @@ class ForceGPCalculator(Calculator):
         self.n_traces = 0  # how often a prediction function was traced (compiled)
         self._compiled: dict[bool, tuple] = {}  # with_std -> (function, folded arrays)
 
-    def _predict(self, x: jax.Array, with_std: bool):
+    def _predict(self, x: np.ndarray, with_std: bool) -> np.ndarray:
         """One compiled call. The folded model is split once into its arrays (passed flat, the
-        cheapest way into a compiled function) and its static rest (closed over)."""
+        cheapest way into a compiled function) and its static rest (closed over). The folded
+        covariance factor of the std function is a second K x K array beside the model's."""
         if with_std not in self._compiled:
             folded = eqx.filter_jit(predictor)(self.model, with_std)
             arrays, static = eqx.partition(folded, eqx.is_array)
