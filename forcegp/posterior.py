@@ -41,26 +41,69 @@ from .model import (
 BYTES = 8  # float64
 
 
-def fit_memory_bytes(config, chunk: int, n_devices: int = 1) -> int:
-    """Peak bytes of the streamed fit: the chunk's rows, weighted rows, and the K x K blocks."""
-    k, r = config.n_basis, 1 + config.dim
-    rows = 3 * chunk * r * k  # rows, weighted rows, temporaries
-    return BYTES * (rows + (n_devices + 3) * k * k)
+#: Share of the machine's available memory a chunk may plan for when no --max-memory is given.
+AVAILABLE_SHARE = 0.7
 
 
-def choose_chunk(config, max_memory: float | None, n_devices: int = 1, default: int = 64) -> int:
-    """Largest chunk (a multiple of n_devices, at most ``default``) whose fit fits in max_memory."""
+def structure_bytes(config, n_copies: int = 1) -> int:
+    """Bytes one structure's observation rows take while they are computed: the rows themselves
+    (1 + D, K) with two temporaries of their size, and the feature map's intermediates per
+    permuted copy: the descriptor Jacobian (P, D), the explicit block's product-rule terms of
+    that shape (pair powers) and of (n_local, D) (local products), and (q, D) for the PCA terms.
+    Each counted as if materialised (XLA fuses some): an upper estimate. For a symmetrised
+    56-atom molecule the copies dominate (24 x 1540 x 168 entries per Jacobian)."""
+    d, k = config.dim, config.n_basis
+    per_copy = d * 4 * config.descriptor_size
+    if config.explicit != "none":
+        n_local = config.n_local if config.explicit == "polynomial" else 0
+        per_copy += d * (2 * n_local + 2 * config.explicit_q)
+    return BYTES * (3 * (1 + d) * k + n_copies * per_copy)
+
+
+def fit_memory_bytes(config, chunk: int, n_devices: int = 1, n_copies: int = 1) -> int:
+    """Peak bytes of the streamed fit: a chunk's rows with their intermediates, and the K x K
+    blocks (one per device, the sum and two for the solve)."""
+    k = config.n_basis
+    return chunk * structure_bytes(config, n_copies) + BYTES * (n_devices + 3) * k * k
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def choose_chunk(
+    config, max_memory: float | None, n_devices: int = 1, default: int = 64, *, n_copies: int = 1
+) -> int:
+    """Largest chunk of structures (a multiple of n_devices, at most ``default``) whose rows and
+    K x K blocks fit in max_memory, or without it in AVAILABLE_SHARE of the memory the machine
+    has available now. Raises ResourceError, before anything is allocated, where even the
+    smallest chunk does not fit."""
     chunk = max(n_devices, default - default % n_devices)
     if max_memory is None:
-        return chunk
-    while chunk > n_devices and fit_memory_bytes(config, chunk, n_devices) > max_memory:
+        available = available_memory_bytes()
+        if available is None:
+            return chunk
+        limit, what = AVAILABLE_SHARE * available, "the memory this machine has available"
+    else:
+        limit, what = max_memory, "--max-memory"
+    while chunk > n_devices and fit_memory_bytes(config, chunk, n_devices, n_copies) > limit:
         chunk = max(n_devices, (chunk // 2) - (chunk // 2) % n_devices)
-    need = fit_memory_bytes(config, chunk, n_devices)
-    if need > max_memory:
+    need = fit_memory_bytes(config, chunk, n_devices, n_copies)
+    if need > limit:
         raise ResourceError(
             f"the posterior fit needs about {need / 2**30:.2f} GiB even in chunks of {chunk} "
-            f"structures (K={config.n_basis} basis functions), more than --max-memory "
-            f"{max_memory / 2**30:.2f} GiB; lower --inducing or --explicit-dim, or raise --max-memory"
+            f"structures (K={config.n_basis} basis functions, {n_copies} permuted copies of "
+            f"{config.descriptor_size} descriptor entries), more than {what} "
+            f"({limit / 2**30:.2f} GiB); lower --inducing, --explicit-dim or the permutations "
+            "(--no-symmetrize), or raise --max-memory"
         )
     return chunk
 
@@ -384,9 +427,16 @@ def _predict_batch(model, x, with_std: bool):
 
 
 def predict(model: ForceGP, positions: np.ndarray, *, with_std: bool = True, chunk: int = 64):
-    """Predict for positions (n, N, 3) Å. Returns dict of numpy arrays (eV, eV/Å)."""
+    """Predict for positions (n, N, 3) Å. Returns dict of numpy arrays (eV, eV/Å).
+
+    With stds, each chunk computes its structures' observation rows: the chunk is at most
+    ``chunk`` and small enough for the memory available (choose_chunk; ResourceError if even
+    one structure does not fit)."""
     if model.posterior is None:
         raise NumericalError("the model has no fitted posterior; train it first")
+    if with_std:
+        copies = int(model.stats.permutations.shape[0])
+        chunk = choose_chunk(model.config, None, 1, chunk, n_copies=copies)
     x = np.asarray(positions, dtype=np.float64).reshape(len(positions), -1)
     n = len(x)
     out: dict[str, list] = {"energy": [], "forces": [], "energy_std": [], "forces_std": []}

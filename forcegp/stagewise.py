@@ -35,8 +35,9 @@ def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int = 64):
         yield start, keep, _explicit_chunk(model, jnp.asarray(x[idx]))[:keep]
 
 
-def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray):
-    """Fit the explicit block alone; return (model with its scale/noise set, residual y, residual g)."""
+def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray, *, chunk: int = 64):
+    """Fit the explicit block alone; return (model with its scale/noise set, residual y, residual g).
+    chunk: structures per compiled call (posterior.choose_chunk's, as for the fit)."""
     if model.config.explicit == "none":
         return model, y, g
     f = model.config.n_explicit
@@ -44,7 +45,7 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray)
     suff = posterior.Sufficient(
         jnp.zeros((f, f)), jnp.zeros((f, f)), jnp.zeros(f), jnp.zeros(f), zero, zero, zero, zero
     )
-    for start, keep, rows in _rows_in_chunks(model, x):
+    for start, keep, rows in _rows_in_chunks(model, x, chunk):
         ve, vf = rows[:, 0], rows[:, 1:]
         ye, gf = jnp.asarray(y[start : start + keep]), jnp.asarray(g[start : start + keep])
         suff = posterior.Sufficient(
@@ -76,7 +77,7 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray)
     columns = np.array([mult_lin, mult_quad])[groups]
     post = posterior.solve(posterior.scaled_statistics(suff, columns), noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
-    for start, keep, rows in _rows_in_chunks(model, x):
+    for start, keep, rows in _rows_in_chunks(model, x, chunk):
         pred = np.asarray(rows @ post.mean)
         res_y[start : start + keep] -= pred[:, 0]
         res_g[start : start + keep] -= pred[:, 1:]

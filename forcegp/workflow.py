@@ -194,7 +194,8 @@ def train_model(
     # memory of every K x K step) is known now: a --max-memory that cannot be met fails here,
     # before the explicit prefit and training.
     config = model.config
-    chunk = posterior.choose_chunk(config, max_memory, n_dev)
+    n_copies = int(model.stats.permutations.shape[0])
+    chunk = posterior.choose_chunk(config, max_memory, n_dev, n_copies=n_copies)
     if settings.epochs == AUTO:
         settings = dataclasses.replace(settings, epochs=budgeted_epochs(model))
     fingerprint = train.fingerprint()
@@ -205,7 +206,7 @@ def train_model(
     # recomputes exactly the residuals of the interrupted one.
     x, y, g = _standardised(model, train)
     say("message", {"text": "fitting the explicit block"})
-    model, y_res, g_res = explicit_prefit(model, x, y, g)
+    model, y_res, g_res = explicit_prefit(model, x, y, g, chunk=chunk)
     # Strongly typed leaves, as a checkpoint or model file gives them back: fresh, resumed and
     # loaded models then share every compilation (predict, the fit, the training step).
     model = strong_types(match_prior_scale(model, x, g_res))

@@ -261,6 +261,28 @@ def test_choose_chunk():
     assert chunk % 4 == 0 and posterior.fit_memory_bytes(config, chunk, 4) <= 10 * budget
 
 
+def test_chunk_follows_the_permuted_copies_and_the_available_memory(monkeypatch):
+    """A symmetrised 56-atom molecule: 24 copies of 1540 descriptor entries per structure make
+    its rows' intermediates hundreds of MB; the chunk must shrink to fit the machine, and a
+    machine too small must get a ResourceError up front instead of an out-of-memory kill."""
+    from forcegp.model import Config
+
+    config = Config(n_atoms=56, n_local=3000, explicit_cubic=10)
+    one, many = posterior.structure_bytes(config, 1), posterior.structure_bytes(config, 24)
+    assert many > 5 * one and many > 2**28  # the copies dominate: > 256 MiB per structure
+    gib = 2**30
+    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: 16 * gib)
+    chunk = posterior.choose_chunk(config, None, n_copies=24)
+    assert 1 <= chunk < 64
+    assert posterior.fit_memory_bytes(config, chunk, 1, 24) <= posterior.AVAILABLE_SHARE * 16 * gib
+    assert posterior.choose_chunk(config, None, n_copies=1) == 64  # unsymmetrised: fits
+    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: gib // 4)
+    with pytest.raises(ResourceError, match="available"):
+        posterior.choose_chunk(config, None, n_copies=24)
+    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: None)  # unknown: no cap
+    assert posterior.choose_chunk(config, None, n_copies=24) == 64
+
+
 def test_predict_without_posterior_fails(small_problem):
     with pytest.raises(NumericalError, match="posterior"):
         posterior.predict(small_problem.model, small_problem.test_positions)
