@@ -226,7 +226,7 @@ def worker_forcegp(spec: dict) -> dict:
         "train_s": time.perf_counter() - t0,
         "hyper_train_s": meta["training"]["train_seconds"],
         "fit_s": meta["training"]["fit_seconds"],
-        "settings": settings.to_dict(),
+        "settings": meta["training"]["settings"],  # the epochs as run, not AUTO
         "config": model.config.to_dict(),
         "K": model.config.n_basis,
         "n_test": test.n_frames,
@@ -350,6 +350,8 @@ def stored(args) -> tuple[list[dict], dict]:
 def run(args, write) -> dict:
     """Measure the codes of this run for every (molecule, n); keep whatever else is stored."""
     rows, sigma_search = stored(args) if args.only else ([], {})
+    if not args.only and args.sgdml_sigma:  # keep the stored search that chose these sigmas
+        sigma_search = {m: r for m, r in stored(args)[1].items() if m in args.sgdml_sigma}
     codes = [args.only] if args.only else list(CODES)
     state = {"sigma_search": sigma_search, "sgdml_unavailable": None}
     if "sgdml" in codes:
@@ -401,7 +403,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
                 entry["note"] = f"sigma={r['sigma']}"
                 continue
             s, sg = r["settings"], row.get("sgdml") or {}
-            entry["note"] = f"epochs={s['epochs']}, K={r['K']}; fit {r['fit_s']:.0f} s"
+            epochs = s["epochs"] if s["epochs"] > 0 else "auto"  # rows stored before the fix
+            entry["note"] = f"epochs={epochs}, K={r['K']}; fit {r['fit_s']:.0f} s"
             if "train_s" in sg:
                 entry["note"] += f"; sGDML train / forcegp train = {sg['train_s'] / r['train_s']:.2g}"
     return out
@@ -441,6 +444,12 @@ def when_measured(result: dict) -> list[str]:
     return lines
 
 
+def searched(r: dict) -> str:
+    """When a stored sigma search ran (runs given --sgdml-sigma keep the earlier search)."""
+    m = r.get("measured")
+    return f" (measured {m['time_utc']}, load {m['load_average'][0]})" if m else ""
+
+
 def markdown(result: dict, info: dict, quick: bool) -> str:
     parts = ["# forcegp vs sGDML on rMD17 (split 01)", "", common.machine_markdown(info), ""]
     if quick:
@@ -465,7 +474,7 @@ def markdown(result: dict, info: dict, quick: bool) -> str:
             f"sGDML sigma search, {mol}: n={r['n']}, {r['n_valid']} validation structures of "
             f"train_01; force MAE (meV/Å) per sigma: {grid}; chosen sigma {r['best_sigma']}; "
             f"search took {r['subprocess_wall_s']:.0f} s, peak RSS "
-            f"{r['subprocess_peak_rss_bytes'] / common.GiB:.2f} GiB.",
+            f"{r['subprocess_peak_rss_bytes'] / common.GiB:.2f} GiB{searched(r)}.",
             "",
         ]
     return "\n".join(parts)
