@@ -192,7 +192,7 @@ def worker_train(spec: dict) -> dict:
 
     config = model.config
     k, rows = config.n_basis, 1 + config.dim
-    chunk = posterior.choose_chunk(config, None, 1)
+    chunk = posterior.chunk_for(model)  # the chunk train_model's fit used
     bare = eqx.tree_at(lambda m: m.posterior, model, None)
     x, y, g = standardised(bare, data)
     # Warm-up on one chunk: the fitted model's hyperparameters are new arrays (weakly typed), so
@@ -257,7 +257,7 @@ def worker_memory(spec: dict) -> dict:
     config = model.config  # the explicit block's local terms are known after initialize
     out = {"dataset": desc, "n": data.n_frames, "K": config.n_basis, "max_memory": spec["max_memory"]}
     try:
-        chunk = posterior.choose_chunk(config, spec["max_memory"], 1)
+        chunk = posterior.chunk_for(model, spec["max_memory"])
     except ResourceError as err:
         return out | {"refused": str(err)}
     x, y, g = standardised(model, data)
@@ -266,7 +266,9 @@ def worker_memory(spec: dict) -> dict:
     jax.block_until_ready(posterior.fit(model, x, y, g, chunk=chunk).posterior.mean)
     return out | {
         "chunk": chunk,
-        "estimate_bytes": posterior.fit_memory_bytes(config, chunk, 1),
+        "estimate_bytes": posterior.fit_memory_bytes(
+            config, chunk, 1, int(model.stats.permutations.shape[0])
+        ),
         "fit_s": time.perf_counter() - t0,
         "rss_before_fit_bytes": rss_before,
         "fit_raised_peak_bytes": common.peak_rss_self() - rss_before,
@@ -295,15 +297,14 @@ def measure(spec: dict, timeout) -> dict:
 def run_sections(args) -> dict:
     config = QUICK_CONFIG if args.quick else None
     results: dict = {"n": [], "atoms": [], "memory": []}
+    train = {"kind": "train", "config": config, "warm_pass": not args.no_warm_pass}
     if "n" in args.sections:
         for n in args.sizes:
-            spec = {"kind": "train", "name": "aspirin", "n": n, "config": config}
-            spec["warm_pass"] = not args.no_warm_pass
+            spec = train | {"name": "aspirin", "n": n}
             results["n"].append(measure(spec, args.timeout))
     if "atoms" in args.sections:
         for name in args.molecules:
-            spec = {"kind": "train", "name": name, "n": args.atoms_n, "config": config}
-            spec["warm_pass"] = not args.no_warm_pass
+            spec = train | {"name": name, "n": args.atoms_n}
             results["atoms"].append(measure(spec, args.timeout))
     if "memory" in args.sections:
         for gib in args.max_memory:

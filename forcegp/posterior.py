@@ -108,6 +108,14 @@ def choose_chunk(
     return chunk
 
 
+def chunk_for(
+    model: ForceGP, max_memory: float | None = None, n_devices: int = 1, default: int = 64
+) -> int:
+    """choose_chunk for a built model: its basis and the number of permuted copies it has."""
+    copies = int(model.stats.permutations.shape[0])
+    return choose_chunk(model.config, max_memory, n_devices, default, n_copies=copies)
+
+
 def make_mesh(n_devices: int | None = None) -> Mesh:
     devices = jax.devices()
     if n_devices is not None:
@@ -435,8 +443,7 @@ def predict(model: ForceGP, positions: np.ndarray, *, with_std: bool = True, chu
     if model.posterior is None:
         raise NumericalError("the model has no fitted posterior; train it first")
     if with_std:
-        copies = int(model.stats.permutations.shape[0])
-        chunk = choose_chunk(model.config, None, 1, chunk, n_copies=copies)
+        chunk = chunk_for(model, default=chunk)
     x = np.asarray(positions, dtype=np.float64).reshape(len(positions), -1)
     n = len(x)
     out: dict[str, list] = {"energy": [], "forces": [], "energy_std": [], "forces_std": []}

@@ -194,8 +194,7 @@ def train_model(
     # memory of every K x K step) is known now: a --max-memory that cannot be met fails here,
     # before the explicit prefit and training.
     config = model.config
-    n_copies = int(model.stats.permutations.shape[0])
-    chunk = posterior.choose_chunk(config, max_memory, n_dev, n_copies=n_copies)
+    chunk = posterior.chunk_for(model, max_memory, n_dev)
     if settings.epochs == AUTO:
         settings = dataclasses.replace(settings, epochs=budgeted_epochs(model))
     fingerprint = train.fingerprint()
