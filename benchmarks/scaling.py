@@ -32,8 +32,9 @@ memory   posterior.fit alone (untrained model, aspirin, --atoms-n structures) wi
          memory). A limit the fit cannot meet must be refused with ResourceError up front.
 
 Every measurement runs in its own subprocess (--worker), so each peak RSS is its own. Models use
-forcegp's defaults (Config(), TrainSettings() except epochs=2); --quick uses a tiny model and
-skips the atoms section (its rows use the same worker as the n section).
+forcegp's defaults (Config(), TrainSettings() except epochs=2) or the --config options, e.g.
+--config explicit=none for the DSoftKI block alone (K = n_inducing whatever the molecule);
+--quick uses a tiny model and skips the atoms section (its rows use the same worker as n).
 Results: benchmarks/results/scaling.json and scaling.md.
 """
 
@@ -219,6 +220,7 @@ def worker_train(spec: dict) -> dict:
         "n": data.n_frames,
         "n_atoms": data.n_atoms,
         "K": k,
+        "permuted_copies": int(model.stats.permutations.shape[0]),
         "rows_per_structure": rows,
         "chunk": chunk,
         "config": config.to_dict(),
@@ -294,8 +296,22 @@ def measure(spec: dict, timeout) -> dict:
     return r
 
 
+def config_options(pairs: list[str]) -> dict:
+    """--config KEY=VALUE ... as Config keyword arguments (values parsed as JSON, else strings)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--config takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def run_sections(args) -> dict:
-    config = QUICK_CONFIG if args.quick else None
+    config = (QUICK_CONFIG if args.quick else {}) | config_options(args.config) or None
     results: dict = {"n": [], "atoms": [], "memory": []}
     train = {"kind": "train", "config": config, "warm_pass": not args.no_warm_pass}
     if "n" in args.sections:
@@ -329,7 +345,12 @@ N_COLUMNS = [
     ("peak_rss_gib", "peak RSS (GiB)"),
     ("dataset", "data"),
 ]
-ATOM_COLUMNS = [("n_atoms", "atoms"), ("rows_per_structure", "rows 1+3N")] + N_COLUMNS
+ATOM_COLUMNS = [
+    ("n_atoms", "atoms"),
+    ("rows_per_structure", "rows 1+3N"),
+    ("permuted_copies", "copies"),
+    ("K", "K"),
+] + N_COLUMNS
 MEMORY_COLUMNS = [
     ("max_memory_gib", "--max-memory (GiB)"),
     ("chunk", "chunk"),
@@ -360,8 +381,10 @@ def section(title: str, rows: list[dict], columns) -> list[str]:
     return lines
 
 
-def markdown(results: dict, info: dict, quick: bool) -> str:
+def markdown(results: dict, info: dict, quick: bool, options: dict) -> str:
     parts = ["# forcegp scaling benchmark", "", common.machine_markdown(info), ""]
+    if options:
+        parts += [f"Model options (--config): {options}", ""]
     if quick:
         parts += ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
     parts += section(
@@ -412,6 +435,13 @@ def main(argv=None) -> int:
         help="skip the second accumulation (halves the time of large n; fit / bound then "
         "stands for accumulate / bound, with compilation, refinement and solve included)",
     )
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model options instead of the defaults, e.g. explicit=none (the DSoftKI block alone)",
+    )
     p.add_argument("--name", default="scaling", help="results file name (scaling)")
     args = p.parse_args(argv)
     if args.worker:
@@ -432,7 +462,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
     payload = {"benchmark": "scaling", "argv": sys.argv[1:] if argv is None else list(argv)}
     payload |= {"quick": args.quick, "machine": info, "total_seconds": total, "results": results}
-    md = markdown(results, info, args.quick)
+    md = markdown(results, info, args.quick, config_options(args.config))
     md += f"\n\nTotal {total:.0f} s; load average at the end {info['load_average_end']}.\n"
     print(md)
     common.write_results(args.name, payload, md, common.results_dir(args))
