@@ -154,6 +154,14 @@ def main(argv=None) -> None:
     "shorter than this (Å).",
 )
 @click.option(
+    "--pair-powers",
+    default=CONFIG["pair_powers"],
+    show_default=True,
+    type=click.IntRange(min=0, max=8),
+    help="Polynomial block: powers v, v^2, ... of every atom pair's inverse distance (0: none). "
+    "These terms grow with the number of atom pairs: lower it for molecules beyond about 50 atoms.",
+)
+@click.option(
     "--symmetrize/--no-symmetrize",
     default=CONFIG["n_permutations"] > 1,
     show_default=True,
@@ -245,6 +253,7 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "explicit_dim": opts["explicit_dim"],
         "explicit_cubic": opts["explicit_cubic"],
         "local_cutoff": opts["local_cutoff"],
+        "pair_powers": opts["pair_powers"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(

@@ -58,9 +58,10 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(workdir):
-    result = invoke("train", workdir / "small.extxyz", "-o", workdir / "m.fgp", *TINY)
+    m = workdir / "m.fgp"
+    result = invoke("train", workdir / "small.extxyz", "-o", m, *TINY, "--pair-powers", "2")
     assert result.exit_code == 0, (result.output, result.exception)
-    return workdir / "m.fgp", result
+    return m, result
 
 
 def test_train(model):
@@ -108,6 +109,7 @@ def test_info(model):
     assert summary["training"]["n_structures"] == 32
     assert summary["hyperparameters"]["noise_forces_eV_per_Ang"] > 0
     assert summary["history"]["epochs"] == 2
+    assert summary["config"]["pair_powers"] == 2  # --pair-powers reaches the model
 
 
 def test_nonexistent_file(workdir):
@@ -196,6 +198,7 @@ def test_defaults_come_from_the_dataclasses():
     assert params["inducing"].default == config["n_inducing"]
     assert params["features"].default == config["n_features"]
     assert params["explicit_dim"].default == config["explicit_dim"]
+    assert params["pair_powers"].default == config["pair_powers"]
     # Config's -1 is the library's own choice, shown and accepted as 'auto'.
     assert config["width"] == config["explicit_cubic"] == -1
     assert params["width"].default == params["explicit_cubic"].default == "auto"

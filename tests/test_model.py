@@ -271,6 +271,30 @@ def test_budgeted_cubic_grows_with_data_within_budget_and_limits():
         assert c == 26 or obs * bigger**2 > EXPLICIT_BUDGET or bigger > min(obs, EXPLICIT_MAX)
 
 
+def test_local_terms_capped_shortest_first(methanol_data, monkeypatch):
+    """Where the local terms would take the explicit block past EXPLICIT_MAX, initialize keeps
+    as many as fit, those whose longer atom pair is shortest; the rest of the block is kept."""
+    from forcegp import init
+
+    positions, e, f = methanol_data
+    full = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=0)
+    n_local = full.config.n_local
+    rest = full.config.n_explicit - n_local
+    assert n_local > 4  # methanol's shape has enough local terms to cap
+    monkeypatch.setattr(init, "EXPLICIT_MAX", rest + 3)
+    capped = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=0)
+    assert capped.config.n_local == 3 and capped.config.n_explicit == init.EXPLICIT_MAX
+    every = {tuple(p) for p in np.asarray(full.stats.local_pairs)}
+    kept = {tuple(p) for p in np.asarray(capped.stats.local_pairs)}
+    assert kept < every
+    distance = 1.0 / np.asarray(full.stats.desc_mean)  # mean inverse distances of the sample
+    longer = {p: max(distance[p[0]], distance[p[1]]) for p in every}
+    assert max(longer[p] for p in kept) <= min(longer[p] for p in every - kept)
+    monkeypatch.setattr(init, "EXPLICIT_MAX", rest - 1)  # no room: no local terms, nothing else cut
+    none = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=0)
+    assert none.config.n_local == 0 and none.config.n_explicit == rest
+
+
 def test_initialize_resolves_auto_cubic(methanol_data):
     positions, e, f = methanol_data
     model = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=-1)
