@@ -18,6 +18,8 @@ previous one plus 0.001 Å noise, so ASE's cache never answers):
   * MD: VelocityVerlet, 0.5 fs, 300 K start, time per step; once with the plain calculator and
     once reading the force std every step, the way `forcegp md --max-force-std` does it
     (forcegp.md.make_calculator(monitor=True): one compiled call per step gives both).
+Floors: the (1 + 3N) x K by K x K product inside every std call, and one K-vector times the
+K x K covariance (a single pass over it, which any exact std needs), timed alone on random arrays.
 No recompilation: the calculators' trace counters (n_traces) and JAX's compile events must not
 grow during the timed part. Per-call times are median, minimum and 90th percentile: the machine
 may be shared, and the minimum is the least disturbed call.
@@ -88,6 +90,32 @@ def stats_ms(times: np.ndarray) -> dict:
     }
 
 
+def covariance_floors(model, repeats: int) -> dict:
+    """Median seconds of the two products every exact std call contains, on random arrays of
+    the folded covariance's shape (K, K): the (1 + 3N) x K rows times it (the std call's
+    arithmetic), and one K-vector times it (energy std alone: a single pass over K^2 float64
+    numbers, set by memory bandwidth rather than arithmetic)."""
+    import jax
+    import jax.numpy as jnp
+
+    k, rows = model.config.n_basis, 1 + model.config.dim
+    rng = np.random.default_rng(0)
+    cov = jnp.asarray(rng.standard_normal((k, k)))
+    product = jax.jit(lambda r, c: jnp.sum((r @ c) ** 2, axis=-1))
+    out = {}
+    for name, shape in (("rows_times_cov", (rows, k)), ("vector_times_cov", (k,))):
+        r = jnp.asarray(rng.standard_normal(shape))
+        jax.block_until_ready(product(r, cov))
+        times = np.empty(repeats)
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(product(r, cov))
+            times[i] = time.perf_counter() - t0
+        out[name] = stats_ms(times)
+    out["cov_bytes"] = int(cov.nbytes)
+    return out
+
+
 def md_run(atoms, calc, *, watch_std: bool):
     """A 0.5 fs VelocityVerlet from 300 K velocities, warmed up by 5 steps (compiles)."""
     from ase import units
@@ -148,6 +176,7 @@ def run(args) -> dict:
         md = time_md(*md_plain, args.md_steps)
         md_std = time_md(*md_watch, args.md_steps)
     traces_after = [c.n_traces for c in calcs]
+    floors = covariance_floors(model, min(args.repeats, 100))
 
     out = {
         "model": source,
@@ -161,6 +190,7 @@ def run(args) -> dict:
         "md_steps": args.md_steps,
         "md": md,
         "md_with_std": md_std,
+        "covariance_floors": floors,
         "traces_before_timing": traces_before,
         "traces_after_timing": traces_after,
         "compiled_during_timing": compiled,
@@ -199,6 +229,13 @@ def markdown(r: dict, info: dict, quick: bool) -> str:
         {"what": "MD step (VelocityVerlet)", "median_ms": r["md"]["step_ms"]},
         {"what": "MD step, force std every step", "median_ms": r["md_with_std"]["step_ms"]},
     ]
+    floors = r.get("covariance_floors")
+    if floors:
+        k, rows_n = r["K"], 1 + 3 * r["n_atoms"]
+        rows += [
+            {"what": f"floor: ({rows_n} x {k}) @ ({k} x {k}) alone", **floors["rows_times_cov"]},
+            {"what": f"floor: one pass, ({k},) @ ({k} x {k})", **floors["vector_times_cov"]},
+        ]
     parts = [
         "# forcegp prediction speed (aspirin, ASE calculator)",
         "",
@@ -219,6 +256,14 @@ def markdown(r: dict, info: dict, quick: bool) -> str:
         f"{len(r['compiled_during_timing'])}). Energy drift over the MD runs: "
         f"{r['md']['energy_drift_eV']:.2e} and {r['md_with_std']['energy_drift_eV']:.2e} eV.",
     ]
+    if floors:
+        parts += [
+            "",
+            "Floor rows: the two products inside every exact std call, timed alone on random "
+            f"arrays of the folded posterior covariance's shape ({floors['cov_bytes'] / 1e6:.0f} MB "
+            "of float64): the std call's arithmetic, and a single pass over the covariance, "
+            "which even the energy's std alone needs.",
+        ]
     return "\n".join(parts)
 
 
