@@ -154,13 +154,51 @@ class DeepKernel(eqx.Module):
         layer as matrix products (forward mode written out). Tangents are rows, so under vmap
         every layer is one (rows x in) @ (in x out) product with no transposes around it, and so
         is its reverse-mode pass. The MLP's own activations are used; they act elementwise."""
+        return self.after_first_product(v, dv @ self.first_weight().T)
+
+    def first_weight(self) -> jax.Array:
+        """The first layer's weight (width, P)."""
+        return self.mlp.layers[0].weight
+
+    def after_first_product(self, v: jax.Array, dh: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """with_tangents given the tangent rows dh (D, width) of the first layer's product
+        weight @ v already (inverse_distance_tangents computes them without dv)."""
         layers = self.mlp.layers
         for k, layer in enumerate(layers):
             act = self.mlp.activation if k < len(layers) - 1 else self.mlp.final_activation
+            if k > 0:
+                dh = dh @ layer.weight.T
             h = layer.weight @ v + layer.bias
             v, slope = jax.jvp(act, (h,), (jnp.ones_like(h),))
-            dv = (dv @ layer.weight.T) * slope[None, :]
-        return v, dv
+            dh = dh * slope[None, :]
+        return v, dh
+
+
+def inverse_distance_tangents(
+    x: jax.Array, n_atoms: int, weight: jax.Array, permutations: jax.Array
+) -> jax.Array:
+    """Tangent rows (C, 3N, width) of weight @ raw(x)[permuted_index(pi)] for each atom
+    permutation pi (C, N) of the inverse-distance descriptor; weight: (width, P).
+
+    Each 1/r_ij depends on atoms i and j only, so its Jacobian row has six nonzero entries of
+    3N: with the weight's columns laid out as an N x N pair matrix, the product with the
+    Jacobian is a sum over neighbours j, O(N^2 width) per copy instead of the dense
+    O(N^2/2 * 3N * width). A permuted copy gathers the pair gradients by pi and sends each
+    atom's tangent back to pi's image (tests/test_model.py checks it against the dense product).
+    """
+    r = x.reshape(n_atoms, 3)
+    diff = r[:, None, :] - r[None, :, :]  # (N, N, 3)
+    inv = jax.lax.rsqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)
+    grad = -(inv**3)[..., None] * diff  # d(1/r_ij)/dr_i; zero on the diagonal (diff is zero)
+    i, j = pair_indices(n_atoms)
+    pair_weight = jnp.zeros((n_atoms, n_atoms, weight.shape[0]), weight.dtype)
+    pair_weight = pair_weight.at[i, j].set(weight.T).at[j, i].set(weight.T)
+
+    def one(perm):
+        per_atom = jnp.einsum("abw,abk->akw", pair_weight, grad[perm][:, perm])  # (N, 3, width)
+        return jnp.zeros_like(per_atom).at[perm].set(per_atom).reshape(3 * n_atoms, -1)
+
+    return jax.vmap(one)(permutations)
 
 
 def all_permutations_small(n: int) -> list[tuple[int, ...]]:

@@ -301,29 +301,52 @@ def _copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
     return v, (draw / stats.desc_std[:, None] if jacobian else None)
 
 
-def _soft_rows(hyper: Hyper, v: jax.Array, dv_dx: jax.Array) -> jax.Array:
+def _soft_rows(hyper: Hyper, v: jax.Array, tangents: jax.Array, first_product: bool) -> jax.Array:
     """Unwhitened DSoftKI rows (1+D, M): interpolation weights and their gradients, averaged over
-    the copies v (n, P), dv/dx (n, P, D)."""
+    the copies v (n, P). tangents: the rows (n, D, P) of dv/dx, or with ``first_product`` those
+    (n, D, width) of the deep kernel's first product W v (_first_product_tangents)."""
 
-    def one(vc, dvc):
-        if hyper.mlp is not None:
-            u, du = hyper.mlp.with_tangents(vc, dvc)  # (du/dx)^T (D, p) directly, forward mode
+    def one(vc, tc):
+        if first_product:
+            u, du = hyper.mlp.after_first_product(vc, tc)
+        elif hyper.mlp is not None:
+            u, du = hyper.mlp.with_tangents(vc, tc)  # (du/dx)^T (D, p) directly, forward mode
         else:
-            u, du = vc, dvc
+            u, du = vc, tc
         w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
         return w, du, dw_du
 
-    # Tangents as rows (n, D, P): the MLP's layer products then need no transposes.
-    w, du, dw_du = jax.vmap(one)(v, jnp.swapaxes(dv_dx, 1, 2))  # (n, M), (n, D, p), (n, M, p)
+    # Tangents as rows (n, D, .): the MLP's layer products then need no transposes.
+    w, du, dw_du = jax.vmap(one)(v, tangents)  # (n, M), (n, D, p), (n, M, p)
     n = v.shape[0]
     grad = jnp.einsum("cdp,cmp->dm", du, dw_du) / n  # one contraction over copies and features
     return jnp.concatenate([jnp.mean(w, axis=0)[None], grad], axis=0)
 
 
+def _first_product_tangents(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """Tangent rows (n_copies, D, width) of the deep kernel's first product W v for every copy,
+    from the inverse-distance Jacobian's sparsity (descriptors.inverse_distance_tangents): the
+    standardisation divides W's columns, the copies are the model's atom permutations."""
+    weight = hyper.mlp.first_weight() / stats.desc_std[None, :]
+    if config.n_permutations > 1:
+        perms = stats.permutations
+    else:
+        perms = jnp.arange(config.n_atoms)[None]
+    return descriptors.inverse_distance_tangents(x, config.n_atoms, weight, perms)
+
+
 def raw_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
-    """basis_rows before whitening: the interpolation weights themselves in the first M columns."""
-    v, dv_dx = _copies(config, stats, x, jacobian=True)
-    rows = _soft_rows(hyper, v, dv_dx)
+    """basis_rows before whitening: the interpolation weights themselves in the first M columns.
+
+    With an MLP on inverse distances the deep kernel's tangents start from the sparse pair
+    Jacobian (O(N^2) per copy and feature); the dense dv/dx (P x 3N per copy) is formed only
+    for the explicit block or without an MLP."""
+    sparse = hyper.mlp is not None and config.descriptor == "inverse-distance"
+    v, dv_dx = _copies(config, stats, x, jacobian=config.explicit != "none" or not sparse)
+    if sparse:
+        rows = _soft_rows(hyper, v, _first_product_tangents(config, stats, hyper, x), True)
+    else:
+        rows = _soft_rows(hyper, v, jnp.swapaxes(dv_dx, 1, 2), False)
     if config.explicit != "none":
         rows = jnp.concatenate([rows, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
     return rows

@@ -203,6 +203,35 @@ def test_deep_kernel_tangents_equal_forward_mode():
     np.testing.assert_allclose(du, dv @ jax.jacfwd(mlp)(v).T, rtol=1e-12, atol=1e-14)
 
 
+def test_inverse_distance_tangents_equal_the_dense_product():
+    """The sparse first-layer tangents equal W @ (dv/dx of each permuted copy), dense."""
+    perms = descriptors.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1))
+    assert len(perms) > 1
+    x = jnp.asarray((METHANOL_REFERENCE + 0.1 * np.random.default_rng(3).normal(size=(6, 3))).ravel())
+    weight = jnp.asarray(np.random.default_rng(4).normal(size=(7, 15)))  # (width, P)
+    sparse = descriptors.inverse_distance_tangents(x, 6, weight, jnp.asarray(perms))
+    jac = jax.jacfwd(lambda y: descriptors.raw_descriptor("inverse-distance", y, 6))(x)  # (P, D)
+    index = descriptors.permuted_index("inverse-distance", perms, 6)
+    dense = jnp.einsum("wp,cpd->cdw", weight, jac[index])
+    np.testing.assert_allclose(sparse, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_with_sparse_tangents_equal_autodiff(methanol_data):
+    """raw_rows' gradient rows (sparse first-layer tangents, symmetrised, with and without the
+    explicit block, which still takes the dense dv/dx) equal autodiff of raw_value."""
+    from forcegp.model import raw_rows, raw_value
+
+    positions, e, f = methanol_data
+    for explicit in ("none", "polynomial"):
+        model = build_model(METHANOL_NUMBERS, positions, e, f, explicit=explicit, n_permutations=6)
+        cfg, st, h = model.config, model.stats, model.hyper
+        x = jnp.asarray(positions[3].reshape(-1))
+        rows = raw_rows(cfg, st, h, x)
+        np.testing.assert_allclose(rows[0], raw_value(cfg, st, h, x), rtol=1e-12)
+        auto = jax.jacfwd(lambda y, cfg=cfg, st=st, h=h: raw_value(cfg, st, h, y))(x)  # (K, D)
+        np.testing.assert_allclose(rows[1:], auto.T, rtol=1e-9, atol=1e-12)
+
+
 def test_the_default_model_is_symmetrised(methanol_data):
     from forcegp.init import initialize
     from forcegp.model import Config
