@@ -201,5 +201,20 @@ def inverse_distance_tangents(
     return jax.vmap(one)(permutations)
 
 
+def inverse_distance_pairs(
+    x: jax.Array, n_atoms: int, permutations: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The sparse Jacobian of the inverse-distance descriptor of each permuted copy (C, N):
+    entry p of copy c is 1/r between atoms first[c, p] and second[c, p] (C, P), and grad
+    (C, P, 3) is its gradient with respect to the first atom's position; the second atom's is
+    -grad, every other entry of that Jacobian row is zero."""
+    r = x.reshape(n_atoms, 3)
+    i, j = pair_indices(n_atoms)
+    first, second = permutations[:, i], permutations[:, j]
+    diff = r[first] - r[second]
+    inv = jax.lax.rsqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)  # raw_descriptor's safe norm
+    return first, second, -(inv**3)[..., None] * diff
+
+
 def all_permutations_small(n: int) -> list[tuple[int, ...]]:
     return list(itertools.permutations(range(n)))

@@ -211,26 +211,72 @@ def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return idx[:, 0], idx[:, 1], idx[:, 2]
 
 
-def _explicit_terms(config, stats, hyper, v, dv_dx=None):
+class _DenseJacobian:
+    """dv/dx (C, P, D) of the copies, materialised (the Cartesian descriptor, or no MLP)."""
+
+    def __init__(self, dv_dx: jax.Array):
+        self.dv_dx = dv_dx
+
+    def combine(self, coef: jax.Array, cols: jax.Array | None = None) -> jax.Array:
+        """Copy mean of sum_s coef[c, t, s] * (row cols[t, s] of dv_c/dx): (T, D). cols None:
+        row t itself (S = 1)."""
+        rows = self.dv_dx[:, :, None] if cols is None else self.dv_dx[:, cols]  # (C, T, S, D)
+        return jnp.einsum("cts,ctsd->td", coef, rows) / coef.shape[0]
+
+    def project(self, weight: jax.Array) -> jax.Array:
+        """Tangent rows (C, D, q) of v_c @ weight for weight (P, q)."""
+        return jnp.einsum("cpd,pq->cdq", self.dv_dx, weight)
+
+
+class _PairJacobian:
+    """dv/dx of the inverse-distance copies without forming it: each row has six nonzero
+    entries (descriptors.inverse_distance_pairs), so the explicit block's product-rule terms
+    are scatters of pair gradients, O(C T) instead of O(C T D), and projections go through the
+    N x N pair matrix (descriptors.inverse_distance_tangents), O(N^2) per copy and column."""
+
+    def __init__(self, config: Config, stats: Stats, x: jax.Array):
+        self.x, self.n_atoms, self.std = x, config.n_atoms, stats.desc_std
+        if config.n_permutations > 1:
+            self.perms = stats.permutations
+        else:
+            self.perms = jnp.arange(config.n_atoms)[None]
+        self._pairs = None
+
+    def combine(self, coef: jax.Array, cols: jax.Array | None = None) -> jax.Array:
+        """As _DenseJacobian.combine."""
+        if self._pairs is None:
+            self._pairs = descriptors.inverse_distance_pairs(self.x, self.n_atoms, self.perms)
+        first, second, grad = self._pairs
+        grad = grad / self.std[None, :, None]
+        if cols is None:
+            cols = jnp.arange(coef.shape[1])[:, None]
+        g = coef[..., None] * grad[:, cols]  # (C, T, S, 3)
+        term = jnp.broadcast_to(jnp.arange(coef.shape[1])[None, :, None], coef.shape)
+        out = jnp.zeros((coef.shape[1], self.n_atoms, 3), g.dtype)
+        out = out.at[term, first[:, cols]].add(g).at[term, second[:, cols]].add(-g)
+        return out.reshape(coef.shape[1], 3 * self.n_atoms) / coef.shape[0]
+
+    def project(self, weight: jax.Array) -> jax.Array:
+        """As _DenseJacobian.project."""
+        w = (weight / self.std[:, None]).T
+        return descriptors.inverse_distance_tangents(self.x, self.n_atoms, w, self.perms)
+
+
+def _explicit_terms(config, stats, hyper, v, jac=None):
     """Values (F,) of the explicit block averaged over the copies v (C, P) of a structure and,
-    given dv/dx (C, P, D), their gradients (F, D); (values, None) without it (the energy path,
-    differentiated by autodiff).
+    given the copies' Jacobian jac (_DenseJacobian or _PairJacobian), their gradients (F, D);
+    (values, None) without it (the energy path, differentiated by autodiff).
 
     Every term is a product of at most three factors, so its gradient is written out (product
     rule) as a combination of rows of dv/dx: no autodiff through the feature map. The mean over
-    copies is taken inside each product-rule term (a sum over the copy axis fused with the
-    gather), so no (F, D) array is made per copy.
+    copies is taken inside each product-rule term, so no (F, D) array is made per copy.
     """
     n = v.shape[0]
     q = config.explicit_q
-    with_grad = dv_dx is not None
+    with_grad = jac is not None
     a = v @ stats.projection  # (C, q)
-    da = jnp.einsum("cpd,pq->cqd", dv_dx, stats.projection) if with_grad else None  # (C, q, D)
+    da = jac.project(stats.projection) if with_grad else None  # (C, D, q)
     values, grads = [], []
-
-    def mean(x, dy):
-        """Copy mean of x[c, t] dy[c, t, :]: (T, D)."""
-        return jnp.sum(x[..., None] * dy, axis=0) / n
 
     def add(scale, value, grad):
         values.append(scale * jnp.mean(value, axis=0))
@@ -238,22 +284,22 @@ def _explicit_terms(config, stats, hyper, v, dv_dx=None):
             grads.append(scale * grad())
 
     if config.explicit == "quadratic":
-        add(hyper.scale_linear, a, lambda: jnp.mean(da, axis=0))
+        add(hyper.scale_linear, a, lambda: jnp.mean(da, axis=0).T)
     else:
         for k in range(1, config.pair_powers + 1):
-            add(hyper.scale_linear, v**k, lambda k=k: mean(k * v ** (k - 1), dv_dx))
+            add(hyper.scale_linear, v**k, lambda k=k: jac.combine((k * v ** (k - 1))[..., None]))
         la, lb = stats.local_pairs[:, 0], stats.local_pairs[:, 1]
         add(
             hyper.scale_quadratic,
             v[:, la] * v[:, lb],
-            lambda: mean(v[:, lb], dv_dx[:, la]) + mean(v[:, la], dv_dx[:, lb]),
+            lambda: jac.combine(jnp.stack([v[:, lb], v[:, la]], axis=-1), jnp.stack([la, lb], axis=-1)),
         )
     # Products of PCA components: the copy means of a_i da_j and a_i a_j da_k for all index
     # tuples are matrix products over the copy axis, gathered afterwards.
     iu, ju = np.triu_indices(q)
 
     def quadratic_grad():
-        g2 = jnp.einsum("ci,cjd->ijd", a, da) / n  # (q, q, D)
+        g2 = jnp.einsum("ci,cdj->ijd", a, da) / n  # (q, q, D)
         return g2[iu, ju] + g2[ju, iu]
 
     add(hyper.scale_quadratic, a[:, iu] * a[:, ju], quadratic_grad)
@@ -263,7 +309,7 @@ def _explicit_terms(config, stats, hyper, v, dv_dx=None):
 
         def cubic_grad():
             aa = (a[:, :c3, None] * a[:, None, :c3]).reshape(n, c3 * c3)
-            g3 = (jnp.einsum("ct,ckd->tkd", aa, da[:, :c3]) / n).reshape(c3, c3, c3, -1)
+            g3 = (jnp.einsum("ct,cdk->tkd", aa, da[..., :c3]) / n).reshape(c3, c3, c3, -1)
             return g3[j, k, i] + g3[i, k, j] + g3[i, j, k]
 
         add(hyper.scale_quadratic, a[:, i] * a[:, j] * a[:, k], cubic_grad)
@@ -271,11 +317,18 @@ def _explicit_terms(config, stats, hyper, v, dv_dx=None):
     return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
 
 
-def _explicit_rows(config, stats, hyper, v, dv_dx) -> jax.Array:
-    """Value and gradient rows (1+D, F) of the explicit block, averaged over the copies v (C, P),
-    dv/dx (C, P, D)."""
-    value, grad = _explicit_terms(config, stats, hyper, v, dv_dx)
+def _explicit_rows(config, stats, hyper, v, jac) -> jax.Array:
+    """Value and gradient rows (1+D, F) of the explicit block, averaged over the copies v (C, P)."""
+    value, grad = _explicit_terms(config, stats, hyper, v, jac)
     return jnp.concatenate([value[None], grad.T], axis=0)
+
+
+def _copies_and_jacobian(config: Config, stats: Stats, x: jax.Array, *, dense: bool):
+    """The copies v (C, P) and their Jacobian: _PairJacobian for inverse distances unless
+    ``dense`` asks for dv/dx itself (the DSoftKI block without an MLP)."""
+    pairs = config.descriptor == "inverse-distance"
+    v, dv_dx = _copies(config, stats, x, jacobian=dense or not pairs)
+    return v, (_DenseJacobian(dv_dx) if dv_dx is not None else _PairJacobian(config, stats, x))
 
 
 def _copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
@@ -301,16 +354,14 @@ def _copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
     return v, (draw / stats.desc_std[:, None] if jacobian else None)
 
 
-def _soft_rows(hyper: Hyper, v: jax.Array, tangents: jax.Array, first_product: bool) -> jax.Array:
+def _soft_rows(hyper: Hyper, v: jax.Array, tangents: jax.Array) -> jax.Array:
     """Unwhitened DSoftKI rows (1+D, M): interpolation weights and their gradients, averaged over
-    the copies v (n, P). tangents: the rows (n, D, P) of dv/dx, or with ``first_product`` those
-    (n, D, width) of the deep kernel's first product W v (_first_product_tangents)."""
+    the copies v (n, P). tangents: the rows (n, D, width) of the deep kernel's first product
+    W v, or without an MLP those (n, D, P) of dv/dx."""
 
     def one(vc, tc):
-        if first_product:
-            u, du = hyper.mlp.after_first_product(vc, tc)
-        elif hyper.mlp is not None:
-            u, du = hyper.mlp.with_tangents(vc, tc)  # (du/dx)^T (D, p) directly, forward mode
+        if hyper.mlp is not None:
+            u, du = hyper.mlp.after_first_product(vc, tc)  # (du/dx)^T (D, p), forward mode
         else:
             u, du = vc, tc
         w, dw_du = interpolation.weights_and_jacobian(u, hyper.z, hyper.temperature)
@@ -323,32 +374,21 @@ def _soft_rows(hyper: Hyper, v: jax.Array, tangents: jax.Array, first_product: b
     return jnp.concatenate([jnp.mean(w, axis=0)[None], grad], axis=0)
 
 
-def _first_product_tangents(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
-    """Tangent rows (n_copies, D, width) of the deep kernel's first product W v for every copy,
-    from the inverse-distance Jacobian's sparsity (descriptors.inverse_distance_tangents): the
-    standardisation divides W's columns, the copies are the model's atom permutations."""
-    weight = hyper.mlp.first_weight() / stats.desc_std[None, :]
-    if config.n_permutations > 1:
-        perms = stats.permutations
-    else:
-        perms = jnp.arange(config.n_atoms)[None]
-    return descriptors.inverse_distance_tangents(x, config.n_atoms, weight, perms)
-
-
 def raw_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
     """basis_rows before whitening: the interpolation weights themselves in the first M columns.
 
-    With an MLP on inverse distances the deep kernel's tangents start from the sparse pair
-    Jacobian (O(N^2) per copy and feature); the dense dv/dx (P x 3N per copy) is formed only
-    for the explicit block or without an MLP."""
-    sparse = hyper.mlp is not None and config.descriptor == "inverse-distance"
-    v, dv_dx = _copies(config, stats, x, jacobian=config.explicit != "none" or not sparse)
-    if sparse:
-        rows = _soft_rows(hyper, v, _first_product_tangents(config, stats, hyper, x), True)
+    On inverse distances dv/dx (P x 3N per copy, six nonzero entries a row) is not formed: the
+    deep kernel's tangents start from the sparse pair Jacobian (O(N^2) per copy and feature)
+    and the explicit block's terms are scatters of pair gradients (_PairJacobian). Without an
+    MLP, the DSoftKI block needs dv/dx itself."""
+    v, jac = _copies_and_jacobian(config, stats, x, dense=hyper.mlp is None)
+    if hyper.mlp is not None:
+        tangents = jac.project(hyper.mlp.first_weight().T)  # (C, D, width) of W v
+        rows = _soft_rows(hyper, v, tangents)
     else:
-        rows = _soft_rows(hyper, v, jnp.swapaxes(dv_dx, 1, 2), False)
+        rows = _soft_rows(hyper, v, jnp.swapaxes(jac.dv_dx, 1, 2))
     if config.explicit != "none":
-        rows = jnp.concatenate([rows, _explicit_rows(config, stats, hyper, v, dv_dx)], axis=1)
+        rows = jnp.concatenate([rows, _explicit_rows(config, stats, hyper, v, jac)], axis=1)
     return rows
 
 
@@ -419,4 +459,4 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
 
 def explicit_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
     """Rows (1+D, F) of the explicit block alone at one structure (symmetrised if configured)."""
-    return _explicit_rows(config, stats, hyper, *_copies(config, stats, x, jacobian=True))
+    return _explicit_rows(config, stats, hyper, *_copies_and_jacobian(config, stats, x, dense=False))

@@ -48,15 +48,22 @@ AVAILABLE_SHARE = 0.7
 def structure_bytes(config, n_copies: int = 1) -> int:
     """Bytes one structure's observation rows take while they are computed: the rows themselves
     (1 + D, K) with two temporaries of their size, and the feature map's intermediates per
-    permuted copy: the descriptor Jacobian (P, D), the explicit block's product-rule terms of
-    that shape (pair powers) and of (n_local, D) (local products), and (q, D) for the PCA terms.
-    Each counted as if materialised (XLA fuses some): an upper estimate. For a symmetrised
-    56-atom molecule the copies dominate (24 x 1540 x 168 entries per Jacobian)."""
-    d, k = config.dim, config.n_basis
-    per_copy = d * 4 * config.descriptor_size
+    permuted copy. On inverse distances with a deep kernel (model._PairJacobian) those are the
+    tangent rows (D, width) through the MLP's layers, the pair gradients and N x N pair
+    matrices, and for the explicit block the PCA tangents (D, q) and the scattered pair terms;
+    otherwise the dense descriptor Jacobian (P, D), the pair powers' product-rule terms of that
+    shape and (n_local, D) for the local products. Each counted as if materialised (XLA fuses
+    some): an upper estimate."""
+    d, k, p, n = config.dim, config.n_basis, config.descriptor_size, config.n_atoms
+    pairs = config.descriptor == "inverse-distance"
+    n_local = config.n_local if config.explicit == "polynomial" else 0
+    if pairs and config.n_features > 0:
+        per_copy = d * 4 * max(config.width, 128) + 9 * n * n
+    else:
+        per_copy = d * 4 * p
     if config.explicit != "none":
-        n_local = config.n_local if config.explicit == "polynomial" else 0
-        per_copy += d * (2 * n_local + 2 * config.explicit_q)
+        per_copy += d * 2 * config.explicit_q
+        per_copy += 8 * (p + 2 * n_local) if pairs else d * 2 * n_local
     return BYTES * (3 * (1 + d) * k + n_copies * per_copy)
 
 
