@@ -39,10 +39,14 @@ def raw_descriptor(kind: str, x: jax.Array, n_atoms: int) -> jax.Array:
         return x
     r = x.reshape(n_atoms, 3)
     i, j = pair_indices(n_atoms)
-    diff = r[i] - r[j]
-    # A safe norm: never differentiate sqrt at 0 (coincident atoms give a huge but finite value).
-    d2 = jnp.sum(diff * diff, axis=-1) + 1e-12
-    return jax.lax.rsqrt(d2)
+    return safe_inverse(r[i] - r[j])
+
+
+def safe_inverse(diff: jax.Array) -> jax.Array:
+    """1/|diff| over the last axis with a safe norm: sqrt is never differentiated at 0
+    (coincident atoms give a huge but finite value). Every inverse distance and its gradient
+    (-safe_inverse^3 diff) goes through it, so the sparse Jacobians equal autodiff's."""
+    return jax.lax.rsqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)
 
 
 def permuted_index(kind: str, permutations: jax.Array, n_atoms: int) -> jax.Array:
@@ -149,20 +153,17 @@ class DeepKernel(eqx.Module):
     def __call__(self, v: jax.Array) -> jax.Array:
         return self.mlp(v)
 
-    def with_tangents(self, v: jax.Array, dv: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """h(v) (p,) and the tangents dv @ (dh/dv)^T (D, p) of tangent rows dv (D, P), layer by
-        layer as matrix products (forward mode written out). Tangents are rows, so under vmap
-        every layer is one (rows x in) @ (in x out) product with no transposes around it, and so
-        is its reverse-mode pass. The MLP's own activations are used; they act elementwise."""
-        return self.after_first_product(v, dv @ self.first_weight().T)
-
     def first_weight(self) -> jax.Array:
         """The first layer's weight (width, P)."""
         return self.mlp.layers[0].weight
 
     def after_first_product(self, v: jax.Array, dh: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """with_tangents given the tangent rows dh (D, width) of the first layer's product
-        weight @ v already (inverse_distance_tangents computes them without dv)."""
+        """h(v) (p,) and the tangents (D, p) of h, given the tangent rows dh (D, width) of the
+        first layer's product weight @ v (inverse_distance_tangents computes them without dv/dx;
+        with dense tangent rows dv (D, P) they are dv @ weight.T). The rest is forward mode
+        written out layer by layer as matrix products: tangents are rows, so under vmap every
+        layer is one (rows x in) @ (in x out) product with no transposes around it, and so is
+        its reverse-mode pass. The MLP's own activations are used; they act elementwise."""
         layers = self.mlp.layers
         for k, layer in enumerate(layers):
             act = self.mlp.activation if k < len(layers) - 1 else self.mlp.final_activation
@@ -188,8 +189,8 @@ def inverse_distance_tangents(
     """
     r = x.reshape(n_atoms, 3)
     diff = r[:, None, :] - r[None, :, :]  # (N, N, 3)
-    inv = jax.lax.rsqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)
-    grad = -(inv**3)[..., None] * diff  # d(1/r_ij)/dr_i; zero on the diagonal (diff is zero)
+    # d(1/r_ij)/dr_i; zero on the diagonal (diff is zero there)
+    grad = -(safe_inverse(diff) ** 3)[..., None] * diff
     i, j = pair_indices(n_atoms)
     pair_weight = jnp.zeros((n_atoms, n_atoms, weight.shape[0]), weight.dtype)
     pair_weight = pair_weight.at[i, j].set(weight.T).at[j, i].set(weight.T)
@@ -212,8 +213,7 @@ def inverse_distance_pairs(
     i, j = pair_indices(n_atoms)
     first, second = permutations[:, i], permutations[:, j]
     diff = r[first] - r[second]
-    inv = jax.lax.rsqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)  # raw_descriptor's safe norm
-    return first, second, -(inv**3)[..., None] * diff
+    return first, second, -(safe_inverse(diff) ** 3)[..., None] * diff
 
 
 def all_permutations_small(n: int) -> list[tuple[int, ...]]:

@@ -240,20 +240,18 @@ class _PairJacobian:
             self.perms = stats.permutations
         else:
             self.perms = jnp.arange(config.n_atoms)[None]
-        self._pairs = None
+        # Pair atoms and gradients of the standardised copies (unused ones are dropped under jit).
+        self.first, self.second, grad = descriptors.inverse_distance_pairs(x, self.n_atoms, self.perms)
+        self.grad = grad / self.std[None, :, None]
 
     def combine(self, coef: jax.Array, cols: jax.Array | None = None) -> jax.Array:
         """As _DenseJacobian.combine."""
-        if self._pairs is None:
-            self._pairs = descriptors.inverse_distance_pairs(self.x, self.n_atoms, self.perms)
-        first, second, grad = self._pairs
-        grad = grad / self.std[None, :, None]
         if cols is None:
             cols = jnp.arange(coef.shape[1])[:, None]
-        g = coef[..., None] * grad[:, cols]  # (C, T, S, 3)
+        g = coef[..., None] * self.grad[:, cols]  # (C, T, S, 3)
         term = jnp.broadcast_to(jnp.arange(coef.shape[1])[None, :, None], coef.shape)
         out = jnp.zeros((coef.shape[1], self.n_atoms, 3), g.dtype)
-        out = out.at[term, first[:, cols]].add(g).at[term, second[:, cols]].add(-g)
+        out = out.at[term, self.first[:, cols]].add(g).at[term, self.second[:, cols]].add(-g)
         return out.reshape(coef.shape[1], 3 * self.n_atoms) / coef.shape[0]
 
     def project(self, weight: jax.Array) -> jax.Array:
