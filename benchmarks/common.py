@@ -67,6 +67,17 @@ def current_rss_self() -> int:
     return _proc_kib("/proc/self/status", "VmRSS")
 
 
+def reset_peak_rss_self() -> int:
+    """Reset this process's peak resident set to its current one (Linux: /proc/self/clear_refs);
+    returns the current resident set, bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # the peak then still includes what came before
+    return current_rss_self()
+
+
 def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 

@@ -6,7 +6,7 @@ structures and the molecule's size; the fit against its matrix-multiply bound; -
     python benchmarks/scaling.py --sections n --sizes 1000 2000 4000
     python benchmarks/scaling.py --quick            # smoke test (tiny model)
 
-Sections (--sections, default all three):
+Sections (--sections, default all four):
 
 n        aspirin (21 atoms), n structures (default 5,000 10,000 20,000 40,000): one training epoch
          (the 2nd of forcegp.train_model with epochs=2: compilation happens in the 1st, and the
@@ -30,6 +30,11 @@ memory   posterior.fit alone (untrained model, aspirin, --atoms-n structures) wi
          library's estimate fit_memory_bytes, and how far the fit raised the process's peak RSS
          above its resident set before the fit (the estimate leaves out XLA's own compilation
          memory). A limit the fit cannot meet must be refused with ResourceError up front.
+
+step     one training step (the DSoftKI model train_model trains, default settings) of
+         ethanol, aspirin and the 56-atom chain at batch sizes 32 and 128: the memory XLA plans
+         for the compiled step (train.step_memory_bytes, which train_model checks against
+         --max-memory before training) against how far three steps raise the peak RSS.
 
 Every measurement runs in its own subprocess (--worker), so each peak RSS is its own. Models use
 forcegp's defaults (Config(), TrainSettings() except epochs=2) or the --config options, e.g.
@@ -56,6 +61,9 @@ SCRIPT = Path(__file__).resolve()
 SIZES = (5000, 10000, 20000, 40000)
 MOLECULES = ("ethanol", "aspirin", "azobenzene", "ala3-synthetic", "chain56-synthetic")
 MAX_MEMORY_GIB = (0.0, 0.05, 0.01)  # 0: no limit
+SECTIONS = ("n", "atoms", "memory", "step")
+STEP_MOLECULES = ("ethanol", "aspirin", "chain56-synthetic")
+BATCHES = (32, 128)
 QUICK_CONFIG = {  # K about 260 for aspirin
     "n_inducing": 16, "n_features": 4, "width": 8, "depth": 1, "explicit_dim": 4,
     "pair_powers": 1, "local_cutoff": 1.2,
@@ -277,7 +285,51 @@ def worker_memory(spec: dict) -> dict:
     }
 
 
-WORKERS = {"train": worker_train, "memory": worker_memory}
+def worker_step(spec: dict) -> dict:
+    """One training step's planned memory (train.step_plan_bytes, XLA's plan of the compiled
+    step, and step_memory_bytes, with the margin train_model plans for) against how far three
+    steps raise the peak RSS above the resident set after compiling."""
+    common.enable_x64()
+    import jax
+
+    from forcegp import TrainSettings
+    from forcegp import train as train_module
+    from forcegp.init import initialize
+    from forcegp.stagewise import soft_only
+    from forcegp.workflow import make_config
+
+    data, desc = make_dataset(spec["name"], spec["n"])
+    model = initialize(
+        make_config(data.n_atoms, spec["config"]),
+        data.numbers, data.positions, data.energies, data.forces, key=jax.random.key(0),
+    )  # fmt: skip
+    model = soft_only(model)  # what train_model trains (the explicit block is fitted exactly)
+    x, y, g = standardised(model, data)
+    settings = dataclasses.replace(TrainSettings(), epochs=1, batch_size=spec["batch"])
+    t0 = time.perf_counter()
+    plan = train_module.step_plan_bytes(model, x, y, g, settings)
+    plan_s = time.perf_counter() - t0
+    planned = train_module.step_memory_bytes(model, x, y, g, settings)  # compiled already
+    rss_before = common.reset_peak_rss_self()  # the compilation's own peak is not the step's
+    t0 = time.perf_counter()
+    state = train_module.run(model, x, y, g, settings, key=jax.random.key(1))  # 3 steps
+    jax.block_until_ready(state.hyper)
+    return {
+        "dataset": desc,
+        "n_atoms": data.n_atoms,
+        "batch": settings.batch_size,
+        "permuted_copies": int(model.stats.permutations.shape[0]),
+        "M": model.config.n_inducing,
+        "plan_bytes": plan,
+        "planned_with_margin_bytes": planned,
+        "plan_and_compile_s": plan_s,
+        "three_steps_s": time.perf_counter() - t0,
+        "rss_before_steps_bytes": rss_before,
+        "steps_raised_peak_bytes": common.peak_rss_self() - rss_before,
+    }
+
+
+WORKERS = {"train": worker_train, "memory": worker_memory, "step": worker_step}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -286,7 +338,11 @@ WORKERS = {"train": worker_train, "memory": worker_memory}
 def measure(spec: dict, timeout) -> dict:
     r = common.run_worker(SCRIPT, spec, timeout=timeout)
     r["peak_rss_gib"] = r["subprocess_peak_rss_bytes"] / common.GiB
-    for key in ("estimate_bytes", "fit_raised_peak_bytes", "rss_before_fit_bytes"):
+    for key in (
+        "estimate_bytes", "fit_raised_peak_bytes", "rss_before_fit_bytes", "plan_bytes",
+        "planned_with_margin_bytes",
+        "steps_raised_peak_bytes", "rss_before_steps_bytes",
+    ):  # fmt: skip
         if key in r:
             r[key.replace("_bytes", "_gib")] = r[key] / common.GiB
     if "gemm" in r:
@@ -312,7 +368,7 @@ def config_options(pairs: list[str]) -> dict:
 
 def run_sections(args) -> dict:
     config = (QUICK_CONFIG if args.quick else {}) | config_options(args.config) or None
-    results: dict = {"n": [], "atoms": [], "memory": []}
+    results: dict = {"n": [], "atoms": [], "memory": [], "step": []}
     train = {"kind": "train", "config": config, "warm_pass": not args.no_warm_pass}
     if "n" in args.sections:
         for n in args.sizes:
@@ -328,6 +384,11 @@ def run_sections(args) -> dict:
             spec = {"kind": "memory", "name": "aspirin", "n": args.atoms_n, "config": config}
             r = measure(spec | {"max_memory": limit}, args.timeout)
             results["memory"].append(r | {"max_memory_gib": gib if limit else None})
+    if "step" in args.sections:
+        for name in args.step_molecules:
+            for batch in args.batches:
+                spec = {"kind": "step", "name": name, "n": 3 * batch, "batch": batch}
+                results["step"].append(measure(spec | {"config": config}, args.timeout))
     return results
 
 
@@ -360,6 +421,20 @@ MEMORY_COLUMNS = [
     ("peak_rss_gib", "process peak (GiB)"),
     ("fit_s", "fit (s)"),
     ("refused", "refused"),
+]
+
+STEP_COLUMNS = [
+    ("dataset", "data"),
+    ("n_atoms", "atoms"),
+    ("permuted_copies", "copies"),
+    ("M", "M"),
+    ("batch", "batch"),
+    ("plan_gib", "XLA plan (GiB)"),
+    ("planned_with_margin_gib", "with margin (GiB)"),
+    ("steps_raised_peak_gib", "steps raised peak by (GiB)"),
+    ("rss_before_steps_gib", "RSS before steps (GiB)"),
+    ("plan_and_compile_s", "plan + compile (s)"),
+    ("three_steps_s", "3 steps (s)"),
 ]
 
 
@@ -396,6 +471,11 @@ def markdown(results: dict, info: dict, quick: bool, options: dict) -> str:
         results["memory"],
         MEMORY_COLUMNS,
     )
+    parts += section(
+        "Memory: one training step, planned (train.step_plan_bytes, step_memory_bytes) and measured",
+        results["step"],
+        STEP_COLUMNS,
+    )
     parts += [
         "epoch: the 2nd epoch of train_model. fit in train_model: accumulation with its "
         "compilation + exact-likelihood refinement + solve. accumulate, warm: the same streamed "
@@ -404,7 +484,12 @@ def markdown(results: dict, info: dict, quick: bool, options: dict) -> str:
         "over that bound (an upper bound on accumulate / bound). refine + solve: the "
         "n-independent rest of the fit (per-block exact-evidence refinement in LAPACK, K x K "
         "solve; with --no-warm-pass on one chunk's statistics). Peak RSS: whole subprocess "
-        "(os.wait4)."
+        "(os.wait4). Step memory: the DSoftKI model train_model trains (default float32 rows), "
+        "the XLA plan is the buffer assignment of the compiled step (arguments + outputs + "
+        "temporaries); with margin: 1.2 x plan + 32 MiB, what train_model checks against "
+        "--max-memory before the prefit; "
+        "measured: the peak RSS over three steps above the resident set after compilation "
+        "(the peak reset through /proc/self/clear_refs)."
     ]
     return "\n".join(parts)
 
@@ -414,8 +499,13 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_args(p)
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     p.add_argument(
-        "--sections", nargs="+", default=["n", "atoms", "memory"], choices=["n", "atoms", "memory"]
+        "--step-molecules", nargs="+", default=None, choices=MOLECULES,
+        help=f"molecules of the step section {STEP_MOLECULES}",
+    )  # fmt: skip
+    p.add_argument(
+        "--batches", nargs="+", type=int, default=None, help=f"batch sizes of the step section {BATCHES}"
     )
     p.add_argument("--sizes", nargs="+", type=int, default=None, help=f"aspirin n {SIZES}")
     p.add_argument("--molecules", nargs="+", default=None, choices=MOLECULES, help="all five")
@@ -455,6 +545,8 @@ def main(argv=None) -> int:
     args.molecules = args.molecules or list(MOLECULES)
     args.atoms_n = args.atoms_n or (64 if args.quick else 1000)
     args.max_memory = args.max_memory or ([0.01] if args.quick else list(MAX_MEMORY_GIB))
+    args.step_molecules = args.step_molecules or (["ethanol"] if args.quick else list(STEP_MOLECULES))
+    args.batches = args.batches or ([8] if args.quick else list(BATCHES))
     info = common.machine_info()
     started = time.perf_counter()
     results = run_sections(args)

@@ -224,7 +224,12 @@ def main(argv=None) -> None:
 )
 @reader_options
 @click.option("--devices", type=click.IntRange(min=1), help="Devices to use (default: all).")
-@click.option("--max-memory", type=ByteSize(), help="Memory cap of the posterior fit, e.g. 4G.")
+@click.option(
+    "--max-memory",
+    type=ByteSize(),
+    help="Memory cap, e.g. 4G: chooses the posterior fit's chunks and refuses a training "
+    "step that would exceed it (default: 70% of the memory available).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of an earlier run.")
 @click.option(
     "--checkpoint",

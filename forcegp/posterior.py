@@ -86,6 +86,18 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def memory_limit(max_memory: float | None) -> tuple[float | None, str]:
+    """Bytes a planned computation may use, and how to name that limit in an error: max_memory
+    (--max-memory) if given, else AVAILABLE_SHARE of the memory the machine has available now;
+    (None, ...) where neither is known (no check)."""
+    if max_memory is not None:
+        return float(max_memory), "--max-memory"
+    available = available_memory_bytes()
+    if available is None:
+        return None, "the memory this machine has available"
+    return AVAILABLE_SHARE * available, "the memory this machine has available"
+
+
 def choose_chunk(
     config, max_memory: float | None, n_devices: int = 1, default: int = 64, *, n_copies: int = 1
 ) -> int:
@@ -94,13 +106,9 @@ def choose_chunk(
     has available now. Raises ResourceError, before anything is allocated, where even the
     smallest chunk does not fit."""
     chunk = max(n_devices, default - default % n_devices)
-    if max_memory is None:
-        available = available_memory_bytes()
-        if available is None:
-            return chunk
-        limit, what = AVAILABLE_SHARE * available, "the memory this machine has available"
-    else:
-        limit, what = max_memory, "--max-memory"
+    limit, what = memory_limit(max_memory)
+    if limit is None:
+        return chunk
     while chunk > n_devices and fit_memory_bytes(config, chunk, n_devices, n_copies) > limit:
         chunk = max(n_devices, (chunk // 2) - (chunk // 2) % n_devices)
     need = fit_memory_bytes(config, chunk, n_devices, n_copies)

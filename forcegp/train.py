@@ -129,6 +129,77 @@ def epoch_key(key: jax.Array, epoch: int) -> jax.Array:
     return jax.random.fold_in(key, epoch)
 
 
+def batch_size(settings: TrainSettings, n: int, n_devices: int = 1) -> int:
+    """Structures per step: settings.batch_size, at most n, a multiple of n_devices."""
+    batch = min(settings.batch_size, n)
+    return max(n_devices, batch - batch % n_devices)
+
+
+def _step_inputs(model: ForceGP, settings: TrainSettings, n: int, state: TrainState | None):
+    """(state, hyper, opt_state, model_rest) as the step takes them: strongly typed, so that a
+    fresh, a resumed and a planned (step_memory_bytes) run share one compilation."""
+    if state is None:
+        opt = optimizer(settings, model.hyper, n)
+        state = TrainState(model.hyper, opt.init(eqx.filter(model.hyper, eqx.is_array)), 0, [])
+    model_rest = strong_types(eqx.tree_at(lambda m: m.hyper, model, replace_fn=lambda _: None))
+    return state, strong_types(state.hyper), strong_types(state.opt_state), model_rest
+
+
+def _put(sharding: NamedSharding | None, *arrays):
+    if sharding is None:
+        return arrays
+    return tuple(jax.device_put(a, sharding) for a in arrays)
+
+
+#: What the steps of run() took beyond XLA's plan of them (step_plan_bytes), measured with
+#: `python benchmarks/scaling.py --sections step` (9-56 atoms, batches 32 and 128): the peak
+#: resident set rose by 1.04-1.36x the plan, 15-40 MB more (the allocator and XLA's runtime).
+#: step_memory_bytes plans for this much over it.
+STEP_MEMORY_FACTOR = 1.2
+STEP_MEMORY_EXTRA = 32 * 2**20
+
+
+def step_memory_bytes(
+    model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray, settings: TrainSettings, *,
+    mesh: Mesh | None = None,
+) -> int | None:  # fmt: skip
+    """Bytes to plan for one training step: step_plan_bytes with the measured margin
+    (STEP_MEMORY_FACTOR, STEP_MEMORY_EXTRA); None where the backend gives no figures."""
+    plan = step_plan_bytes(model, x, y, g, settings, mesh=mesh)
+    return None if plan is None else int(STEP_MEMORY_FACTOR * plan + STEP_MEMORY_EXTRA)
+
+
+def step_plan_bytes(
+    model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray, settings: TrainSettings, *,
+    mesh: Mesh | None = None,
+) -> int | None:  # fmt: skip
+    """Bytes one training step on (x, y, g) needs by the compiled step itself: its arguments,
+    outputs and temporaries as XLA's buffer assignment plans them, summed over the devices of
+    ``mesh``. Nothing runs; the compilation is the one run() then uses (same shapes, types and
+    settings), so planning costs no second compile. None where the backend gives no figures."""
+    n = len(x)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    batch = batch_size(settings, n, n_dev)
+    _, hyper, opt_state, model_rest = _step_inputs(model, settings, n, None)
+    sharding = NamedSharding(mesh, P("batch")) if mesh is not None else None
+    xb, yb, gb = _put(sharding, x[:batch], y[:batch], g[:batch])
+    key = step_key(jax.random.key(0), 0, 0) if settings.train_permutations > 0 else None
+    try:
+        lowered = train_step.lower(hyper, opt_state, model_rest, xb, yb, gb, settings, n, key)
+        stats = lowered.compile().compiled.memory_analysis()
+    except (AttributeError, NotImplementedError):  # a backend without memory statistics
+        return None
+    if stats is None:
+        return None
+    per_device = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes
+    )
+    return int(per_device) * n_dev
+
+
 def run(
     model: ForceGP,
     x: np.ndarray,
@@ -145,24 +216,17 @@ def run(
     """Optimise model.hyper on standardised data. Resumes from ``state`` if given."""
     n = len(x)
     n_dev = 1 if mesh is None else mesh.devices.size
-    batch = min(settings.batch_size, n)
-    batch = max(n_dev, batch - batch % n_dev)
-    opt = optimizer(settings, model.hyper, n)
-    if state is None:
-        state = TrainState(model.hyper, opt.init(eqx.filter(model.hyper, eqx.is_array)), 0, [])
-    model_rest = strong_types(eqx.tree_at(lambda m: m.hyper, model, replace_fn=lambda _: None))
+    batch = batch_size(settings, n, n_dev)
+    state, hyper, opt_state, model_rest = _step_inputs(model, settings, n, state)
     sharding = NamedSharding(mesh, P("batch")) if mesh is not None else None
     # Permutation subsets need a key per step; without them none is made (nor traced).
     subsets = settings.train_permutations > 0
-    hyper, opt_state = strong_types(state.hyper), strong_types(state.opt_state)
     for epoch in range(state.epoch, settings.epochs):
         order = np.asarray(jax.random.permutation(epoch_key(key, epoch), n))
         losses = []
         for s in range(steps_per_epoch(n, batch)):
             idx = order[s * batch : (s + 1) * batch]
-            xb, yb, gb = x[idx], y[idx], g[idx]
-            if sharding is not None:
-                xb, yb, gb = (jax.device_put(a, sharding) for a in (xb, yb, gb))
+            xb, yb, gb = _put(sharding, x[idx], y[idx], g[idx])
             hyper, opt_state, loss = train_step(
                 hyper, opt_state, model_rest, xb, yb, gb, settings, n,
                 step_key(key, epoch, s) if subsets else None,

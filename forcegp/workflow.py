@@ -18,7 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from . import posterior
 from .data import Dataset
-from .errors import ForceGPError, InputError, NumericalError
+from .errors import ForceGPError, InputError, NumericalError, ResourceError
 from .init import budgeted_epochs, initialize, match_prior_scale, standardise_targets
 from .io import (
     CHECKPOINT_FORMAT,
@@ -37,8 +37,10 @@ from .train import (
     TrainSettings,
     TrainState,
     all_finite,
+    batch_size,
     optimizer,
     run,
+    step_memory_bytes,
     strong_types,
     with_hyper,
 )
@@ -199,11 +201,14 @@ def train_model(
         settings = dataclasses.replace(settings, epochs=budgeted_epochs(model))
     fingerprint = train.fingerprint()
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
+    x, y, g = _standardised(model, train)
+    train_mesh = mesh if n_dev > 1 else None
+    # Planned from the compiled step (which training then reuses), also before the prefit.
+    check_step_memory(soft_only(model), x, y, g, settings, mesh=train_mesh, max_memory=max_memory)
 
     # Stagewise selection (forcegp.stagewise): the explicit block is fitted exactly first and
     # DSoftKI is trained on its residual. Deterministic given the seed, so a resumed run
     # recomputes exactly the residuals of the interrupted one.
-    x, y, g = _standardised(model, train)
     say("message", {"text": "fitting the explicit block"})
     model, y_res, g_res = explicit_prefit(model, x, y, g, chunk=chunk)
     # Strongly typed leaves, as a checkpoint or model file gives them back: fresh, resumed and
@@ -241,7 +246,6 @@ def train_model(
         info = {"epoch": s.epoch, "epochs": settings.epochs, "loss": s.history[-1]["loss"]}
         say("epoch", {**info, "seconds": time.perf_counter() - started})
 
-    train_mesh = mesh if n_dev > 1 else None
     try:
         state = run(
             soft_only(model), x, y_res, g_res, settings, key=key_train, state=state,
@@ -293,6 +297,32 @@ def train_model(
         "metrics": {"validation": metrics},
     }
     return model, metadata
+
+
+def check_step_memory(
+    model: ForceGP, x, y, g, settings: TrainSettings, *, mesh=None, max_memory: float | None = None
+) -> None:
+    """ResourceError, before any training, where one training step would need more than
+    --max-memory (or the share of available memory the fit may plan for): the batch's feature
+    rows grow with the batch, the permuted copies and the molecule, and an out-of-memory kill
+    mid-training would lose the run."""
+    need = step_memory_bytes(model, x, y, g, settings, mesh=mesh)
+    limit, what = posterior.memory_limit(max_memory)
+    if need is None or limit is None or need <= limit:
+        return
+    n_dev = 1 if mesh is None else mesh.devices.size
+    batch = batch_size(settings, len(x), n_dev)
+    fits = int(batch * limit / need) // n_dev * n_dev
+    hint = f"about {fits} would fit" if fits >= 1 else "even 1 would not fit"
+    copies = int(model.stats.permutations.shape[0])
+    if settings.train_permutations > 0:
+        copies = min(copies, settings.train_permutations)
+    raise ResourceError(
+        f"a training step needs about {need / 2**30:.2f} GiB ({batch} structures per step, "
+        f"{copies} permuted copies, M={model.config.n_inducing} interpolation points), more than "
+        f"{what} ({limit / 2**30:.2f} GiB); lower --batch-size ({hint}), --train-permutations "
+        "or --inducing, or raise --max-memory"
+    )
 
 
 def calibrate(model: ForceGP, valid: Dataset) -> tuple[ForceGP, dict]:

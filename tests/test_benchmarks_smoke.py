@@ -134,6 +134,8 @@ def test_scaling_quick(tmp_path):
     (mem,) = res["memory"]
     # The limit took effect: a smaller chunk, and an estimate within it.
     assert mem["chunk"] < 64 and mem["estimate_bytes"] <= mem["max_memory_gib"] * common.GiB
+    (step,) = res["step"]  # the compiled step's plan, then three steps of it
+    assert step["plan_bytes"] > 0 and step["three_steps_s"] > 0 and step["batch"] == 8
 
 
 @pytest.mark.slow

@@ -155,6 +155,13 @@ def test_bad_inputs(workdir, model):
         invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", "--max-memory", "1K"), 1
     )
     assert "--max-memory" in err and "K=" in err and not (workdir / "x.fgp").exists()
+    # A cap the fit meets but a training step does not (its compiled plan): refused up front.
+    step = ["--explicit", "none", "--inducing", "64", "--no-symmetrize", "--batch-size", "32"]
+    err = one_line_error(
+        invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", *step, "--max-memory", "1M"),
+        1,
+    )
+    assert "training step" in err and "--batch-size" in err and not (workdir / "x.fgp").exists()
 
 
 def test_debug_shows_the_traceback(workdir):

@@ -325,6 +325,11 @@ MULTI_DEVICE = textwrap.dedent(
     key = jax.random.key(3)
     for precision, rtol, loss_rtol in (("float64", 1e-6, 1e-8), ("float32", 1e-4, 1e-5)):
         settings = train.TrainSettings(epochs=1, batch_size=4, lr=1e-2, precision=precision)
+        # Planned from each compiled step; with 4 devices, summed over them (each holds the
+        # replicated parameters and its share of the batch).
+        plan1 = train.step_memory_bytes(pb.model, pb.x, pb.y, pb.g, settings)
+        plan4 = train.step_memory_bytes(pb.model, pb.x, pb.y, pb.g, settings, mesh=mesh4)
+        assert plan4 >= plan1 > 0, (plan1, plan4)
         s1 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
         s4 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key, mesh=posterior.make_mesh(4))
         close(s4.hyper, s1.hyper, rtol)

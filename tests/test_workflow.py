@@ -10,10 +10,11 @@ import jax
 import numpy as np
 import pytest
 
+from forcegp import posterior, workflow
 from forcegp import train as train_module
-from forcegp import workflow
 from forcegp.data import read_dataset, write_extxyz_atomic
-from forcegp.errors import InputError, ModelFileError
+from forcegp.errors import InputError, ModelFileError, ResourceError
+from forcegp.init import initialize
 from forcegp.io import read_header
 from forcegp.train import TrainSettings
 
@@ -35,10 +36,10 @@ def ethanol():
 
 def train(data, tmp_path=None, *, epochs=2, resume=False, progress=None, **kw):
     kw.setdefault("settings", TrainSettings(epochs=epochs, batch_size=8))
+    kw.setdefault("config_kwargs", TINY)
     checkpoint = None if tmp_path is None else tmp_path / "run.ckpt"
     return workflow.train_model(
         data,
-        config_kwargs=TINY,
         seed=0,
         valid_fraction=0.2,
         checkpoint=checkpoint,
@@ -217,6 +218,36 @@ def test_bad_training_input(ethanol):
                           ethanol.forces[:3])  # fmt: skip
     with pytest.raises(InputError, match="validation data has"):
         train(ethanol, valid=other)
+
+
+def test_training_step_memory_is_planned_before_training(ethanol):
+    """The training step's memory comes from its compiled plan (XLA's buffer assignment) and
+    grows with the batch; a cap the step cannot meet is refused before anything is trained,
+    with the batch size named, even where the posterior fit's chunks would fit under it."""
+    config = {**TINY, "explicit": "none", "n_inducing": 64}
+    model = initialize(
+        workflow.make_config(ethanol.n_atoms, config), ethanol.numbers, ethanol.positions,
+        ethanol.energies, ethanol.forces, key=jax.random.key(0),
+    )  # fmt: skip
+    x, y, g = workflow._standardised(model, ethanol)
+    need = {
+        b: train_module.step_memory_bytes(model, x, y, g, TrainSettings(epochs=1, batch_size=b))
+        for b in (4, 24)
+    }
+    assert 0 < need[4] < need[24]
+    cap = (need[4] + need[24]) / 2
+    assert posterior.fit_memory_bytes(model.config, 1) < cap  # the fit alone would go ahead
+    events = []
+    with pytest.raises(ResourceError, match=r"training step needs .*--batch-size \(about \d+ would"):
+        train(
+            ethanol, config_kwargs=config, max_memory=cap, progress=lambda e, i: events.append(e),
+            settings=TrainSettings(epochs=1, batch_size=24),
+        )  # fmt: skip
+    assert events == []  # refused before the explicit prefit and the first step
+    fitted, meta = train(
+        ethanol, config_kwargs=config, max_memory=cap, settings=TrainSettings(epochs=1, batch_size=4)
+    )
+    assert meta["history"] and np.isfinite(meta["history"][-1]["loss"])
 
 
 def test_rank_and_spearman():
