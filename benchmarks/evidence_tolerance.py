@@ -1,0 +1,192 @@
+"""The exact-evidence refinement's stopping rule against accuracy and calibration on rMD17.
+
+    python benchmarks/evidence_tolerance.py                      # ethanol and aspirin, 1000
+    python benchmarks/evidence_tolerance.py --molecules ethanol --tolerances 0 0.01 1
+    python benchmarks/evidence_tolerance.py --quick              # smoke test (tiny model)
+
+The posterior fit first sets one scale per block of basis functions and both noise levels by the
+exact marginal likelihood of the whole training set (forcegp.evidence.maximise, L-BFGS-B, one
+K x K Cholesky factorisation and inverse per evaluation). Its stopping rule is
+evidence.TOL_NATS: stop when an iteration improves the training set's total log evidence by
+less than that many nats (0: scipy's default relative tolerance, 2.2e-9 of the NLL per
+observation, the rule before session 13).
+
+For each molecule: forcegp.workflow.train_model with the default settings on the first
+--n structures of rMD17 train_01 (5% of them held out for calibration, seed 0) up to the
+posterior fit; then, from the same trained hyperparameters, the fit (accumulation, refinement,
+solve) once per tolerance, the calibration on the held-out structures and the errors on the
+1000 structures of test_01. Reported: the fit's time, the number of evidence evaluations and
+their time, the final NLL per observation, the block multipliers and noise levels, force and
+energy MAE (meV/Å, meV) and the 95% coverage of the force intervals.
+Results: benchmarks/results/evidence_tolerance.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+TOLERANCES = (0.0, 0.01, 0.1)
+MOLECULES = ("ethanol", "aspirin")
+
+
+class _Captured(Exception):
+    """Raised by the patched posterior.fit once it holds train_model's arguments."""
+
+
+def trained_before_fit(molecule: str, n: int, quick: bool):
+    """(model, x, y, g, fit kwargs, valid, test): train_model's state at its posterior fit."""
+    from forcegp import posterior, workflow
+    from forcegp.data import read_dataset
+
+    train = read_dataset(common.rmd17_path(molecule, "train"), energy_unit="kcal/mol")
+    test = read_dataset(common.rmd17_path(molecule, "test"), energy_unit="kcal/mol")
+    train, valid = train.subset(np.arange(n)).split(0.05, seed=0)
+    if quick:
+        test = test.subset(np.arange(50))
+    real_fit, held = posterior.fit, {}
+
+    def capture(model, x, y, g, **kwargs):
+        held.update(args=(model, x, y, g), kwargs=kwargs)
+        raise _Captured
+
+    posterior.fit = capture
+    t0 = time.perf_counter()
+    try:
+        workflow.train_model(
+            train, valid=valid, seed=0, config_kwargs=common.QUICK_CONFIG if quick else None
+        )
+    except _Captured:
+        pass
+    finally:
+        posterior.fit = real_fit
+    return held, valid, test, time.perf_counter() - t0
+
+
+def fit_with(tol: float, held: dict, valid, test) -> dict:
+    from forcegp import evidence, posterior, workflow
+
+    calls: list[tuple[float, float]] = []  # (seconds, value) of every evidence evaluation
+    real_nll, real_tol = evidence.nll_and_grad, evidence.TOL_NATS
+
+    def counted(*args):
+        t0 = time.perf_counter()
+        out = real_nll(*args)
+        calls.append((time.perf_counter() - t0, float(out[0])))
+        return out
+
+    evidence.nll_and_grad, evidence.TOL_NATS = counted, tol
+    try:
+        t0 = time.perf_counter()
+        model = posterior.fit(*held["args"], **{**held["kwargs"], "progress": None})
+        fit_s = time.perf_counter() - t0
+    finally:
+        evidence.nll_and_grad, evidence.TOL_NATS = real_nll, real_tol
+    model, calibration = workflow.calibrate(model, valid)
+    metrics = workflow.evaluate(model, test)
+    h = model.hyper
+    finite = [v for _, v in calls if np.isfinite(v)]
+    return {
+        "tol_nats": tol,
+        "fit_s": fit_s,
+        "evaluations": len(calls),
+        "evaluations_s": sum(s for s, _ in calls),
+        "nll_per_obs": min(finite) if finite else None,
+        "noise_energy": float(h.noise_energy),
+        "noise_force": float(h.noise_force),
+        "kappa": calibration["kappa"],
+        "forces_mae_mev": 1000 * metrics["forces_mae"],
+        "energy_mae_mev": 1000 * metrics["energy_mae"],
+        "forces_coverage_95": metrics["forces_coverage_95"],
+        "energy_coverage_95": metrics["energy_coverage_95"],
+    }
+
+
+COLUMNS = [
+    ("molecule", "molecule"),
+    ("tol_nats", "tolerance (nats)"),
+    ("evaluations", "evaluations"),
+    ("evaluations_s", "evaluations (s)"),
+    ("fit_s", "whole fit (s)"),
+    ("nll_per_obs", "NLL per observation"),
+    ("nll_total_above_best", "total NLL above the best (nats)"),
+    ("noise_force", "force noise"),
+    ("forces_mae_mev", "force MAE (meV/Å)"),
+    ("energy_mae_mev", "energy MAE (meV)"),
+    ("forces_coverage_95", "force coverage 95%"),
+]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common.add_common_args(p)
+    p.add_argument("--molecules", nargs="+", default=list(MOLECULES))
+    p.add_argument("--n", type=int, default=None, help="training structures (1000)")
+    p.add_argument(
+        "--tolerances", nargs="+", type=float, default=list(TOLERANCES), help="nats; 0: scipy's"
+    )
+    args = p.parse_args(argv)
+    common.enable_x64()
+    if args.quick:
+        common.use_quick_compile_cache()
+    n = args.n or (60 if args.quick else 1000)
+    info = common.machine_info()
+    rows, started = [], time.perf_counter()
+    for molecule in args.molecules:
+        held, valid, test, train_s = trained_before_fit(molecule, n, args.quick)
+        model, x = held["args"][0], held["args"][1]
+        n_obs = x.shape[0] * (1 + x.shape[1])
+        mol_rows = []
+        from forcegp import posterior
+
+        k = held["kwargs"].get("chunk", 64)  # compile the chunk's accumulation and the solve
+        y, g = held["args"][2:]
+        posterior.fit(model, x[:k], y[:k], g[:k], chunk=k, refine=False)
+        for tol in args.tolerances:
+            row = {"molecule": molecule, "n": n, "K": model.config.n_basis, "train_s": train_s}
+            row["n_test"] = test.n_frames
+            row |= fit_with(tol, held, valid, test)
+            print(row, flush=True)
+            mol_rows.append(row)
+        best = min(r["nll_per_obs"] for r in mol_rows if r["nll_per_obs"] is not None)
+        for r in mol_rows:
+            if r["nll_per_obs"] is not None:
+                r["nll_total_above_best"] = (r["nll_per_obs"] - best) * n_obs
+        rows += mol_rows
+    info["load_average_end"] = common.load_average()
+    total = time.perf_counter() - started
+    quick = ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
+    md = "\n".join(
+        [
+            "# Evidence refinement: stopping rule against accuracy (rMD17 split 01)",
+            "",
+            common.machine_markdown(info),
+            "",
+            *(quick if args.quick else []),
+            f"n = {n} training structures (95% fitted, 5% for the calibration), "
+            f"{rows[0]['n_test']} test structures; tolerance 0: scipy's default (the rule "
+            "before session 13). Each fit runs after a compiled warm-up on one chunk.",
+            "",
+            common.md_table(rows, COLUMNS),
+            "",
+            f"Total {total:.0f} s; load average at the end {info['load_average_end']}.",
+        ]
+    )
+    print(md)
+    payload = {"benchmark": "evidence_tolerance", "argv": sys.argv[1:] if argv is None else argv}
+    payload |= {"quick": args.quick, "machine": info, "rows": rows, "total_seconds": total}
+    common.write_results("evidence_tolerance", payload, md, common.results_dir(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
