@@ -2,6 +2,7 @@
 
     python benchmarks/evidence_tolerance.py                      # ethanol and aspirin, 1000
     python benchmarks/evidence_tolerance.py --molecules ethanol --tolerances 0 0.01 1
+    python benchmarks/evidence_tolerance.py --n 200 --tolerances 0 0.01 --name evidence_tolerance_200
     python benchmarks/evidence_tolerance.py --quick              # smoke test (tiny model)
 
 The posterior fit first sets one scale per block of basis functions and both noise levels by the
@@ -19,11 +20,17 @@ solve) once per tolerance, the calibration on the held-out structures and the er
 their time, the final NLL per observation, the block multipliers and noise levels, force and
 energy MAE (meV/Å, meV) and the 95% coverage of the force intervals.
 Results: benchmarks/results/evidence_tolerance.json and .md.
+
+With --whole, each tolerance instead runs the whole of train_model in its own subprocess (the
+explicit block's prefit uses the same evidence search): train_model's time, its fit's time, the
+evidence evaluations of the prefit and the fit with their time, and the same test errors.
+Results: evidence_tolerance_whole.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +44,111 @@ TOLERANCES = (0.0, 0.01, 0.1)
 MOLECULES = ("ethanol", "aspirin")
 
 
+def read_split(molecule: str, n: int, quick: bool):
+    """(train, valid, test): the first n structures of rMD17 train_01 less 5% held out for the
+    calibration (seed 0), and test_01 (50 structures with --quick)."""
+    from forcegp.data import read_dataset
+
+    train = read_dataset(common.rmd17_path(molecule, "train"), energy_unit="kcal/mol")
+    test = read_dataset(common.rmd17_path(molecule, "test"), energy_unit="kcal/mol")
+    train, valid = train.subset(np.arange(n)).split(0.05, seed=0)
+    return train, valid, test.subset(np.arange(50)) if quick else test
+
+
+class _Counted:
+    """Counts and times evidence.nll_and_grad calls while active; sets evidence.TOL_NATS."""
+
+    def __init__(self, tol: float):
+        self.tol, self.calls = tol, []
+
+    def __enter__(self):
+        from forcegp import evidence
+
+        self.real, self.real_tol = evidence.nll_and_grad, evidence.TOL_NATS
+
+        def counted(*args):
+            t0 = time.perf_counter()
+            out = self.real(*args)
+            self.calls.append((time.perf_counter() - t0, float(out[0])))
+            return out
+
+        evidence.nll_and_grad, evidence.TOL_NATS = counted, self.tol
+        return self
+
+    def __exit__(self, *exc):
+        from forcegp import evidence
+
+        evidence.nll_and_grad, evidence.TOL_NATS = self.real, self.real_tol
+
+    def seconds(self) -> float:
+        return sum(s for s, _ in self.calls)
+
+
+def test_metrics(model, test) -> dict:
+    from forcegp import workflow
+
+    metrics = workflow.evaluate(model, test)
+    return {
+        "forces_mae_mev": 1000 * metrics["forces_mae"],
+        "energy_mae_mev": 1000 * metrics["energy_mae"],
+        "forces_coverage_95": metrics["forces_coverage_95"],
+        "energy_coverage_95": metrics["energy_coverage_95"],
+    }
+
+
+def worker_whole(spec: dict) -> dict:
+    """train_model with evidence.TOL_NATS = spec["tol"], then the test errors."""
+    common.enable_x64()
+    from forcegp import posterior, workflow
+
+    train, valid, test = read_split(spec["molecule"], spec["n"], spec["quick"])
+    config = common.QUICK_CONFIG if spec["quick"] else None
+    real_fit, in_fit = posterior.fit, {}
+
+    def fit(*args, **kwargs):
+        in_fit["from"] = len(counter.calls)
+        return real_fit(*args, **kwargs)
+
+    posterior.fit = fit
+    with _Counted(spec["tol"]) as counter:
+        t0 = time.perf_counter()
+        model, meta = workflow.train_model(train, valid=valid, seed=0, config_kwargs=config)
+        train_s = time.perf_counter() - t0
+    posterior.fit = real_fit
+    prefit, fitted = counter.calls[: in_fit["from"]], counter.calls[in_fit["from"] :]
+    return {
+        "molecule": spec["molecule"],
+        "n": spec["n"],
+        "tol_nats": spec["tol"],
+        "K": model.config.n_basis,
+        "train_model_s": train_s,
+        "fit_s": meta["training"]["fit_seconds"],
+        "prefit_evaluations": len(prefit),
+        "prefit_evaluations_s": sum(s for s, _ in prefit),
+        "fit_evaluations": len(fitted),
+        "fit_evaluations_s": sum(s for s, _ in fitted),
+        "noise_force": float(model.hyper.noise_force),
+        "kappa": meta["training"]["calibration"]["kappa"],
+        "n_test": test.n_frames,
+        **test_metrics(model, test),
+    }
+
+
+WHOLE_COLUMNS = [
+    ("molecule", "molecule"),
+    ("tol_nats", "tolerance (nats)"),
+    ("train_model_s", "train_model (s)"),
+    ("prefit_evaluations", "prefit evaluations"),
+    ("prefit_evaluations_s", "prefit evaluations (s)"),
+    ("fit_evaluations", "fit evaluations"),
+    ("fit_evaluations_s", "fit evaluations (s)"),
+    ("fit_s", "whole fit (s)"),
+    ("forces_mae_mev", "force MAE (meV/Å)"),
+    ("energy_mae_mev", "energy MAE (meV)"),
+    ("forces_coverage_95", "force coverage 95%"),
+]
+
+
 class _Captured(Exception):
     """Raised by the patched posterior.fit once it holds train_model's arguments."""
 
@@ -44,13 +156,8 @@ class _Captured(Exception):
 def trained_before_fit(molecule: str, n: int, quick: bool):
     """(model, x, y, g, fit kwargs, valid, test): train_model's state at its posterior fit."""
     from forcegp import posterior, workflow
-    from forcegp.data import read_dataset
 
-    train = read_dataset(common.rmd17_path(molecule, "train"), energy_unit="kcal/mol")
-    test = read_dataset(common.rmd17_path(molecule, "test"), energy_unit="kcal/mol")
-    train, valid = train.subset(np.arange(n)).split(0.05, seed=0)
-    if quick:
-        test = test.subset(np.arange(50))
+    train, valid, test = read_split(molecule, n, quick)
     real_fit, held = posterior.fit, {}
 
     def capture(model, x, y, g, **kwargs):
@@ -71,41 +178,25 @@ def trained_before_fit(molecule: str, n: int, quick: bool):
 
 
 def fit_with(tol: float, held: dict, valid, test) -> dict:
-    from forcegp import evidence, posterior, workflow
+    from forcegp import posterior, workflow
 
-    calls: list[tuple[float, float]] = []  # (seconds, value) of every evidence evaluation
-    real_nll, real_tol = evidence.nll_and_grad, evidence.TOL_NATS
-
-    def counted(*args):
-        t0 = time.perf_counter()
-        out = real_nll(*args)
-        calls.append((time.perf_counter() - t0, float(out[0])))
-        return out
-
-    evidence.nll_and_grad, evidence.TOL_NATS = counted, tol
-    try:
+    with _Counted(tol) as counter:
         t0 = time.perf_counter()
         model = posterior.fit(*held["args"], **{**held["kwargs"], "progress": None})
         fit_s = time.perf_counter() - t0
-    finally:
-        evidence.nll_and_grad, evidence.TOL_NATS = real_nll, real_tol
     model, calibration = workflow.calibrate(model, valid)
-    metrics = workflow.evaluate(model, test)
     h = model.hyper
-    finite = [v for _, v in calls if np.isfinite(v)]
+    finite = [v for _, v in counter.calls if np.isfinite(v)]
     return {
         "tol_nats": tol,
         "fit_s": fit_s,
-        "evaluations": len(calls),
-        "evaluations_s": sum(s for s, _ in calls),
+        "evaluations": len(counter.calls),
+        "evaluations_s": counter.seconds(),
         "nll_per_obs": min(finite) if finite else None,
         "noise_energy": float(h.noise_energy),
         "noise_force": float(h.noise_force),
         "kappa": calibration["kappa"],
-        "forces_mae_mev": 1000 * metrics["forces_mae"],
-        "energy_mae_mev": 1000 * metrics["energy_mae"],
-        "forces_coverage_95": metrics["forces_coverage_95"],
-        "energy_coverage_95": metrics["energy_coverage_95"],
+        **test_metrics(model, test),
     }
 
 
@@ -124,6 +215,40 @@ COLUMNS = [
 ]
 
 
+def whole(args, n: int, info: dict) -> int:
+    rows, started = [], time.perf_counter()
+    for molecule in args.molecules:
+        for tol in args.tolerances:
+            spec = {"molecule": molecule, "n": n, "tol": tol, "quick": args.quick}
+            row = common.run_worker(Path(__file__).resolve(), spec)
+            print({k: v for k, v in row.items() if k != "error"}, flush=True)
+            rows.append(row)
+    info["load_average_end"] = common.load_average()
+    total = time.perf_counter() - started
+    quick = ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
+    md = "\n".join(
+        [
+            "# Evidence refinement: stopping rule, whole train_model (rMD17 split 01)",
+            "",
+            common.machine_markdown(info),
+            "",
+            *(quick if args.quick else []),
+            f"n = {n} training structures (95% fitted, 5% for the calibration), each tolerance "
+            "in its own process; tolerance 0: scipy's default (the rule before session 13).",
+            "",
+            common.md_table(rows, WHOLE_COLUMNS),
+            "",
+            f"Total {total:.0f} s; load average at the end {info['load_average_end']}.",
+        ]
+    )
+    print(md)
+    payload = {"benchmark": "evidence_tolerance", "argv": sys.argv[1:], "whole": True}
+    payload |= {"quick": args.quick, "machine": info, "rows": rows, "total_seconds": total}
+    name = args.name or "evidence_tolerance_whole"
+    common.write_results(name, payload, md, common.results_dir(args))
+    return 1 if any("error" in r for r in rows) else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,12 +259,19 @@ def main(argv=None) -> int:
     p.add_argument(
         "--tolerances", nargs="+", type=float, default=list(TOLERANCES), help="nats; 0: scipy's"
     )
+    p.add_argument("--whole", action="store_true", help="whole train_model per tolerance")
+    p.add_argument("--name", default=None, help="results name (evidence_tolerance[_whole])")
     args = p.parse_args(argv)
+    if args.worker:
+        common.emit_result(worker_whole(json.loads(args.worker)))
+        return 0
     common.enable_x64()
     if args.quick:
         common.use_quick_compile_cache()
     n = args.n or (60 if args.quick else 1000)
     info = common.machine_info()
+    if args.whole:
+        return whole(args, n, info)
     rows, started = [], time.perf_counter()
     for molecule in args.molecules:
         held, valid, test, train_s = trained_before_fit(molecule, n, args.quick)
@@ -184,7 +316,8 @@ def main(argv=None) -> int:
     print(md)
     payload = {"benchmark": "evidence_tolerance", "argv": sys.argv[1:] if argv is None else argv}
     payload |= {"quick": args.quick, "machine": info, "rows": rows, "total_seconds": total}
-    common.write_results("evidence_tolerance", payload, md, common.results_dir(args))
+    name = args.name or "evidence_tolerance"
+    common.write_results(name, payload, md, common.results_dir(args))
     return 0
 
 
