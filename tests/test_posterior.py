@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from forcegp import objectives, posterior
+from forcegp import evidence, objectives, posterior
 from forcegp.errors import NumericalError, ResourceError
 from forcegp.model import noise_vector
 
@@ -107,6 +107,34 @@ def test_refinement_changes_only_scales_and_noise(small_problem, fitted_small):
     np.testing.assert_allclose(fitted_small.posterior.mean, post.mean, rtol=1e-8, atol=1e-10)
 
 
+def test_evidence_search_stops_within_its_tolerance(small_problem, monkeypatch):
+    """The refinement stops once an iteration gains less than evidence.TOL_NATS of total log
+    evidence: it ends within a few times that of the tight search (scipy's default rule) and
+    needs no more evaluations; a tolerance of 1000 nats stops it far from the optimum."""
+    pb = small_problem
+    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    groups = posterior.basis_groups(pb.model.config)
+    st = evidence.Statistics(suff)
+    n_obs, h, real = st.n_e + st.n_f, pb.model.hyper, evidence.nll_and_grad
+
+    def search(tol):
+        calls = []
+        monkeypatch.setattr(evidence, "TOL_NATS", tol)
+        monkeypatch.setattr(evidence, "nll_and_grad", lambda *a: calls.append(1) or real(*a))
+        mult, ne, nf = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
+        params = np.concatenate([np.log(mult), np.log([ne, nf])])
+        return real(params, st, groups)[0] * n_obs, len(calls)
+
+    start = real(np.concatenate([np.zeros(3), np.log([float(h.noise_energy), float(h.noise_force)])]),
+                 st, groups)[0] * n_obs  # fmt: skip
+    tight, n_tight = search(0.0)
+    default, n_default = search(0.01)
+    loose, _ = search(1000.0)
+    assert tight - 1e-6 * n_obs <= default <= tight + 0.1 and n_default <= n_tight
+    assert start - tight > 1.0  # the search has somewhere to go on this problem
+    assert loose > tight + 0.1
+
+
 def avals(tree):
     return [(v.dtype, v.shape, v.weak_type) for v in jax.tree_util.tree_leaves(tree) if eqx.is_array(v)]
 
@@ -150,8 +178,6 @@ def test_refine_noise_finds_the_exact_likelihood_optimum(small_problem):
 
 
 def test_evidence_gradient_matches_finite_differences():
-    from forcegp import evidence
-
     rng = np.random.default_rng(0)
     k = 12
     xf, xe = rng.normal(size=(60, k)), rng.normal(size=(8, k))
