@@ -228,7 +228,7 @@ def worker_train(spec: dict) -> dict:
         "n": data.n_frames,
         "n_atoms": data.n_atoms,
         "K": k,
-        "permuted_copies": int(model.stats.permutations.shape[0]),
+        "permuted_copies": model.n_copies,
         "rows_per_structure": rows,
         "chunk": chunk,
         "config": config.to_dict(),
@@ -276,9 +276,7 @@ def worker_memory(spec: dict) -> dict:
     jax.block_until_ready(posterior.fit(model, x, y, g, chunk=chunk).posterior.mean)
     return out | {
         "chunk": chunk,
-        "estimate_bytes": posterior.fit_memory_bytes(
-            config, chunk, 1, int(model.stats.permutations.shape[0])
-        ),
+        "estimate_bytes": posterior.fit_memory_bytes(config, chunk, 1, model.n_copies),
         "fit_s": time.perf_counter() - t0,
         "rss_before_fit_bytes": rss_before,
         "fit_raised_peak_bytes": common.peak_rss_self() - rss_before,
@@ -318,7 +316,7 @@ def worker_step(spec: dict) -> dict:
         "dataset": desc,
         "n_atoms": data.n_atoms,
         "batch": settings.batch_size,
-        "permuted_copies": int(model.stats.permutations.shape[0]),
+        "permuted_copies": model.n_copies,
         "M": model.config.n_inducing,
         "plan_bytes": plan,
         "planned_with_margin_bytes": planned,

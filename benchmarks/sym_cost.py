@@ -112,7 +112,7 @@ def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> di
 
     return {
         "molecule": molecule,
-        "n_permutations": int(model.stats.permutations.shape[0]),
+        "n_permutations": model.n_copies,
         "K": k,
         "step_ms": median_ms(step, repeats),
         "step_f64_ms": median_ms(lambda: step(settings64), repeats),

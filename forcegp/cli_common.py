@@ -242,7 +242,7 @@ def model_summary(gp, header: dict) -> dict:
         "formula": formula(gp.numbers),
         "numbers": list(gp.numbers),
         "config": gp.config.to_dict(),
-        "n_permutations": int(stats.permutations.shape[0]),
+        "n_permutations": gp.n_copies,
         "n_basis": gp.config.n_basis,
         "training": training,
         "metrics": header.get("metrics") or {},

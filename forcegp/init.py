@@ -222,7 +222,7 @@ SHORT, LONG = 40, 60
 
 
 def budgeted_epochs(model: ForceGP) -> int:
-    return LONG if few_tangent_rows(model.config, model.stats.permutations.shape[0]) else SHORT
+    return LONG if few_tangent_rows(model.config, model.n_copies) else SHORT
 
 
 def match_prior_scale(model: ForceGP, x: np.ndarray, g: np.ndarray, *, sample: int = 64) -> ForceGP:

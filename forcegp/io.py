@@ -157,7 +157,7 @@ def _base_header(fmt: str, model: ForceGP) -> dict:
         "forcegp_version": forcegp_version(),
         "config": model.config.to_dict(),
         "numbers": [int(z) for z in model.numbers],
-        "n_permutations": int(model.stats.permutations.shape[0]),
+        "n_permutations": model.n_copies,
         "units": dict(UNITS),
         "dtype": "float64",
     }
@@ -458,7 +458,7 @@ def load_checkpoint(
     if settings is not None and header.get("settings") != json_safe(settings):
         raise refuse
     n_perm = header.get("n_permutations")
-    if n_perm != template_model.stats.permutations.shape[0]:
+    if n_perm != template_model.n_copies:
         raise refuse
     epoch, history = header.get("epoch"), header.get("history")
     if not is_int(epoch) or epoch < 0 or not isinstance(history, list):

@@ -183,6 +183,11 @@ class ForceGP(eqx.Module):
     def n_atoms(self) -> int:
         return self.config.n_atoms
 
+    @property
+    def n_copies(self) -> int:
+        """Permuted copies every row averages over (1 when the model is not symmetrised)."""
+        return int(self.stats.permutations.shape[0])
+
 
 # ----------------------------------------------------------------------------- feature map
 

@@ -127,8 +127,7 @@ def chunk_for(
     model: ForceGP, max_memory: float | None = None, n_devices: int = 1, default: int = 64
 ) -> int:
     """choose_chunk for a built model: its basis and the number of permuted copies it has."""
-    copies = int(model.stats.permutations.shape[0])
-    return choose_chunk(model.config, max_memory, n_devices, default, n_copies=copies)
+    return choose_chunk(model.config, max_memory, n_devices, default, n_copies=model.n_copies)
 
 
 def make_mesh(n_devices: int | None = None) -> Mesh:

@@ -314,7 +314,7 @@ def check_step_memory(
     batch = batch_size(settings, len(x), n_dev)
     fits = int(batch * limit / need) // n_dev * n_dev
     hint = f"about {fits} would fit" if fits >= 1 else "even 1 would not fit"
-    copies = int(model.stats.permutations.shape[0])
+    copies = model.n_copies
     if settings.train_permutations > 0:
         copies = min(copies, settings.train_permutations)
     raise ResourceError(
