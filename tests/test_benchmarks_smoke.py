@@ -140,6 +140,17 @@ def test_scaling_quick(tmp_path):
 
 @pytest.mark.slow
 @needs_data
+def test_evidence_tolerance_quick(tmp_path):
+    rows = run_script(
+        "evidence_tolerance", tmp_path, "--molecules", "ethanol", "--tolerances", "0", "1000"
+    )["rows"]
+    tight, loose = rows
+    assert tight["evaluations"] > loose["evaluations"] >= 1 and tight["nll_total_above_best"] == 0
+    assert loose["nll_total_above_best"] > 0 and tight["forces_mae_mev"] > 0
+
+
+@pytest.mark.slow
+@needs_data
 def test_vs_sgdml_quick_only_forcegp_keeps_the_stored_sgdml_rows(tmp_path):
     """sGDML first (skipped and recorded as such without .venv-sgdml), then forcegp alone."""
     first = run_script("vs_sgdml", tmp_path, "--only", "sgdml")
