@@ -223,30 +223,38 @@ def whole(args, n: int, info: dict) -> int:
             row = common.run_worker(Path(__file__).resolve(), spec)
             print({k: v for k, v in row.items() if k != "error"}, flush=True)
             rows.append(row)
+    intro = (
+        f"n = {n} training structures (95% fitted, 5% for the calibration), each tolerance "
+        "in its own process; tolerance 0: scipy's default (the rule before session 13)."
+    )
+    report(args, info, started, rows, "stopping rule, whole train_model", intro, WHOLE_COLUMNS)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def report(args, info, started, rows, title, intro, columns) -> None:
+    """Print and write the results table (name: --name, else evidence_tolerance[_whole])."""
     info["load_average_end"] = common.load_average()
     total = time.perf_counter() - started
     quick = ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
     md = "\n".join(
         [
-            "# Evidence refinement: stopping rule, whole train_model (rMD17 split 01)",
+            f"# Evidence refinement: {title} (rMD17 split 01)",
             "",
             common.machine_markdown(info),
             "",
             *(quick if args.quick else []),
-            f"n = {n} training structures (95% fitted, 5% for the calibration), each tolerance "
-            "in its own process; tolerance 0: scipy's default (the rule before session 13).",
+            intro,
             "",
-            common.md_table(rows, WHOLE_COLUMNS),
+            common.md_table(rows, columns),
             "",
             f"Total {total:.0f} s; load average at the end {info['load_average_end']}.",
         ]
     )
     print(md)
-    payload = {"benchmark": "evidence_tolerance", "argv": sys.argv[1:], "whole": True}
+    payload = {"benchmark": "evidence_tolerance", "argv": sys.argv[1:], "whole": args.whole}
     payload |= {"quick": args.quick, "machine": info, "rows": rows, "total_seconds": total}
-    name = args.name or "evidence_tolerance_whole"
+    name = args.name or ("evidence_tolerance_whole" if args.whole else "evidence_tolerance")
     common.write_results(name, payload, md, common.results_dir(args))
-    return 1 if any("error" in r for r in rows) else 0
 
 
 def main(argv=None) -> int:
@@ -272,14 +280,14 @@ def main(argv=None) -> int:
     info = common.machine_info()
     if args.whole:
         return whole(args, n, info)
+    from forcegp import posterior
+
     rows, started = [], time.perf_counter()
     for molecule in args.molecules:
         held, valid, test, train_s = trained_before_fit(molecule, n, args.quick)
         model, x = held["args"][0], held["args"][1]
         n_obs = x.shape[0] * (1 + x.shape[1])
         mol_rows = []
-        from forcegp import posterior
-
         k = held["kwargs"].get("chunk", 64)  # compile the chunk's accumulation and the solve
         y, g = held["args"][2:]
         posterior.fit(model, x[:k], y[:k], g[:k], chunk=k, refine=False)
@@ -294,30 +302,12 @@ def main(argv=None) -> int:
             if r["nll_per_obs"] is not None:
                 r["nll_total_above_best"] = (r["nll_per_obs"] - best) * n_obs
         rows += mol_rows
-    info["load_average_end"] = common.load_average()
-    total = time.perf_counter() - started
-    quick = ["**--quick: tiny model (smoke test), numbers are not meaningful.**", ""]
-    md = "\n".join(
-        [
-            "# Evidence refinement: stopping rule against accuracy (rMD17 split 01)",
-            "",
-            common.machine_markdown(info),
-            "",
-            *(quick if args.quick else []),
-            f"n = {n} training structures (95% fitted, 5% for the calibration), "
-            f"{rows[0]['n_test']} test structures; tolerance 0: scipy's default (the rule "
-            "before session 13). Each fit runs after a compiled warm-up on one chunk.",
-            "",
-            common.md_table(rows, COLUMNS),
-            "",
-            f"Total {total:.0f} s; load average at the end {info['load_average_end']}.",
-        ]
+    intro = (
+        f"n = {n} training structures (95% fitted, 5% for the calibration), "
+        f"{rows[0]['n_test']} test structures; tolerance 0: scipy's default (the rule "
+        "before session 13). Each fit runs after a compiled warm-up on one chunk."
     )
-    print(md)
-    payload = {"benchmark": "evidence_tolerance", "argv": sys.argv[1:] if argv is None else argv}
-    payload |= {"quick": args.quick, "machine": info, "rows": rows, "total_seconds": total}
-    name = args.name or "evidence_tolerance"
-    common.write_results(name, payload, md, common.results_dir(args))
+    report(args, info, started, rows, "stopping rule against accuracy", intro, COLUMNS)
     return 0
 
 

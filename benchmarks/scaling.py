@@ -250,12 +250,12 @@ def worker_train(spec: dict) -> dict:
     }
 
 
-def worker_memory(spec: dict) -> dict:
-    """posterior.fit alone with choose_chunk(max_memory): chunk, estimate, rise of the peak RSS."""
+def untrained(spec: dict):
+    """(data, description, model): spec's dataset and an initialised, untrained model of it
+    (x64 switched on)."""
     common.enable_x64()
     import jax
 
-    from forcegp import ResourceError, posterior
     from forcegp.init import initialize
     from forcegp.workflow import make_config
 
@@ -264,6 +264,16 @@ def worker_memory(spec: dict) -> dict:
         make_config(data.n_atoms, spec["config"]),
         data.numbers, data.positions, data.energies, data.forces, key=jax.random.key(0),
     )  # fmt: skip
+    return data, desc, model
+
+
+def worker_memory(spec: dict) -> dict:
+    """posterior.fit alone with choose_chunk(max_memory): chunk, estimate, rise of the peak RSS."""
+    import jax
+
+    from forcegp import ResourceError, posterior
+
+    data, desc, model = untrained(spec)
     config = model.config  # the explicit block's local terms are known after initialize
     out = {"dataset": desc, "n": data.n_frames, "K": config.n_basis, "max_memory": spec["max_memory"]}
     try:
@@ -287,20 +297,13 @@ def worker_step(spec: dict) -> dict:
     """One training step's planned memory (train.step_plan_bytes, XLA's plan of the compiled
     step, and step_memory_bytes, with the margin train_model plans for) against how far three
     steps raise the peak RSS above the resident set after compiling."""
-    common.enable_x64()
     import jax
 
     from forcegp import TrainSettings
     from forcegp import train as train_module
-    from forcegp.init import initialize
     from forcegp.stagewise import soft_only
-    from forcegp.workflow import make_config
 
-    data, desc = make_dataset(spec["name"], spec["n"])
-    model = initialize(
-        make_config(data.n_atoms, spec["config"]),
-        data.numbers, data.positions, data.energies, data.forces, key=jax.random.key(0),
-    )  # fmt: skip
+    data, desc, model = untrained(spec)
     model = soft_only(model)  # what train_model trains (the explicit block is fitted exactly)
     x, y, g = standardised(model, data)
     settings = dataclasses.replace(TrainSettings(), epochs=1, batch_size=spec["batch"])
