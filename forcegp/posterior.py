@@ -390,6 +390,19 @@ def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:
 # --------------------------------------------------------------------------- prediction
 
 
+#: Columns per block of the folded covariance (Predictor.cov).
+COV_BLOCK = 256
+
+
+def cov_blocks(k: int, m: int, block: int | None = None) -> tuple[tuple[int, int, int], ...]:
+    """(first column, end column, rows) of each column block of the folded covariance
+    [L C_w; C_e] (K x K): its first m rows are dense, the rest upper triangular (C = L_P^-T),
+    so the block of columns [lo, hi) is zero below row max(m, hi)."""
+    block = block or COV_BLOCK
+    edges = [*range(0, k, block), k]
+    return tuple((lo, hi, max(m, hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True))
+
+
 class Predictor(eqx.Module):
     """A fitted model folded for prediction: the whitening by L = chol(K_zz) is applied to the
     posterior once, so a structure costs only its own feature map (no M x M Cholesky per call).
@@ -398,14 +411,19 @@ class Predictor(eqx.Module):
     posterior N(m, C C^T), C = inv_chol^T:
         E = phi . m = w . (L m_w) + e . m_e,
         Var = ||phi C||^2 = ||[w, e] [L C_w; C_e]||^2 = ||raw rows cov||^2,
-    the same numbers as the whitened form, in the same float64 algebra.
+    the same numbers as the whitened form, in the same float64 algebra. cov is kept as its
+    nonzero column blocks (cov_blocks): C is triangular, so the rows' product with it takes
+    about half the arithmetic and memory of the dense K x K one, with the same result.
     """
 
     config: Config = eqx.field(static=True)
     stats: Stats
     hyper: Hyper
     mean: jax.Array  # (K,) [L m_w; m_e]
-    cov: jax.Array | None  # (K, K) [L C_w; C_e]; None for a predictor of energies and forces only
+    # The nonzero blocks cov[:rows, lo:hi] of [L C_w; C_e] (cov_blocks); None for a predictor
+    # of energies and forces only.
+    cov: tuple[jax.Array, ...] | None
+    cov_rows: tuple[int, ...] = eqx.field(static=True)
 
 
 def predictor(model: ForceGP, with_std: bool = True) -> Predictor:
@@ -417,8 +435,20 @@ def predictor(model: ForceGP, with_std: bool = True) -> Predictor:
     def unwhiten(a):  # [L a_w; a_e] for a (K,) or (K, K): the whitening moved onto a
         return jnp.concatenate([chol_zz @ a[:m], a[m:]], axis=0)
 
-    cov = unwhiten(post.inv_chol.T) if with_std else None
-    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov)
+    blocks = cov_blocks(cfg.n_basis, m)
+    cov = None
+    if with_std:
+        full = unwhiten(post.inv_chol.T)
+        cov = tuple(full[:rows, lo:hi] for lo, hi, rows in blocks)
+    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, tuple(r for *_, r in blocks))
+
+
+def covariance_sq_norms(pred: Predictor, rows: jax.Array) -> jax.Array:
+    """||rows cov||^2 per row of rows (R, K): the posterior variances of those rows' outputs."""
+    return sum(
+        jnp.sum((rows[:, :n] @ block) ** 2, axis=1)
+        for n, block in zip(pred.cov_rows, pred.cov, strict=True)
+    )
 
 
 def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True):
@@ -430,8 +460,7 @@ def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True):
     forces = (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
     if not with_std:
         return energy, forces
-    s = raw_rows(cfg, stats, hyper, x) @ pred.cov  # (1+D, K)
-    var = jnp.sum(s * s, axis=1) + noise_vector(cfg, hyper)
+    var = covariance_sq_norms(pred, raw_rows(cfg, stats, hyper, x)) + noise_vector(cfg, hyper)
     std = stats.energy_scale * jnp.sqrt(var)
     return energy, forces, std[0], std[1:].reshape(cfg.n_atoms, 3)
 

@@ -95,15 +95,27 @@ FOLDED = ["invdist-polynomial-mlp-sym", "invdist-quadratic-mlp", "invdist-none-n
 
 
 @pytest.mark.parametrize("variant", FOLDED)
-def test_folded_predictor_equals_the_whitened_posterior(variant):
+def test_folded_predictor_equals_the_whitened_posterior(variant, monkeypatch):
     """posterior.predictor moves the K_zz whitening onto the posterior once and regroups the
     explicit block's mean into dense arrays; its energies, forces and stds equal the textbook
-    form phi(x) = whitened basis, E = phi . mean, Var = ||L_P^-1 phi||^2 + noise."""
+    form phi(x) = whitened basis, E = phi . mean, Var = ||L_P^-1 phi||^2 + noise. Its covariance
+    is kept as column blocks that skip the triangular factor's zeros: small blocks here, so
+    that there are several, and the dropped parts must be exactly zero."""
     from synthetic import Problem
 
     pb = Problem(METHANOL_NUMBERS, METHANOL_REFERENCE, 10, seed=1, **VARIANTS[variant])
     model = posterior.fit(pb.model, pb.x, pb.y, pb.g)
     cfg, stats, hyper, post = model.config, model.stats, model.hyper, model.posterior
+    monkeypatch.setattr(posterior, "COV_BLOCK", 5)
+    blocks = posterior.cov_blocks(cfg.n_basis, cfg.n_inducing)
+    assert len(blocks) >= 2 and blocks[-1][1] == cfg.n_basis
+    full = posterior.predictor(model).cov  # with one block: the dense folded covariance
+    monkeypatch.setattr(posterior, "COV_BLOCK", cfg.n_basis)
+    (dense,) = posterior.predictor(model).cov
+    monkeypatch.setattr(posterior, "COV_BLOCK", 5)
+    for (lo, hi, rows), block in zip(blocks, full, strict=True):
+        np.testing.assert_array_equal(block, dense[:rows, lo:hi])
+        assert not np.any(np.asarray(dense[rows:, lo:hi]))
     if cfg.explicit == "polynomial":  # every kind of explicit term is exercised
         assert cfg.n_local > 0 and cfg.n_explicit_cubic > 0 and cfg.n_permutations > 1
     chol = soft_cholesky(cfg, hyper)
