@@ -276,8 +276,9 @@ def train_model(
         raise TrainingInterrupted(_interrupted_message(done, checkpoint, "the fit")) from None
     fit_seconds = time.perf_counter() - started
     say("evaluate", {})
-    model, calibration = calibrate(model, valid)
-    metrics = evaluate(model, valid)
+    pred = posterior.predict(model, valid.positions, with_std=True)
+    model, calibration = calibrate(model, valid, pred)
+    metrics = prediction_metrics(amplified(pred, calibration["kappa"]), valid)
     metadata = {
         "training": {
             "fingerprint": fingerprint,
@@ -325,7 +326,7 @@ def check_step_memory(
     )
 
 
-def calibrate(model: ForceGP, valid: Dataset) -> tuple[ForceGP, dict]:
+def calibrate(model: ForceGP, valid: Dataset, pred: dict | None = None) -> tuple[ForceGP, dict]:
     """Set the GP's overall amplitude so that 95% of held-out force components fall within
     +-1.96 predicted std.
 
@@ -334,8 +335,10 @@ def calibrate(model: ForceGP, valid: Dataset) -> tuple[ForceGP, dict]:
     on all prior scales and noise levels (posterior.with_amplitude) leaves the mean unchanged
     and multiplies every variance by kappa^2; kappa is the 95% quantile of |error| / std over the
     validation force components, divided by 1.96. The result is still an exact GP posterior.
+    ``pred``: the model's prediction with stds on ``valid``, where it is already at hand.
     """
-    pred = posterior.predict(model, valid.positions, with_std=True)
+    if pred is None:
+        pred = posterior.predict(model, valid.positions, with_std=True)
     z = np.abs(pred["forces"] - valid.forces) / pred["forces_std"]
     coverage = float(np.mean(z <= 1.96))
     kappa = float(np.quantile(z, 0.95) / 1.96)
@@ -346,6 +349,15 @@ def calibrate(model: ForceGP, valid: Dataset) -> tuple[ForceGP, dict]:
         "kappa": kappa,
         "valid_coverage_before": coverage,
     }
+
+
+def amplified(pred: dict, kappa: float) -> dict:
+    """A prediction with stds as posterior.with_amplitude(model, kappa) would give it: the same
+    means, every std multiplied by kappa."""
+    out = dict(pred)
+    for key in ("energy_std", "forces_std"):
+        out[key] = pred[key] * kappa
+    return out
 
 
 def _saved_epoch(checkpoint, fingerprint: str, settings: dict) -> int | None:
@@ -413,6 +425,11 @@ def evaluate(model: ForceGP, data: Dataset, *, per_frame: bool = False) -> dict:
     _check_labelled(data, "evaluation")
     check_numbers(model.numbers, data.numbers, "the model")
     pred = posterior.predict(model, data.positions, with_std=True)
+    return prediction_metrics(pred, data, per_frame=per_frame)
+
+
+def prediction_metrics(pred: dict, data: Dataset, *, per_frame: bool = False) -> dict:
+    """The metrics of evaluate from a prediction with stds (posterior.predict) on ``data``."""
     de = pred["energy"] - data.energies
     df = pred["forces"] - data.forces
     frame_mae = np.mean(np.abs(df), axis=(1, 2))

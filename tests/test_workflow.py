@@ -77,8 +77,15 @@ def test_train_and_evaluate(ethanol, trained):
         assert 0.0 <= metrics[key] <= 1.0
     assert -1.0 <= metrics["forces_std_error_spearman"] <= 1.0
     assert metrics["per_frame"]["energy_error"].shape == (10,)
-    # Validation metrics were computed on the held-out frames.
+    # Validation metrics were computed on the held-out frames, with the calibrated stds: the
+    # prediction made for the calibration, its stds scaled by kappa, gives what evaluating the
+    # calibrated model gives.
     assert meta["metrics"]["validation"]["n_frames"] == 6
+    assert meta["training"]["calibration"]["kappa"] != 1.0
+    valid = ethanol.split(0.2, seed=0)[1]
+    again = workflow.evaluate(model, valid)
+    for key, value in meta["metrics"]["validation"].items():
+        np.testing.assert_allclose(value, again[key], rtol=1e-9, err_msg=key)
 
 
 def test_evaluate_needs_labels_and_the_same_molecule(ethanol, trained):
