@@ -368,7 +368,7 @@ def config_options(pairs: list[str]) -> dict:
 
 
 def run_sections(args) -> dict:
-    config = (QUICK_CONFIG if args.quick else {}) | config_options(args.config) or None
+    config = (QUICK_CONFIG if args.quick else {}) | args.config or None
     results: dict = {"n": [], "atoms": [], "memory": [], "step": []}
     train = {"kind": "train", "config": config, "warm_pass": not args.no_warm_pass}
     if "n" in args.sections:
@@ -535,6 +535,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--name", default="scaling", help="results file name (scaling)")
     args = p.parse_args(argv)
+    args.config = config_options(args.config)
     if args.worker:
         spec = json.loads(args.worker)
         common.emit_result(WORKERS[spec["kind"]](spec))
@@ -555,7 +556,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
     payload = {"benchmark": "scaling", "argv": sys.argv[1:] if argv is None else list(argv)}
     payload |= {"quick": args.quick, "machine": info, "total_seconds": total, "results": results}
-    md = markdown(results, info, args.quick, config_options(args.config))
+    md = markdown(results, info, args.quick, args.config)
     md += f"\n\nTotal {total:.0f} s; load average at the end {info['load_average_end']}.\n"
     print(md)
     common.write_results(args.name, payload, md, common.results_dir(args))
