@@ -339,8 +339,12 @@ MULTI_DEVICE = textwrap.dedent(
     mesh1, mesh4 = posterior.make_mesh(1), posterior.make_mesh(4)
     data = (pb.model, pb.x, pb.y, pb.g)
     # chunk 8: 12 structures = one full chunk and one padded chunk, split over the devices.
+    # Each device compiles its own share of the chunk, and rounding differs. Measured on an AMD
+    # EPYC host: the energy statistics differ by 5e-16 of their largest entry, the force
+    # statistics by 1.4e-10 (derivative rows with cancellation, e.g. the softmax weights'
+    # w_k (s_k - sum_j w_j s_j); other chunk sizes on one device: 4e-16), the model by 2e-10.
     close(posterior.accumulate(*data, chunk=8, mesh=mesh4),
-          posterior.accumulate(*data, chunk=8, mesh=mesh1), 1e-10)
+          posterior.accumulate(*data, chunk=8, mesh=mesh1), 1e-8)
     one = posterior.fit(*data, chunk=8, mesh=mesh1)
     four = posterior.fit(*data, chunk=8, mesh=mesh4)
     close(four.hyper, one.hyper, 1e-6)
