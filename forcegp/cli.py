@@ -228,7 +228,8 @@ def main(argv=None) -> None:
     "--max-memory",
     type=ByteSize(),
     help="Memory cap, e.g. 4G: chooses the posterior fit's chunks and refuses a training "
-    "step that would exceed it (default: 70% of the memory available).",
+    "step that would exceed it, summed over the devices (default: 70% of the memory "
+    "available: the GPUs' free memory on GPU, the machine's on CPU).",
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of an earlier run.")
 @click.option(

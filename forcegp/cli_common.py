@@ -50,6 +50,13 @@ class ForceGPGroup(click.Group):
             self._report(ctx, "interrupted")
             ctx.exit(130)
         except Exception as err:  # a bug, or an unforeseen environment problem
+            if out_of_device_memory(err):
+                self._report(
+                    ctx,
+                    f"out of device memory ({first_line(err)}); lower --max-memory, "
+                    "--batch-size or --inducing",
+                )
+                ctx.exit(1)
             self._report(
                 ctx,
                 f"unexpected {type(err).__name__}: {err} (rerun with --debug for a traceback, "
@@ -61,8 +68,20 @@ class ForceGPGroup(click.Group):
     def _report(ctx: click.Context, message: str) -> None:
         if ctx.params.get("debug"):
             traceback.print_exc(file=sys.stderr)
-        first = message.strip().splitlines()[0] if message.strip() else "failed"
-        error(first)
+        error(first_line(message))
+
+
+def first_line(message) -> str:
+    message = str(message).strip()
+    return message.splitlines()[0] if message else "failed"
+
+
+def out_of_device_memory(err: Exception) -> bool:
+    """An allocation XLA could not make (a GPU's memory, which the planned checks compare with
+    only where the backend reports it) surfaces as a runtime error, not a ForceGPError."""
+    return type(err).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+        "RESOURCE_EXHAUSTED" in str(err)
+    )
 
 
 # ----------------------------------------------------------------------------- option types

@@ -86,12 +86,38 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def memory_limit(max_memory: float | None) -> tuple[float | None, str]:
-    """Bytes a planned computation may use, and how to name that limit in an error: max_memory
-    (--max-memory) if given, else AVAILABLE_SHARE of the memory the machine has available now;
-    (None, ...) where neither is known (no check)."""
+def device_memory_bytes(devices) -> int | None:
+    """Free memory of the least free of ``devices`` by JAX's allocator statistics (bytes_limit -
+    bytes_in_use: XLA's GPU allocator reserves most of the GPU at start-up, so the GPU's own
+    figures would say little); None for CPU devices, which share the host's memory, or where a
+    device gives no statistics."""
+    free = []
+    for device in devices:
+        if device.platform == "cpu":
+            return None
+        try:
+            stats = device.memory_stats()
+        except Exception:  # a backend or plugin without allocator statistics
+            return None
+        if not stats or "bytes_limit" not in stats:
+            return None
+        free.append(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+    return min(free) if free else None
+
+
+def memory_limit(max_memory: float | None, n_devices: int = 1) -> tuple[float | None, str]:
+    """Bytes a planned computation on the first ``n_devices`` devices may use, and how to name
+    that limit in an error: max_memory (--max-memory) if given; else on accelerators
+    AVAILABLE_SHARE of their free memory (the least free one's times n_devices: each holds its
+    share of the chunk or batch), on CPU of the memory the machine has available now; (None,
+    ...) where neither is known (no check)."""
     if max_memory is not None:
         return float(max_memory), "--max-memory"
+    devices = jax.devices()[:n_devices]
+    free = device_memory_bytes(devices)
+    if free is not None:
+        what = f"the free memory of {len(devices)} {devices[0].platform.upper()} device(s)"
+        return AVAILABLE_SHARE * len(devices) * free, what
     available = available_memory_bytes()
     if available is None:
         return None, "the memory this machine has available"
@@ -102,11 +128,11 @@ def choose_chunk(
     config, max_memory: float | None, n_devices: int = 1, default: int = 64, *, n_copies: int = 1
 ) -> int:
     """Largest chunk of structures (a multiple of n_devices, at most ``default``) whose rows and
-    K x K blocks fit in max_memory, or without it in AVAILABLE_SHARE of the memory the machine
-    has available now. Raises ResourceError, before anything is allocated, where even the
-    smallest chunk does not fit."""
+    K x K blocks fit in max_memory, or without it in AVAILABLE_SHARE of the memory available
+    now (memory_limit: the devices' own on accelerators, the machine's on CPU). Raises
+    ResourceError, before anything is allocated, where even the smallest chunk does not fit."""
     chunk = max(n_devices, default - default % n_devices)
-    limit, what = memory_limit(max_memory)
+    limit, what = memory_limit(max_memory, n_devices)
     if limit is None:
         return chunk
     while chunk > n_devices and fit_memory_bytes(config, chunk, n_devices, n_copies) > limit:

@@ -308,10 +308,10 @@ def check_step_memory(
     rows grow with the batch, the permuted copies and the molecule, and an out-of-memory kill
     mid-training would lose the run."""
     need = step_memory_bytes(model, x, y, g, settings, mesh=mesh)
-    limit, what = posterior.memory_limit(max_memory)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    limit, what = posterior.memory_limit(max_memory, n_dev)
     if need is None or limit is None or need <= limit:
         return
-    n_dev = 1 if mesh is None else mesh.devices.size
     batch = batch_size(settings, len(x), n_dev)
     fits = int(batch * limit / need) // n_dev * n_dev
     hint = f"about {fits} would fit" if fits >= 1 else "even 1 would not fit"

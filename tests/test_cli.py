@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ase.io
 import click
+import jax
 import pytest
 from click.testing import CliRunner
 
@@ -177,6 +178,20 @@ def test_unexpected_errors_are_one_line(workdir, model, monkeypatch):
     monkeypatch.setattr(workflow, "evaluate", broken)
     err = one_line_error(invoke("test", model[0], workdir / "small.extxyz"), 1)
     assert "unexpected RuntimeError: boom" in err and "--debug" in err
+
+
+def test_out_of_device_memory_is_one_line(workdir, model, monkeypatch):
+    """An allocation XLA cannot make (a GPU's memory) is named as such, with what to lower."""
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.50GiB.\nBufferAssignment"
+        )
+
+    monkeypatch.setattr(workflow, "evaluate", exhausted)
+    err = one_line_error(invoke("test", model[0], workdir / "small.extxyz"), 1)
+    assert "out of device memory (RESOURCE_EXHAUSTED: Out of memory" in err
+    assert "--max-memory" in err and "unexpected" not in err
 
 
 def test_interrupted_training_resumes(workdir, monkeypatch):

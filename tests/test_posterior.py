@@ -311,6 +311,43 @@ def test_chunk_follows_the_permuted_copies_and_the_available_memory(monkeypatch)
     assert posterior.choose_chunk(config, None, n_copies=24) == 64
 
 
+class FakeDevice:
+    def __init__(self, platform, stats):
+        self.platform, self.stats = platform, stats
+
+    def memory_stats(self):
+        if isinstance(self.stats, Exception):
+            raise self.stats
+        return self.stats
+
+
+def test_device_memory_is_the_least_free_accelerator(monkeypatch):
+    gib = 2**30
+    gpu = [
+        FakeDevice("gpu", {"bytes_limit": 60 * gib, "bytes_in_use": 10 * gib}),
+        FakeDevice("gpu", {"bytes_limit": 60 * gib, "bytes_in_use": 30 * gib}),
+    ]
+    assert posterior.device_memory_bytes(gpu) == 30 * gib
+    assert posterior.device_memory_bytes([FakeDevice("cpu", None)]) is None  # the host's memory
+    assert posterior.device_memory_bytes([FakeDevice("gpu", None)]) is None
+    assert posterior.device_memory_bytes([FakeDevice("gpu", NotImplementedError())]) is None
+    assert posterior.device_memory_bytes([FakeDevice("gpu", {"bytes_in_use": 0})]) is None
+    # On accelerators the fit's chunks are planned against their free memory, not the host's.
+    from forcegp.model import Config
+
+    config = Config(n_atoms=56, n_local=3000, explicit_cubic=10)
+    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: 1000 * gib)
+    monkeypatch.setattr(posterior, "device_memory_bytes", lambda devices: gib)
+    limit, what = posterior.memory_limit(None, 1)
+    assert limit == posterior.AVAILABLE_SHARE * gib and "free memory of 1" in what
+    with pytest.raises(ResourceError, match="free memory of 1 .* device"):
+        posterior.choose_chunk(config, None, n_copies=24)
+    monkeypatch.setattr(posterior, "device_memory_bytes", lambda devices: 4 * gib)
+    chunk = posterior.choose_chunk(config, None, n_copies=24)
+    assert posterior.fit_memory_bytes(config, chunk, 1, 24) <= posterior.AVAILABLE_SHARE * 4 * gib
+    assert posterior.memory_limit(2 * gib, 1) == (2 * gib, "--max-memory")  # the cap wins
+
+
 def test_predict_without_posterior_fails(small_problem):
     with pytest.raises(NumericalError, match="posterior"):
         posterior.predict(small_problem.model, small_problem.test_positions)
