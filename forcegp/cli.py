@@ -10,6 +10,7 @@ so a failed command leaves none behind.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -460,9 +461,7 @@ def md(model, start, output, frame, **opts) -> None:
     output = check_output(output)
     atoms = read_start(start, frame)
     steps = opts["steps"]
-    with click.progressbar(
-        length=steps, label="md", file=click.get_text_stream("stderr"), show_pos=True
-    ) as bar:
+    with click.progressbar(length=steps, label="md", file=sys.stderr, show_pos=True) as bar:
         summary = run_md(model, atoms, output, progress=lambda n: bar.update(n - bar.pos), **opts)
     click.echo(summary.message())
 

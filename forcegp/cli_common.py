@@ -176,7 +176,7 @@ class TrainProgress:
     """
 
     def __init__(self, stream=None):
-        self.stream = stream or click.get_text_stream("stderr")
+        self.stream = stream or sys.stderr
         self.inline = bool(getattr(self.stream, "isatty", lambda: False)())
         self.started = time.perf_counter()
         self.open_line = False
