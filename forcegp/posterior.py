@@ -449,7 +449,6 @@ class Predictor(eqx.Module):
     # The nonzero blocks cov[:rows, lo:hi] of [L C_w; C_e] (cov_blocks); None for a predictor
     # of energies and forces only.
     cov: tuple[jax.Array, ...] | None
-    cov_rows: tuple[int, ...] = eqx.field(static=True)
 
 
 def predictor(model: ForceGP, with_std: bool = True) -> Predictor:
@@ -461,20 +460,17 @@ def predictor(model: ForceGP, with_std: bool = True) -> Predictor:
     def unwhiten(a):  # [L a_w; a_e] for a (K,) or (K, K): the whitening moved onto a
         return jnp.concatenate([chol_zz @ a[:m], a[m:]], axis=0)
 
-    blocks = cov_blocks(cfg.n_basis, m)
     cov = None
     if with_std:
         full = unwhiten(post.inv_chol.T)
-        cov = tuple(full[:rows, lo:hi] for lo, hi, rows in blocks)
-    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, tuple(r for *_, r in blocks))
+        cov = tuple(full[:rows, lo:hi] for lo, hi, rows in cov_blocks(cfg.n_basis, m))
+    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov)
 
 
 def covariance_sq_norms(pred: Predictor, rows: jax.Array) -> jax.Array:
-    """||rows cov||^2 per row of rows (R, K): the posterior variances of those rows' outputs."""
-    return sum(
-        jnp.sum((rows[:, :n] @ block) ** 2, axis=1)
-        for n, block in zip(pred.cov_rows, pred.cov, strict=True)
-    )
+    """||rows cov||^2 per row of rows (R, K): the posterior variances of those rows' outputs.
+    A block's row count (static under jit) says which leading columns of rows meet it."""
+    return sum(jnp.sum((rows[:, : block.shape[0]] @ block) ** 2, axis=1) for block in pred.cov)
 
 
 def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True):
