@@ -310,7 +310,7 @@ def worker_step(spec: dict) -> dict:
     t0 = time.perf_counter()
     plan = train_module.step_plan_bytes(model, x, y, g, settings)
     plan_s = time.perf_counter() - t0
-    planned = train_module.step_memory_bytes(model, x, y, g, settings)  # compiled already
+    planned = train_module.with_step_margin(plan)
     rss_before = common.reset_peak_rss_self()  # the compilation's own peak is not the step's
     t0 = time.perf_counter()
     state = train_module.run(model, x, y, g, settings, key=jax.random.key(1))  # 3 steps

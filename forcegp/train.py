@@ -95,12 +95,19 @@ def strong_types(tree):
     )
 
 
-def _permutation_subset(model_rest: ForceGP, settings: TrainSettings, key: jax.Array) -> ForceGP:
-    """model_rest averaging over ``settings.train_permutations`` of its permutations, drawn
-    without replacement with ``key`` (unchanged when that is 0 or not fewer than it has)."""
-    perms = model_rest.stats.permutations
+def copies_per_step(settings: TrainSettings, n_copies: int) -> int:
+    """Permuted copies a training step averages over: settings.train_permutations of the
+    model's n_copies (all of them when that is 0 or not fewer)."""
     k = settings.train_permutations
-    if k <= 0 or k >= perms.shape[0]:
+    return n_copies if k <= 0 else min(k, n_copies)
+
+
+def _permutation_subset(model_rest: ForceGP, settings: TrainSettings, key: jax.Array) -> ForceGP:
+    """model_rest averaging over copies_per_step of its permutations, drawn without
+    replacement with ``key`` (unchanged where that is all of them)."""
+    perms = model_rest.stats.permutations
+    k = copies_per_step(settings, perms.shape[0])
+    if k == perms.shape[0]:
         return model_rest
     pick = jax.random.choice(key, perms.shape[0], (k,), replace=False)
     return eqx.tree_at(lambda m: m.stats.permutations, model_rest, perms[pick])
@@ -165,7 +172,11 @@ def step_memory_bytes(
 ) -> int | None:  # fmt: skip
     """Bytes to plan for one training step: step_plan_bytes with the measured margin
     (STEP_MEMORY_FACTOR, STEP_MEMORY_EXTRA); None where the backend gives no figures."""
-    plan = step_plan_bytes(model, x, y, g, settings, mesh=mesh)
+    return with_step_margin(step_plan_bytes(model, x, y, g, settings, mesh=mesh))
+
+
+def with_step_margin(plan: int | None) -> int | None:
+    """A step's planned bytes (step_plan_bytes) with the measured margin."""
     return None if plan is None else int(STEP_MEMORY_FACTOR * plan + STEP_MEMORY_EXTRA)
 
 

@@ -38,6 +38,7 @@ from .train import (
     TrainState,
     all_finite,
     batch_size,
+    copies_per_step,
     optimizer,
     run,
     step_memory_bytes,
@@ -315,9 +316,7 @@ def check_step_memory(
     batch = batch_size(settings, len(x), n_dev)
     fits = int(batch * limit / need) // n_dev * n_dev
     hint = f"about {fits} would fit" if fits >= 1 else "even 1 would not fit"
-    copies = model.n_copies
-    if settings.train_permutations > 0:
-        copies = min(copies, settings.train_permutations)
+    copies = copies_per_step(settings, model.n_copies)
     raise ResourceError(
         f"a training step needs about {need / 2**30:.2f} GiB ({batch} structures per step, "
         f"{copies} permuted copies, M={model.config.n_inducing} interpolation points), more than "
