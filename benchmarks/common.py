@@ -256,13 +256,22 @@ def gemm_rate(n_rows: int, k: int, *, repeats: int = 3) -> dict:
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((n_rows, k)))
     f = jax.jit(lambda a: a.T @ a)
-    jax.block_until_ready(f(x))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(x))
-        best = min(best, time.perf_counter() - t0)
+    best = float(np.min(call_seconds(lambda: jax.block_until_ready(f(x)), repeats)))
     return {"n_rows": n_rows, "k": k, "seconds": best, "gflops": 2 * n_rows * k * k / best / 1e9}
+
+
+def call_seconds(fn, repeats: int):
+    """Seconds of each of ``repeats`` calls of fn() after one untimed call (compilation); fn
+    must wait for its own result (jax.block_until_ready)."""
+    import numpy as np
+
+    fn()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    return times
 
 
 @contextmanager

@@ -111,13 +111,7 @@ def covariance_floors(model, repeats: int) -> dict:
     blocked = eqx.filter_jit(posterior.covariance_sq_norms)
 
     def timed(f, *args):
-        jax.block_until_ready(f(*args))
-        times = np.empty(repeats)
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times[i] = time.perf_counter() - t0
-        return stats_ms(times)
+        return stats_ms(common.call_seconds(lambda: jax.block_until_ready(f(*args)), repeats))
 
     r_rows = jnp.asarray(rng.standard_normal((rows, k)))
     out = {

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,7 @@ MOLECULES = ("ethanol", "aspirin", "toluene")
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return 1e3 * float(np.median(common.call_seconds(fn, repeats)))
 
 
 def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> dict:
