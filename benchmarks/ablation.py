@@ -33,30 +33,31 @@ def main() -> None:
     ap.add_argument("--config", default="")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)
-    from forcegp import init as finit
-    from forcegp import posterior, stagewise, train
-    from forcegp.model import Config
+    from forcegp.gp import params, posterior
+    from forcegp.gp.config import Config
+    from forcegp.training import evaluation, initialise, loop, stagewise
+    from forcegp.training import settings as settings_mod
 
     tr = np.load(DATA / f"rmd17_{args.molecule}_train_{args.split}.npz")
     te = np.load(DATA / f"rmd17_{args.molecule}_test_{args.split}.npz")
     r, e, f, z = tr["coords"], tr["energies"] * KCAL, tr["forces"] * KCAL, tr["nuclear_charges"]
     cfg = Config(n_atoms=len(z), **eval(f"dict({args.config})"))
-    st = train.TrainSettings(epochs=args.epochs)
+    st = settings_mod.TrainSettings(epochs=args.epochs)
     t0 = time.time()
-    m = finit.initialize(cfg, z, r, e, f, key=jax.random.key(0))
-    y, g = finit.standardise_targets(e, f, m.stats.energy_mean, m.stats.energy_scale)
+    m = initialise.initialize(cfg, z, r, e, f, key=jax.random.key(0))
+    y, g = initialise.standardise_targets(e, f, m.stats.energy_mean, m.stats.energy_scale)
     x = r.reshape(len(r), -1)
     if args.mode == "stagewise":
         m, ry, rg = stagewise.explicit_prefit(m, x, y, g)
-        m = finit.match_prior_scale(m, x, rg)
-        state = train.run(stagewise.soft_only(m), x, ry, rg, st, key=jax.random.key(1))
+        m = initialise.match_prior_scale(m, x, rg)
+        state = loop.run(stagewise.soft_only(m), x, ry, rg, st, key=jax.random.key(1))
     else:
-        state = train.run(m, x, y, g, st, key=jax.random.key(1))
-    m = train.with_hyper(m, state.hyper)
+        state = loop.run(m, x, y, g, st, key=jax.random.key(1))
+    m = params.with_hyper(m, state.hyper)
     t1 = time.time()
     m = posterior.fit(m, x, y, g, refine=args.mode == "stagewise")
     t2 = time.time()
-    out = posterior.predict(m, te["coords"])
+    out = evaluation.predict(m, te["coords"])
     ef = out["forces"] - te["forces"] * KCAL
     ee = out["energy"] - te["energies"] * KCAL
     cov = np.mean(np.abs(ef) <= 1.96 * out["forces_std"])

@@ -51,9 +51,11 @@ def main() -> None:
     ap.add_argument("--ratio-study", action="store_true")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)
+    from forcegp.calibration import spearman
     from forcegp.data import read_dataset
-    from forcegp.train import TrainSettings
-    from forcegp.workflow import evaluate, spearman, train_model
+    from forcegp.training.evaluation import evaluate
+    from forcegp.training.pipeline import train_model
+    from forcegp.training.settings import TrainSettings
 
     train = read_dataset([DATA / "acac_train_300K.npz"])
     tests = {t: read_dataset([DATA / f"acac_test_MD_{t}.npz"]) for t in ("300K", "600K")}
@@ -122,12 +124,13 @@ def ratio_study(model, fit_part, valid, tests) -> str:
     fit_part / valid: the structures train_model fitted the posterior on / calibrated with."""
     import jax.numpy as jnp
 
-    from forcegp import posterior
-    from forcegp.model import basis_rows, descriptor, soft_cholesky
-    from forcegp.workflow import _standardised
+    from forcegp.gp import statistics
+    from forcegp.gp.basis import basis_rows, soft_cholesky
+    from forcegp.gp.features import descriptor
+    from forcegp.training.pipeline import standardised as _standardised
 
     x, y, g = _standardised(model, fit_part)
-    suff = posterior.accumulate(model, x, y, g)
+    suff = statistics.accumulate(model, x, y, g)
     h = model.hyper
     se, sf = float(h.noise_energy), float(h.noise_force)
     a = np.asarray(suff.a_e) / se**2 + np.asarray(suff.a_f) / sf**2

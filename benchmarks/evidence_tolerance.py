@@ -62,7 +62,7 @@ class _Counted:
         self.tol, self.calls = tol, []
 
     def __enter__(self):
-        from forcegp import evidence
+        from forcegp.gp import evidence
 
         self.real, self.real_tol = evidence.nll_and_grad, evidence.TOL_NATS
 
@@ -76,7 +76,7 @@ class _Counted:
         return self
 
     def __exit__(self, *exc):
-        from forcegp import evidence
+        from forcegp.gp import evidence
 
         evidence.nll_and_grad, evidence.TOL_NATS = self.real, self.real_tol
 
@@ -85,9 +85,9 @@ class _Counted:
 
 
 def test_metrics(model, test) -> dict:
-    from forcegp import workflow
+    from forcegp.training import evaluation
 
-    metrics = workflow.evaluate(model, test)
+    metrics = evaluation.evaluate(model, test)
     return {
         "forces_mae_mev": 1000 * metrics["forces_mae"],
         "energy_mae_mev": 1000 * metrics["energy_mae"],
@@ -99,7 +99,8 @@ def test_metrics(model, test) -> dict:
 def worker_whole(spec: dict) -> dict:
     """train_model with evidence.TOL_NATS = spec["tol"], then the test errors."""
     common.enable_x64()
-    from forcegp import posterior, workflow
+    from forcegp.gp import posterior
+    from forcegp.training import pipeline
 
     train, valid, test = read_split(spec["molecule"], spec["n"], spec["quick"])
     config = common.QUICK_CONFIG if spec["quick"] else None
@@ -112,7 +113,7 @@ def worker_whole(spec: dict) -> dict:
     posterior.fit = fit
     with _Counted(spec["tol"]) as counter:
         t0 = time.perf_counter()
-        model, meta = workflow.train_model(train, valid=valid, seed=0, config_kwargs=config)
+        model, meta = pipeline.train_model(train, valid=valid, seed=0, config_kwargs=config)
         train_s = time.perf_counter() - t0
     posterior.fit = real_fit
     prefit, fitted = counter.calls[: in_fit["from"]], counter.calls[in_fit["from"] :]
@@ -155,7 +156,8 @@ class _Captured(Exception):
 
 def trained_before_fit(molecule: str, n: int, quick: bool):
     """(model, x, y, g, fit kwargs, valid, test): train_model's state at its posterior fit."""
-    from forcegp import posterior, workflow
+    from forcegp.gp import posterior
+    from forcegp.training import pipeline
 
     train, valid, test = read_split(molecule, n, quick)
     real_fit, held = posterior.fit, {}
@@ -167,7 +169,7 @@ def trained_before_fit(molecule: str, n: int, quick: bool):
     posterior.fit = capture
     t0 = time.perf_counter()
     try:
-        workflow.train_model(
+        pipeline.train_model(
             train, valid=valid, seed=0, config_kwargs=common.QUICK_CONFIG if quick else None
         )
     except _Captured:
@@ -178,13 +180,14 @@ def trained_before_fit(molecule: str, n: int, quick: bool):
 
 
 def fit_with(tol: float, held: dict, valid, test) -> dict:
-    from forcegp import posterior, workflow
+    from forcegp.gp import posterior
+    from forcegp.training import evaluation
 
     with _Counted(tol) as counter:
         t0 = time.perf_counter()
         model = posterior.fit(*held["args"], **{**held["kwargs"], "progress": None})
         fit_s = time.perf_counter() - t0
-    model, calibration = workflow.calibrate(model, valid)
+    model, calibration = evaluation.calibrate(model, valid)
     h = model.hyper
     finite = [v for _, v in counter.calls if np.isfinite(v)]
     return {
@@ -280,7 +283,7 @@ def main(argv=None) -> int:
     info = common.machine_info()
     if args.whole:
         return whole(args, n, info)
-    from forcegp import posterior
+    from forcegp.gp import posterior
 
     rows, started = [], time.perf_counter()
     for molecule in args.molecules:

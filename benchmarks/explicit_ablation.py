@@ -35,21 +35,22 @@ VARIANTS = {
 
 
 def run(molecule: str, overrides: dict) -> tuple[float, float, int, float]:
-    from forcegp import init, posterior, stagewise
-    from forcegp.model import Config
+    from forcegp.gp import posterior
+    from forcegp.gp.config import Config
+    from forcegp.training import evaluation, initialise, stagewise
 
     tr = np.load(DATA / f"rmd17_{molecule}_train_01.npz")
     te = np.load(DATA / f"rmd17_{molecule}_test_01.npz")
     r, e, f, z = tr["coords"], tr["energies"] * KCAL, tr["forces"] * KCAL, tr["nuclear_charges"]
     config = Config(n_atoms=len(z), n_inducing=1, n_features=0, **overrides)
     started = time.perf_counter()
-    model = init.initialize(config, z, r, e, f, key=jax.random.key(0))
-    y, g = init.standardise_targets(e, f, model.stats.energy_mean, model.stats.energy_scale)
+    model = initialise.initialize(config, z, r, e, f, key=jax.random.key(0))
+    y, g = initialise.standardise_targets(e, f, model.stats.energy_mean, model.stats.energy_scale)
     x = r.reshape(len(r), -1)
     model, _, _ = stagewise.explicit_prefit(model, x, y, g)
     model = posterior.fit(model, x, y, g, refine=False)
     seconds = time.perf_counter() - started
-    out = posterior.predict(model, te["coords"], with_std=False)
+    out = evaluation.predict(model, te["coords"], with_std=False)
     f_mae = 1000 * np.mean(np.abs(out["forces"] - te["forces"] * KCAL))
     e_mae = 1000 * np.mean(np.abs(out["energy"] - te["energies"] * KCAL))
     return f_mae, e_mae, model.config.n_explicit, seconds

@@ -19,7 +19,7 @@ previous one plus 0.001 Å noise, so ASE's cache never answers):
     once reading the force std every step, the way `forcegp md --max-force-std` does it
     (forcegp.md.make_calculator(monitor=True): one compiled call per step gives both).
 Floors: the (1 + 3N) x K by K x K product inside every std call, on a random dense array and on
-the covariance's nonzero column blocks as the library keeps them (posterior.cov_blocks), and one
+the covariance's nonzero column blocks as the library keeps them (predict_mod.cov_blocks), and one
 K-vector times a K x K array (a single pass over it), timed alone.
 No recompilation: the calculators' trace counters (n_traces) and JAX's compile events must not
 grow during the timed part. Per-call times are median, minimum and 90th percentile: the machine
@@ -94,21 +94,21 @@ def stats_ms(times: np.ndarray) -> dict:
 def covariance_floors(model, repeats: int) -> dict:
     """Median seconds of the products inside an exact std call: the (1 + 3N) x K rows times a
     random dense (K, K) array and times the model's folded covariance as the library keeps it
-    (its nonzero column blocks, posterior.covariance_sq_norms: the std call's arithmetic), and
+    (its nonzero column blocks, predict_mod.covariance_sq_norms: the std call's arithmetic), and
     one K-vector times the dense array (a single pass over K^2 float64 numbers, set by memory
     bandwidth rather than arithmetic)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
 
-    from forcegp import posterior
+    from forcegp.gp import predict as predict_mod
 
     k, rows = model.config.n_basis, 1 + model.config.dim
     rng = np.random.default_rng(0)
     cov = jnp.asarray(rng.standard_normal((k, k)))
     product = jax.jit(lambda r, c: jnp.sum((r @ c) ** 2, axis=-1))
-    pred = posterior.predictor(model)  # the blocks the library keeps (posterior.cov_blocks)
-    blocked = eqx.filter_jit(posterior.covariance_sq_norms)
+    pred = predict_mod.predictor(model)  # the blocks the library keeps (predict_mod.cov_blocks)
+    blocked = eqx.filter_jit(predict_mod.covariance_sq_norms)
 
     def timed(f, *args):
         return stats_ms(common.call_seconds(lambda: jax.block_until_ready(f(*args)), repeats))
@@ -285,7 +285,7 @@ def markdown(r: dict, info: dict, quick: bool) -> str:
             f"({floors['cov_bytes'] / 1e6:.0f} MB of float64), the same rows times the "
             "covariance as the library keeps it, its nonzero column blocks "
             f"({floors['cov_blocks_bytes'] / 1e6:.0f} MB; the factor is triangular beyond the "
-            "DSoftKI rows, posterior.cov_blocks), a single pass over the dense array, and the "
+            "DSoftKI rows, predict_mod.cov_blocks), a single pass over the dense array, and the "
             "dense product in float32 (what giving up float64 would buy; forcegp does not).",
         ]
     return "\n".join(parts)

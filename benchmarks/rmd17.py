@@ -48,8 +48,9 @@ PUBLISHED = {
 
 def run_one(molecule: str, split: str, args) -> dict:
     from forcegp.data import read_dataset
-    from forcegp.train import TrainSettings
-    from forcegp.workflow import evaluate, train_model
+    from forcegp.training.evaluation import evaluate
+    from forcegp.training.pipeline import train_model
+    from forcegp.training.settings import TrainSettings
 
     train = read_dataset([DATA / f"rmd17_{molecule}_train_{split}.npz"], energy_unit="kcal/mol")
     test = read_dataset([DATA / f"rmd17_{molecule}_test_{split}.npz"], energy_unit="kcal/mol")

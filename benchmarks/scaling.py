@@ -12,7 +12,7 @@ n        aspirin (21 atoms), n structures (default 5,000 10,000 20,000 40,000): 
          (the 2nd of forcegp.train_model with epochs=2: compilation happens in the 1st, and the
          compilations within the 2nd are counted), the posterior fit inside train_model
          (streamed accumulation with its compilation, exact-likelihood refinement of scale and
-         noise, K x K solve), a second pass of posterior.accumulate after a one-chunk warm-up
+         noise, K x K solve), a second pass of statistics.accumulate after a one-chunk warm-up
          (the O(n) part; compilations counted; skipped with --no-warm-pass, which halves the
          time), the per-block evidence refinement (LAPACK) and solve again (the n-independent
          part; with --no-warm-pass on one chunk's statistics), the GEMM bound
@@ -26,7 +26,7 @@ atoms    molecule size at fixed n (--atoms-n, default 1000), the same measuremen
          geometries tiled with 0.02 Å noise) and a random 56-atom C/H chain, both with SYNTHETIC
          labels from a harmonic pair potential (they exist only to time the code).
 memory   posterior.fit alone (untrained model, aspirin, --atoms-n structures) with chunks chosen
-         by posterior.choose_chunk under each --max-memory limit (GiB; 0: none): the chunk, the
+         by resources.choose_chunk under each --max-memory limit (GiB; 0: none): the chunk, the
          library's estimate fit_memory_bytes, and how far the fit raised the process's peak RSS
          above its resident set before the fit (the estimate leaves out XLA's own compilation
          memory). A limit the fit cannot meet must be refused with ResourceError up front.
@@ -158,7 +158,7 @@ def make_dataset(name: str, n: int):
 
 def standardised(model, data):
     """x (n, 3N) Å, and the energies and forces standardised as train_model does."""
-    from forcegp.init import standardise_targets
+    from forcegp.training.initialise import standardise_targets
 
     stats = model.stats
     y, g = standardise_targets(
@@ -176,8 +176,10 @@ def worker_train(spec: dict) -> dict:
     import equinox as eqx
     import jax
 
-    from forcegp import TrainSettings, posterior, train_model
-    from forcegp.train import steps_per_epoch
+    from forcegp import TrainSettings, train_model
+    from forcegp.gp import posterior, statistics
+    from forcegp.training import resources
+    from forcegp.training.loop import steps_per_epoch
 
     data, desc = make_dataset(spec["name"], spec["n"])
     settings = dataclasses.replace(TrainSettings(), epochs=2)
@@ -201,17 +203,17 @@ def worker_train(spec: dict) -> dict:
 
     config = model.config
     k, rows = config.n_basis, 1 + config.dim
-    chunk = posterior.chunk_for(model)  # the chunk train_model's fit used
+    chunk = resources.chunk_for(model)  # the chunk train_model's fit used
     bare = eqx.tree_at(lambda m: m.posterior, model, None)
     x, y, g = standardised(bare, data)
     # Warm-up on one chunk: the fitted model's hyperparameters are new arrays (weakly typed), so
     # the first call compiles again.
-    suff = posterior.accumulate(bare, x[:chunk], y[:chunk], g[:chunk], chunk=chunk)
+    suff = statistics.accumulate(bare, x[:chunk], y[:chunk], g[:chunk], chunk=chunk)
     accumulate_s, recompiled = None, []
     if spec.get("warm_pass", True):
         with common.count_compilations() as recompiled:
             t0 = time.perf_counter()
-            suff = jax.block_until_ready(posterior.accumulate(bare, x, y, g, chunk=chunk))
+            suff = jax.block_until_ready(statistics.accumulate(bare, x, y, g, chunk=chunk))
             accumulate_s = time.perf_counter() - t0
     # else refine + solve run on the one chunk's statistics: their cost does not depend on n.
     with common.count_compilations() as refine_compiled:
@@ -256,8 +258,8 @@ def untrained(spec: dict):
     common.enable_x64()
     import jax
 
-    from forcegp.init import initialize
-    from forcegp.workflow import make_config
+    from forcegp.training.initialise import initialize
+    from forcegp.training.pipeline import make_config
 
     data, desc = make_dataset(spec["name"], spec["n"])
     model = initialize(
@@ -271,13 +273,15 @@ def worker_memory(spec: dict) -> dict:
     """posterior.fit alone with choose_chunk(max_memory): chunk, estimate, rise of the peak RSS."""
     import jax
 
-    from forcegp import ResourceError, posterior
+    from forcegp import ResourceError
+    from forcegp.gp import posterior
+    from forcegp.training import resources
 
     data, desc, model = untrained(spec)
     config = model.config  # the explicit block's local terms are known after initialize
     out = {"dataset": desc, "n": data.n_frames, "K": config.n_basis, "max_memory": spec["max_memory"]}
     try:
-        chunk = posterior.chunk_for(model, spec["max_memory"])
+        chunk = resources.chunk_for(model, spec["max_memory"])
     except ResourceError as err:
         return out | {"refused": str(err)}
     x, y, g = standardised(model, data)
@@ -286,7 +290,7 @@ def worker_memory(spec: dict) -> dict:
     jax.block_until_ready(posterior.fit(model, x, y, g, chunk=chunk).posterior.mean)
     return out | {
         "chunk": chunk,
-        "estimate_bytes": posterior.fit_memory_bytes(config, chunk, 1, model.n_copies),
+        "estimate_bytes": resources.fit_memory_bytes(config, chunk, 1, model.n_copies),
         "fit_s": time.perf_counter() - t0,
         "rss_before_fit_bytes": rss_before,
         "fit_raised_peak_bytes": common.peak_rss_self() - rss_before,
@@ -300,20 +304,20 @@ def worker_step(spec: dict) -> dict:
     import jax
 
     from forcegp import TrainSettings
-    from forcegp import train as train_module
-    from forcegp.stagewise import soft_only
+    from forcegp.training import loop, resources
+    from forcegp.training.stagewise import soft_only
 
     data, desc, model = untrained(spec)
     model = soft_only(model)  # what train_model trains (the explicit block is fitted exactly)
     x, y, g = standardised(model, data)
     settings = dataclasses.replace(TrainSettings(), epochs=1, batch_size=spec["batch"])
     t0 = time.perf_counter()
-    plan = train_module.step_plan_bytes(model, x, y, g, settings)
+    plan = resources.step_plan_bytes(model, x, y, g, settings)
     plan_s = time.perf_counter() - t0
-    planned = train_module.with_step_margin(plan)
+    planned = resources.with_step_margin(plan)
     rss_before = common.reset_peak_rss_self()  # the compilation's own peak is not the step's
     t0 = time.perf_counter()
-    state = train_module.run(model, x, y, g, settings, key=jax.random.key(1))  # 3 steps
+    state = loop.run(model, x, y, g, settings, key=jax.random.key(1))  # 3 steps
     jax.block_until_ready(state.hyper)
     return {
         "dataset": desc,

@@ -46,13 +46,16 @@ def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> di
     import jax
     import jax.numpy as jnp
 
-    from forcegp import posterior
     from forcegp.data import read_dataset
-    from forcegp.init import initialize
-    from forcegp.model import Config, Posterior, basis_rows, soft_cholesky
-    from forcegp.objectives import batch_rows
-    from forcegp.stagewise import soft_only
-    from forcegp.train import TrainSettings, optimizer, strong_types, train_step
+    from forcegp.gp import predict as predict_mod
+    from forcegp.gp.basis import basis_rows, soft_cholesky
+    from forcegp.gp.config import Config
+    from forcegp.gp.likelihood import batch_rows
+    from forcegp.gp.params import Posterior, strong_types
+    from forcegp.training.initialise import initialize
+    from forcegp.training.loop import optimizer, train_step
+    from forcegp.training.settings import TrainSettings
+    from forcegp.training.stagewise import soft_only
 
     data = read_dataset([common.rmd17_path(molecule, "train")], energy_unit="kcal/mol")
     n = len(data.energies)
@@ -98,10 +101,10 @@ def measure(molecule: str, n_perm: int, repeats: int, quick: bool = False) -> di
         is_leaf=lambda v: v is None,
     )
     one = jnp.asarray(x[:1])
-    folded = posterior.predictor(fitted)  # once, as the calculator and posterior.predict do
+    folded = predict_mod.predictor(fitted)  # once, as the calculator and evaluation.predict do
 
     def predict():
-        jax.block_until_ready(posterior._predict_batch(folded, one, True))
+        jax.block_until_ready(predict_mod.predict_batch(folded, one, True))
 
     return {
         "molecule": molecule,

@@ -197,7 +197,8 @@ def worker_forcegp(spec: dict) -> dict:
     from ase import Atoms
 
     import forcegp
-    from forcegp import ForceGPCalculator, TrainSettings, evaluate, posterior, read_dataset, train_model
+    from forcegp import ForceGPCalculator, TrainSettings, evaluate, read_dataset, train_model
+    from forcegp.training import evaluation
 
     mol, n = spec["molecule"], spec["n"]
 
@@ -236,9 +237,9 @@ def worker_forcegp(spec: dict) -> dict:
     out["forces_mae_meV_A"] = 1000 * metrics["forces_mae"]
     out["energy_mae_meV"] = 1000 * metrics["energy_mae"]
     out["forces_coverage_95"] = metrics["forces_coverage_95"]
-    posterior.predict(model, test.positions[:1], with_std=False)  # compiles; sGDML has nothing to
+    evaluation.predict(model, test.positions[:1], with_std=False)  # compiles; sGDML has nothing to
     t0 = time.perf_counter()
-    posterior.predict(model, test.positions, with_std=False)
+    evaluation.predict(model, test.positions, with_std=False)
     out["predict_s"] = time.perf_counter() - t0
     atoms = Atoms(numbers=test.numbers, positions=test.positions[0])
     atoms.calc = ForceGPCalculator(model)

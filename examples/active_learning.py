@@ -115,8 +115,8 @@ def main() -> None:
     from forcegp.data import concatenate
     from forcegp.errors import NumericalError
     from forcegp.md import make_calculator, run_md
-    from forcegp.posterior import predict
     from forcegp.select import select_structures
+    from forcegp.training.evaluation import predict
 
     started = time.perf_counter()
     calc, reference = reference_calculator(args.reference)

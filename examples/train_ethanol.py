@@ -40,7 +40,7 @@ def main() -> None:
     import numpy as np
 
     from forcegp import TrainSettings, evaluate, read_dataset, save_model, train_model
-    from forcegp.workflow import MAX_SYMMETRY_PERMUTATIONS
+    from forcegp.training.pipeline import MAX_SYMMETRY_PERMUTATIONS
 
     train = read_dataset(DATA / "ethanol_train.extxyz")
     test = read_dataset(DATA / "ethanol_test.extxyz")

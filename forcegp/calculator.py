@@ -7,11 +7,15 @@
     calc.get_property("forces_std", atoms)  # (N, 3) eV/Å, standard deviations
 
 Each evaluation is one call of a function compiled once per calculator, so molecular dynamics
-never recompiles. The model is folded for prediction once (posterior.predictor: K_zz's Cholesky
-factor applied to the posterior up front), and the compiled function takes the folded arrays as
-a flat list, so a call costs the structure's feature map and little else. Standard deviations
-cost more than energy and forces (O(K^2 D) against O(K)): they are computed only when asked for,
-by a second compiled function, and cached with the rest until the atoms change.
+never recompiles. The model is folded for prediction once (gp.predict.predictor: K_zz's
+Cholesky factor applied to the posterior up front), and the compiled function takes the folded
+arrays as a flat list, so a call costs the structure's feature map and little else. Standard
+deviations cost more than energy and forces (O(K^2 D) against O(K)): they are computed only when
+asked for, by a second compiled function, and cached with the rest until the atoms change.
+
+The calculator needs no global JAX setting: it loads the model and runs its compiled functions
+inside a scoped float64 context (jax.enable_x64), and leaves the caller's setting as it found it,
+so a float32 JAX program can use it side by side.
 """
 
 from __future__ import annotations
@@ -22,12 +26,21 @@ import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from .errors import ForceGPError, InputError
-from .io import check_numbers, load_model
-from .model import ForceGP
-from .posterior import predict_folded, predictor
+from .data import check_numbers
+from .errors import InputError
+from .gp.params import ForceGP
+from .gp.predict import predict_folded, predictor
+from .modelfile import load_model
 
 STD_PROPERTIES = ("energy_std", "forces_std")
+
+
+def float64_scope():
+    """A context in which JAX runs in float64, restoring the caller's setting on leaving it."""
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:  # JAX before the context manager moved out of jax.experimental
+        from jax.experimental import enable_x64 as scope
+    return scope(True)
 
 
 class ForceGPCalculator(Calculator):
@@ -36,7 +49,7 @@ class ForceGPCalculator(Calculator):
     Properties: energy and free_energy (eV), forces (N, 3, eV/Å), energy_std (eV) and
     forces_std (N, 3, eV/Å), the posterior predictive standard deviations (observation noise
     included). The atoms must be the model's molecule in the model's atom order, without
-    periodic boundary conditions. Needs JAX in float64 (the forcegp command line sets it).
+    periodic boundary conditions. JAX's global float64 setting is neither needed nor changed.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energy_std", "forces_std"]
@@ -45,15 +58,11 @@ class ForceGPCalculator(Calculator):
 
     def __init__(self, model_or_path, **kwargs):
         super().__init__(**kwargs)
-        if not jax.config.jax_enable_x64:
-            raise ForceGPError(
-                "ForceGPCalculator needs JAX in float64: call "
-                'jax.config.update("jax_enable_x64", True) before creating it'
-            )
         if isinstance(model_or_path, ForceGP):
             model, self.source = model_or_path, "the model"
         else:
-            model, _ = load_model(model_or_path)
+            with float64_scope():
+                model, _ = load_model(model_or_path)
             self.source = f"model {model_or_path}"
         if model.posterior is None:
             raise InputError(f"{self.source} has no fitted posterior; train it first")
@@ -65,6 +74,10 @@ class ForceGPCalculator(Calculator):
         """One compiled call. The folded model is split once into its arrays (passed flat, the
         cheapest way into a compiled function) and its static rest (closed over). The folded
         covariance factor of the std function is a second K x K array beside the model's."""
+        with float64_scope():
+            return self._call(x, with_std)
+
+    def _call(self, x: np.ndarray, with_std: bool) -> np.ndarray:
         if with_std not in self._compiled:
             folded = eqx.filter_jit(predictor)(self.model, with_std)
             arrays, static = eqx.partition(folded, eqx.is_array)
@@ -83,9 +96,9 @@ class ForceGPCalculator(Calculator):
     def check_state(self, atoms, tol=1e-15):
         """What changed since the last calculation, among what the model depends on.
 
-        ASE's default compares every per-atom array with allclose, which on aspirin took about
-        0.4 ms per call, as long as the prediction itself; exact comparisons of the atomic
-        numbers, positions, cell and pbc take microseconds. (Magnetic moments and charges do
+        ASE's default compares every per-atom array with allclose, which costs about as much as
+        the prediction itself; exact comparisons of the atomic numbers, positions, cell and pbc
+        take microseconds. (Magnetic moments and charges do
         not enter the model, so their changes need no recalculation.)
         """
         old = self.atoms

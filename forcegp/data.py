@@ -1,4 +1,4 @@
-"""Datasets of one molecule: reading, validation, splits, and atomic writes.
+"""Datasets of one molecule: reading, validation, splits, and the identity of a molecule.
 
 Inside forcegp energies are eV, lengths Å and forces eV/Å. :func:`read_dataset` converts on the
 way in (see :mod:`forcegp.readers` for the formats) and checks every frame, so a
@@ -7,23 +7,20 @@ way in (see :mod:`forcegp.readers` for the formats) and checks every frame, so a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import ase.io
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .errors import InputError
+from .errors import InputError, ModelFileError
 from .readers import check_frames, read_file
 
-__all__ = ["Dataset", "atomic_write", "concatenate", "read_dataset", "write_extxyz_atomic"]
+__all__ = ["Dataset", "check_numbers", "concatenate", "formula", "read_dataset"]
 
 
 def _frozen(array, dtype) -> np.ndarray:
@@ -246,8 +243,8 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
     for other in datasets[1:]:
         if not np.array_equal(other.numbers, first.numbers):
             raise InputError(
-                f"{', '.join(other.sources)} has atoms {_formula(other.numbers)} but"
-                f" {', '.join(first.sources)} has {_formula(first.numbers)}; all datasets must"
+                f"{', '.join(other.sources)} has atoms {formula(other.numbers)} but"
+                f" {', '.join(first.sources)} has {formula(first.numbers)}; all datasets must"
                 " list the same atoms in the same order"
             )
     if len(datasets) == 1:
@@ -261,44 +258,33 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
     return Dataset(first.numbers, joined("positions"), joined("energies"), joined("forces"), sources)
 
 
-def _formula(numbers) -> str:
-    atoms = Atoms(numbers=numbers)
-    return f"{atoms.get_chemical_formula()} [{' '.join(atoms.get_chemical_symbols())}]"
+def formula(numbers) -> str:
+    """'C2H6O (atoms C C O H H H H H H)': the chemical formula and the atom order."""
+    atoms = Atoms(numbers=[int(z) for z in numbers])
+    return f"{atoms.get_chemical_formula()} (atoms {' '.join(atoms.get_chemical_symbols())})"
 
 
-@contextlib.contextmanager
-def atomic_write(path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path`` atomically.
-
-    The caller writes the temporary file (any way it likes, by name). On leaving the block it
-    is fsynced and os.replace'd onto ``path``; if the block raises, it is deleted and ``path``
-    is untouched, so a reader never sees a partial file.
-    """
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        mask = os.umask(0)  # mkstemp makes 0600 files; give the result the usual permissions
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable; not possible everywhere
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+def check_numbers(model_numbers, numbers, what: str, data: str = "the data") -> None:
+    """Raise ModelFileError unless ``numbers`` are the model's atoms in the model's order."""
+    if numbers is None:
+        return
+    ours = np.asarray(model_numbers, dtype=np.int64)
+    theirs = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    if ours.shape == theirs.shape and np.array_equal(ours, theirs):
+        return
+    hint = ""
+    if ours.shape == theirs.shape and np.array_equal(np.sort(ours), np.sort(theirs)):
+        hint = "; same atoms in another order: reorder the data to the model's order"
+    raise ModelFileError(f"{what} was trained for {formula(ours)}, {data} has {formula(theirs)}{hint}")
 
 
-def write_extxyz_atomic(path, atoms_list: Sequence[Atoms]) -> None:
-    """Write frames to an extxyz file atomically; calculator energy/forces are stored as the
-    standard ``energy``/``forces`` fields, and atoms.info / atoms.arrays entries are kept."""
-    with atomic_write(path) as tmp:
-        ase.io.write(tmp, list(atoms_list), format="extxyz")
+def require_labels(data: Dataset, what: str, at_least: int = 1) -> None:
+    where = ", ".join(data.sources) or "in memory"
+    if not data.labelled:
+        raise InputError(
+            f"{what} data ({where}) has no energies and forces; training and evaluation need both"
+        )
+    if data.n_frames < at_least:
+        raise InputError(
+            f"{what} data ({where}) has {data.n_frames} frame(s); at least {at_least} are needed"
+        )

@@ -46,9 +46,9 @@ except ImportError:  # older ASE
 
 
 from .calculator import ForceGPCalculator
-from .data import atomic_write
 from .errors import ForceGPError, InputError, NumericalError
-from .model import ForceGP
+from .files import atomic_write
+from .gp.params import ForceGP
 
 THERMOSTATS = ("langevin", "nve")
 
@@ -191,75 +191,26 @@ def run_md(
         friction=friction, interval=interval, max_force_std=max_force_std,
     )  # fmt: skip
     output = Path(output)
-    monitor = max_force_std is not None
-    if isinstance(model, ForceGPCalculator):
-        calc = model
-    else:
-        calc = make_calculator(model, monitor=monitor)
-    masses = atoms.arrays.get("masses")  # custom masses (e.g. deuterium) are kept
-    atoms = Atoms(numbers=atoms.numbers, positions=atoms.positions, masses=masses, pbc=False)
-    atoms.calc = calc
-    calc.check_atoms(atoms)  # wrong molecule or atom order: fail before anything is written
-
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature, rng=rng)  # Maxwell-Boltzmann
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dt = timestep * units.fs
-    if thermostat == "langevin":
-        dyn = Langevin(
-            atoms, dt, temperature_K=temperature, friction=friction / units.fs, fixcm=False,
-            rng=rng,
-        )  # fmt: skip
-    else:
-        dyn = VelocityVerlet(atoms, dt)
-
+    atoms, calc = _prepared(model, atoms, monitor=max_force_std is not None)
+    dyn = _dynamics(atoms, thermostat, temperature, timestep, friction, seed)
     started = time.perf_counter()
-    state = {"step": 0, "frames": 0, "max_std": 0.0, "trigger": None, "trigger_std": None}
-    stopped = "completed"
     with atomic_write(output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-
-        def write(step: int, trigger: bool = False) -> None:
-            frame = _frame(atoms, calc, step, timestep, trigger=trigger)
-            state["max_std"] = max(state["max_std"], float(frame.arrays["forces_std"].max()))
-            text = io.StringIO()
-            ase.io.write(text, frame, format="extxyz")
-            handle.write(text.getvalue())  # one write: Ctrl-C cannot leave half a frame
-            handle.flush()
-            state["frames"] += 1
-
+        record = _Record(atoms, calc, timestep, handle)
         try:
-            for _ in dyn.irun(steps):
-                step = int(dyn.nsteps)
-                if not np.all(np.isfinite(atoms.get_forces())):
-                    stopped = "non-finite"
-                    break
-                state["step"] = step
-                if step > 0 and monitor:
-                    std = float(np.max(calc.get_property("forces_std", atoms)))
-                    state["max_std"] = max(state["max_std"], std)
-                    if std > max_force_std:
-                        state["trigger"], state["trigger_std"] = step, std
-                        write(step, trigger=True)
-                        stopped = "uncertain"
-                        break
-                if step % interval == 0:
-                    write(step)
-                if step > 0 and progress is not None:
-                    progress(step)
+            stopped = _drive(dyn, atoms, calc, record, steps, interval, max_force_std, progress)
         except KeyboardInterrupt:
             stopped = "interrupted"  # leave the block normally: the frames so far are kept
     summary = MDSummary(
         output=output,
         stopped=stopped,
-        steps=state["step"],
+        steps=record.step,
         requested_steps=steps,
-        frames=state["frames"],
-        time_fs=state["step"] * timestep,
+        frames=record.frames,
+        time_fs=record.step * timestep,
         seconds=time.perf_counter() - started,
-        max_force_std=state["max_std"],
-        trigger_step=state["trigger"],
-        trigger_force_std=state["trigger_std"],
+        max_force_std=record.max_std,
+        trigger_step=record.trigger,
+        trigger_force_std=record.trigger_std,
         threshold=max_force_std,
     )
     if stopped == "interrupted":
@@ -271,6 +222,76 @@ def run_md(
             "temperature, or stop earlier with max_force_std)"
         )
     return summary
+
+
+def _prepared(model, atoms: Atoms, *, monitor: bool) -> tuple[Atoms, ForceGPCalculator]:
+    """A copy of the start atoms (custom masses kept, no periodicity) with the calculator
+    attached; a wrong molecule or atom order fails here, before anything is written."""
+    calc = model if isinstance(model, ForceGPCalculator) else make_calculator(model, monitor=monitor)
+    masses = atoms.arrays.get("masses")  # custom masses (e.g. deuterium) are kept
+    atoms = Atoms(numbers=atoms.numbers, positions=atoms.positions, masses=masses, pbc=False)
+    atoms.calc = calc
+    calc.check_atoms(atoms)
+    return atoms, calc
+
+
+def _dynamics(atoms: Atoms, thermostat: str, temperature, timestep, friction, seed: int):
+    """Maxwell-Boltzmann start velocities (no centre-of-mass motion or rotation) and the
+    integrator, both drawing from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    thermalize_momenta(atoms, temperature, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    dt = timestep * units.fs
+    if thermostat == "langevin":
+        return Langevin(
+            atoms, dt, temperature_K=temperature, friction=friction / units.fs, fixcm=False,
+            rng=rng,
+        )  # fmt: skip
+    return VelocityVerlet(atoms, dt)
+
+
+class _Record:
+    """The frames written so far and what was seen: one extxyz frame per write, whole."""
+
+    def __init__(self, atoms: Atoms, calc, timestep: float, handle):
+        self.atoms, self.calc, self.timestep, self.handle = atoms, calc, timestep, handle
+        self.step, self.frames, self.max_std = 0, 0, 0.0
+        self.trigger: int | None = None
+        self.trigger_std: float | None = None
+
+    def saw(self, std: float) -> None:
+        self.max_std = max(self.max_std, std)
+
+    def write(self, step: int, trigger: bool = False) -> None:
+        frame = _frame(self.atoms, self.calc, step, self.timestep, trigger=trigger)
+        self.saw(float(frame.arrays["forces_std"].max()))
+        text = io.StringIO()
+        ase.io.write(text, frame, format="extxyz")
+        self.handle.write(text.getvalue())  # one write: Ctrl-C cannot leave half a frame
+        self.handle.flush()
+        self.frames += 1
+
+
+def _drive(dyn, atoms, calc, record: _Record, steps, interval, max_force_std, progress) -> str:
+    """Run the steps, writing every interval-th frame; returns how the run stopped."""
+    for _ in dyn.irun(steps):
+        step = int(dyn.nsteps)
+        if not np.all(np.isfinite(atoms.get_forces())):
+            return "non-finite"
+        record.step = step
+        if step > 0 and max_force_std is not None:
+            std = float(np.max(calc.get_property("forces_std", atoms)))
+            record.saw(std)
+            if std > max_force_std:
+                record.trigger, record.trigger_std = step, std
+                record.write(step, trigger=True)
+                return "uncertain"
+        if step % interval == 0:
+            record.write(step)
+        if step > 0 and progress is not None:
+            progress(step)
+    return "completed"
 
 
 def _frame(atoms: Atoms, calc, step: int, timestep: float, *, trigger: bool) -> Atoms:

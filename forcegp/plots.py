@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, atomic_write
+from .calibration import coverage as coverage_of
+from .data import Dataset, require_labels
 from .errors import InputError
+from .files import atomic_write
 
 DPI = 130
 
@@ -125,11 +127,10 @@ def plot_test(model, data: Dataset, directory, *, title: str | None = None) -> l
     calibration_structures.png (per structure: force RMSE against RMS predicted force std).
     Energies in meV relative to the mean reference energy, forces in meV/Å.
     """
-    from .posterior import predict
-    from .workflow import _check_labelled
+    from .training.evaluation import predict
 
     directory = prepare_directory(directory)
-    _check_labelled(data, "plotted")
+    require_labels(data, "plotted")
     pred = predict(model, data.positions, with_std=True)
     return plot_predictions(
         data.energies, data.forces, pred, directory, title=title or ", ".join(data.sources)
@@ -138,7 +139,7 @@ def plot_test(model, data: Dataset, directory, *, title: str | None = None) -> l
 
 def plot_predictions(energies, forces, pred: dict, directory, *, title: str = "") -> list[Path]:
     """The PNGs of :func:`plot_test` from reference energies (n,) eV, forces (n, N, 3) eV/Å and
-    predictions ``pred`` as returned by :func:`forcegp.posterior.predict` (with stds)."""
+    predictions ``pred`` as returned by :func:`forcegp.training.evaluation.predict` (with stds)."""
     directory = prepare_directory(directory)
     paths = []
     fig, (ax,) = _figure()
@@ -168,7 +169,7 @@ def plot_predictions(energies, forces, pred: dict, directory, *, title: str = ""
         ax, x, y, unit="meV/Å", xlabel="predicted force std", ylabel="force error",
         points=(std.ravel()[sample], np.abs(err.ravel()[sample])),
     )  # fmt: skip
-    coverage = float(np.mean(np.abs(err) <= 1.96 * std))
+    coverage = coverage_of(err, std, 0.95)
     ax.set_title(f"force components, 95% coverage {100 * coverage:.1f}%: {title}", fontsize=9)
     paths.append(_save(fig, directory / "calibration_forces.png"))
 

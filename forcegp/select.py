@@ -34,13 +34,11 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .data import Dataset, concatenate, read_dataset
+from .data import Dataset, check_numbers, concatenate, read_dataset
 from .errors import InputError, NumericalError
-from .io import check_numbers
-from .model import ForceGP, noise_vector
-from .objectives import batch_rows
-
-BYTES = 8  # float64
+from .gp.basis import noise_vector
+from .gp.likelihood import batch_rows
+from .gp.params import ForceGP
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,6 @@ class Selection:
     def rms_force_std(self) -> np.ndarray:
         """(k,) root-mean-square force-component std of each pick (eV/Å)."""
         return np.sqrt(np.maximum(self.scores, 0.0) / self.n_dim)
-
-
-def memory_bytes(model: ForceGP, n_candidates: int) -> int:
-    """Bytes held by the candidates' whitened rows: n_candidates (1+D) K float64 numbers."""
-    return BYTES * n_candidates * (1 + model.config.dim) * model.config.n_basis
 
 
 @eqx.filter_jit
@@ -101,6 +94,14 @@ def _condition(s: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax
     return s, jnp.sum(s[:, 1:] ** 2, axis=(1, 2))
 
 
+def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int) -> list[jax.Array]:
+    """S of every candidate x (n, D), in chunks of ``chunk`` (the last padded with repeats, so
+    every call has one compiled shape)."""
+    n = len(x)
+    starts = range(0, n, chunk)
+    return [_whitened_rows(model, jnp.asarray(x[np.arange(s, s + chunk) % n])) for s in starts]
+
+
 def select_structures(
     model: ForceGP,
     positions: np.ndarray,
@@ -114,10 +115,10 @@ def select_structures(
     reduce the model's force uncertainty most (see the module docstring).
 
     numbers: the candidates' atomic numbers, checked against the model's. chunk: structures per
-    compiled call (memory of the rows is :func:`memory_bytes`). Raises InputError for a bad k.
+    compiled call (memory of the rows is training.resources.memory_bytes). Raises InputError for a bad k.
     """
     if model.posterior is None:
-        raise InputError("the model has no fitted posterior; train it with forcegp train")
+        raise InputError("the model has no fitted posterior; train it first")
     check_numbers(model.numbers, numbers, "the model", "the candidates")
     positions = np.asarray(positions, dtype=np.float64)
     n = len(positions)
@@ -125,11 +126,7 @@ def select_structures(
         raise InputError(f"candidates must have shape (n, {model.n_atoms}, 3), got {positions.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise InputError(f"cannot pick {k!r} of {n} candidates; pick between 1 and {n}")
-    x = positions.reshape(n, -1)
-    chunks = []
-    for start in range(0, n, chunk):
-        idx = np.arange(start, start + chunk) % n  # pad the last chunk: one compiled shape
-        chunks.append(_whitened_rows(model, jnp.asarray(x[idx])))
+    chunks = _rows_in_chunks(model, positions.reshape(n, -1), chunk)
 
     def gather(parts) -> np.ndarray:
         return np.concatenate([np.asarray(p) for p in parts])[:n]
@@ -155,7 +152,7 @@ def select_structures(
             new.append(sc)
         scores = gather(new)
         if not np.all(np.isfinite(scores)):
-            raise NumericalError("the variance update became non-finite; lower --inducing")
+            raise NumericalError("the variance update became non-finite; lower `n_inducing`")
     return Selection(
         indices=np.asarray(picked, dtype=np.int64),
         scores=np.asarray(picked_scores, dtype=np.float64),

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from forcegp.data import read_dataset, write_extxyz_atomic
+from forcegp.data import read_dataset
 from forcegp.errors import ForceGPError
+from forcegp.files import write_extxyz_atomic
 
 
 def convert(source: Path, target: Path, energy_unit: str = "kcal/mol") -> int:

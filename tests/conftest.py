@@ -21,7 +21,6 @@ if os.environ.get("FORCEGP_TEST_JAX_CACHE", "1") != "0":
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Shared fixtures (tiny synthetic problems from tests/synthetic.py).
 # NOTE: an earlier version of this file was overwritten by mistake; these fixtures are a
@@ -41,7 +40,7 @@ def small_problem():
 @pytest.fixture(scope="session")
 def fitted_small(small_problem):
     """small_problem's model with its posterior fitted (untrained hyperparameters)."""
-    from forcegp import posterior
+    from forcegp.gp import posterior
 
     pb = small_problem
     return posterior.fit(pb.model, pb.x, pb.y, pb.g)

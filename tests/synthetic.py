@@ -78,7 +78,7 @@ def random_rotation(rng):
 
 
 def tiny_config(n_atoms, **kw):
-    from forcegp.model import Config
+    from forcegp.gp.config import Config
 
     # Not symmetrised unless asked (the default is): the symmetry tests ask for it.
     settings = dict(n_inducing=8, n_features=3, width=8, depth=1, explicit_dim=4, n_permutations=1)
@@ -88,14 +88,14 @@ def tiny_config(n_atoms, **kw):
 
 def build_model(numbers, positions, energies, forces, **kw):
     """An untrained tiny model (M=8, p=3, MLP width 8, depth 1, q=4 unless overridden)."""
-    from forcegp.init import initialize
+    from forcegp.training.initialise import initialize
 
     config = tiny_config(len(numbers), **kw)
     return initialize(config, numbers, positions, energies, forces, key=jax.random.key(0))
 
 
 def standardised(model, energies, forces):
-    from forcegp.init import standardise_targets
+    from forcegp.training.initialise import standardise_targets
 
     return standardise_targets(
         energies, forces, float(model.stats.energy_mean), float(model.stats.energy_scale)

@@ -13,10 +13,11 @@ from ase.md import velocitydistribution
 from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
-from forcegp import ForceGPCalculator, io, posterior, workflow
+from forcegp import ForceGPCalculator, modelfile
 from forcegp.data import read_dataset
-from forcegp.errors import ForceGPError, InputError, ModelFileError
-from forcegp.train import TrainSettings
+from forcegp.errors import InputError, ModelFileError
+from forcegp.training import evaluation, pipeline
+from forcegp.training.settings import TrainSettings
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ethanol_train.extxyz"
 
@@ -24,7 +25,7 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "ethanol_train.extxyz"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     data = read_dataset(DATA, index="0:40")
-    model, meta = workflow.train_model(
+    model, meta = pipeline.train_model(
         data,
         config_kwargs={"n_inducing": 8, "n_features": 4, "width": 8, "depth": 1,
                        "explicit_dim": 4, "n_permutations": 1},
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
         valid_fraction=0.1,
     )  # fmt: skip
     path = tmp_path_factory.mktemp("calc") / "ethanol.fgp"
-    io.save_model(path, model, metadata=meta)
+    modelfile.save_model(path, model, metadata=meta)
     return model, path, data
 
 
@@ -82,7 +83,7 @@ def test_results_types_units_and_caching(trained, atoms):
     assert atoms.get_potential_energy() == energy and len(calls) == 2
     assert calc.get_property("free_energy", atoms) == energy
     # The same numbers as the batch prediction path (in eV and eV/Å).
-    batch = posterior.predict(model, atoms.positions[None])
+    batch = evaluation.predict(model, atoms.positions[None])
     assert energy == pytest.approx(float(batch["energy"][0]), abs=1e-9)
     np.testing.assert_allclose(forces, batch["forces"][0], atol=1e-9)
     assert energy_std == pytest.approx(float(batch["energy_std"][0]), rel=1e-9)
@@ -198,14 +199,39 @@ def test_wrong_atoms_are_refused(trained, atoms):
         periodic.get_potential_energy()
 
 
-def test_needs_a_fitted_model_and_float64(trained):
+def test_needs_a_fitted_model(trained):
     model = trained[0]
     untrained = type(model)(model.config, model.numbers, model.stats, model.hyper, None)
     with pytest.raises(InputError, match="no fitted posterior"):
         ForceGPCalculator(untrained)
+
+
+def test_works_without_the_global_float64_switch_and_leaves_it_alone(trained):
+    """A script that never switches JAX to float64 gets the same float64 results, and its own
+    float32 JAX code beside the calculator stays float32: the calculator works in a scoped
+    float64 context and restores the caller's setting."""
+    _, path, data = trained
+    atoms = data.to_atoms()[3]
+    atoms.calc = ForceGPCalculator(path)
+    reference = (atoms.get_potential_energy(), atoms.get_forces(),
+                 atoms.calc.get_property("forces_std", atoms))  # fmt: skip
     jax.config.update("jax_enable_x64", False)
     try:
-        with pytest.raises(ForceGPError, match="float64"):
-            ForceGPCalculator(trained[1])
+        before = jax.numpy.ones(3) * 2.0
+        calc = ForceGPCalculator(path)  # loaded and compiled under float32 JAX
+        other = data.to_atoms()[3]
+        other.calc = calc
+        energy, forces = other.get_potential_energy(), other.get_forces()
+        std = calc.get_property("forces_std", other)
+        assert not jax.config.jax_enable_x64
+        after = jax.numpy.ones(3) * 2.0
+        assert before.dtype == after.dtype == np.float32
+        assert isinstance(energy, float) and forces.dtype == std.dtype == np.float64
+        assert energy == pytest.approx(reference[0], abs=1e-9)
+        np.testing.assert_allclose(forces, reference[1], atol=1e-9)
+        np.testing.assert_allclose(std, reference[2], rtol=1e-9)
+        other.positions[0, 0] += 0.01  # a second structure: no global switch in between either
+        assert other.get_potential_energy() != energy and not jax.config.jax_enable_x64
     finally:
         jax.config.update("jax_enable_x64", True)
+    assert jax.config.jax_enable_x64  # a float64 caller keeps float64

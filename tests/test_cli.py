@@ -13,12 +13,13 @@ import jax
 import pytest
 from click.testing import CliRunner
 
-from forcegp import workflow
 from forcegp.cli import cli
-from forcegp.cli_common import AutoInt, ByteSize, defaults
-from forcegp.data import read_dataset, write_extxyz_atomic
-from forcegp.model import Config
-from forcegp.train import TrainSettings
+from forcegp.cli.options import AutoInt, ByteSize, defaults
+from forcegp.data import read_dataset
+from forcegp.files import write_extxyz_atomic
+from forcegp.gp.config import Config
+from forcegp.training import evaluation, pipeline
+from forcegp.training.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -175,7 +176,7 @@ def test_unexpected_errors_are_one_line(workdir, model, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(workflow, "evaluate", broken)
+    monkeypatch.setattr(evaluation, "evaluate", broken)
     err = one_line_error(invoke("test", model[0], workdir / "small.extxyz"), 1)
     assert "unexpected RuntimeError: boom" in err and "--debug" in err
 
@@ -188,7 +189,7 @@ def test_out_of_device_memory_is_one_line(workdir, model, monkeypatch):
             "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.50GiB.\nBufferAssignment"
         )
 
-    monkeypatch.setattr(workflow, "evaluate", exhausted)
+    monkeypatch.setattr(evaluation, "evaluate", exhausted)
     err = one_line_error(invoke("test", model[0], workdir / "small.extxyz"), 1)
     assert "out of device memory (RESOURCE_EXHAUSTED: Out of memory" in err
     assert "--max-memory" in err and "unexpected" not in err
@@ -197,13 +198,13 @@ def test_out_of_device_memory_is_one_line(workdir, model, monkeypatch):
 def test_interrupted_training_resumes(workdir, monkeypatch):
     out = workdir / "r.fgp"
     checkpoint = workdir / "r.fgp.ckpt"
-    real = workflow.save_checkpoint
+    real = pipeline.save_checkpoint
 
     def save_then_interrupt(*args, epoch, **kwargs):
         real(*args, epoch=epoch, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(workflow, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(pipeline, "save_checkpoint", save_then_interrupt)
     err = one_line_error(invoke("train", workdir / "small.extxyz", "-o", out, *TINY), 130)
     assert "interrupted after epoch 1" in err and "--resume" in err and str(checkpoint) in err
     assert checkpoint.exists() and not out.exists()
@@ -272,3 +273,39 @@ def test_python_dash_m_switches_on_float64(model):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "forcegp: error: model file missing.fgp not found"
+
+
+def test_help_imports_no_jax():
+    """`forcegp --help` and every `forcegp <command> --help` answer without importing JAX,
+    equinox, optax or ASE: the commands import the library only when they run."""
+    code = (
+        "import sys\n"
+        "from forcegp.cli import main\n"
+        "for args in ([], ['train'], ['test'], ['predict'], ['info'], ['md'], ['select']):\n"
+        "    try:\n"
+        "        main([*args, '--help'])\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, (args, exit.code)\n"
+        "heavy = sorted(m for m in ('jax', 'equinox', 'optax', 'ase') if m in sys.modules)\n"
+        "print('heavy:', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "heavy: []" in proc.stderr
+    assert "--max-memory" in proc.stdout and "--max-force-std" in proc.stdout
+
+
+def test_library_parameters_are_named_as_flags():
+    """Library messages name parameters (`n_inducing`); the command line shows its flags."""
+    from forcegp.cli.options import FLAGS, flags_for
+
+    message = "lower `n_inducing`, `explicit_dim` or `n_permutations`, or raise `max_memory`"
+    assert (
+        flags_for(message)
+        == "lower --inducing, --explicit-dim or --no-symmetrize, or raise --max-memory"
+    )
+    assert flags_for("`unknown_name` stays readable") == "unknown_name stays readable"
+    config_fields = {f for f in defaults(Config)} - {"n_atoms", "n_local", "jitter"}
+    settings_fields = set(defaults(TrainSettings)) - {"clip", "final_lr_fraction"}
+    assert config_fields | settings_fields <= set(FLAGS)

@@ -12,15 +12,10 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from forcegp import units
-from forcegp.data import (
-    Dataset,
-    atomic_write,
-    concatenate,
-    read_dataset,
-    write_extxyz_atomic,
-)
+from forcegp.data import Dataset, concatenate, read_dataset
 from forcegp.errors import InputError
-from forcegp.readers import parse_units_field
+from forcegp.files import atomic_write, write_extxyz_atomic
+from forcegp.readers.npz import parse_units_field
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, as in rMD17
@@ -147,7 +142,7 @@ def test_rmd17_npz_needs_an_energy_unit(tmp_path):
     with pytest.raises(InputError, match="energy unit unknown") as info:
         read_dataset(path)
     check_message(info, "rmd17_like.npz")
-    assert "--energy-unit" in str(info.value)
+    assert "`energy_unit`" in str(info.value)
     data = read_dataset(path, energy_unit="kcal/mol")
     np.testing.assert_allclose(data.energies, E, rtol=1e-12)
     np.testing.assert_allclose(data.forces, F, rtol=1e-12)
@@ -171,9 +166,11 @@ def test_length_unit_converts_positions_and_forces(tmp_path):
 
 
 def test_units_field_of_published_files():
-    assert parse_units_field(
-        "R: Angstrom; E: kcal/mol; F: kcal/mol/Angstrom (MD22 native units)"
-    ) == {"R": "Angstrom", "E": "kcal/mol", "F": "kcal/mol/Angstrom"}
+    assert parse_units_field("R: Angstrom; E: kcal/mol; F: kcal/mol/Angstrom (MD22 native units)") == {
+        "R": "Angstrom",
+        "E": "kcal/mol",
+        "F": "kcal/mol/Angstrom",
+    }
     assert parse_units_field("R: Angstrom; E: eV (no forces in source)") == {
         "R": "Angstrom",
         "E": "eV",
@@ -424,9 +421,7 @@ def bad_file(tmp_path, kind):
         path = tmp_path / "rows.npz"
         z = np.tile(NUMBERS, (3, 1))
         z[2] = np.roll(NUMBERS, 1)
-        np.savez(
-            path, R=np.zeros((3, 9, 3)), z=z, E=np.zeros(3), F=np.zeros((3, 9, 3)), e_unit="eV"
-        )
+        np.savez(path, R=np.zeros((3, 9, 3)), z=z, E=np.zeros(3), F=np.zeros((3, 9, 3)), e_unit="eV")
         return path, 2
     elif kind == "npz_energy_length":
         path = tmp_path / "elen.npz"

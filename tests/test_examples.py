@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forcegp.io import load_model
+from forcegp.modelfile import load_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = ["--inducing", "8", "--explicit-dim", "4", "--epochs", "1"]

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from forcegp.cli import cli
 from forcegp.errors import InputError, ModelFileError
-from forcegp.io import save_model
 from forcegp.md import MDInterrupted, run_md
+from forcegp.modelfile import save_model
 
 
 @pytest.fixture(scope="module")

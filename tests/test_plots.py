@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from forcegp.cli import cli
 from forcegp.data import Dataset
 from forcegp.errors import InputError
-from forcegp.io import save_model
+from forcegp.modelfile import save_model
 from forcegp.plots import binned_calibration, plot_history, plot_test
 
 matplotlib.use("Agg")  # the plots use no pyplot; this only guards against a display backend

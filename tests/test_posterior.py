@@ -15,14 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from forcegp import evidence, objectives, posterior
 from forcegp.errors import NumericalError, ResourceError
-from forcegp.model import noise_vector
+from forcegp.gp import evidence, likelihood, posterior, statistics
+from forcegp.gp.basis import noise_vector
+from forcegp.training import evaluation, resources
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
-rows_jit = eqx.filter_jit(objectives.batch_rows)
+rows_jit = eqx.filter_jit(likelihood.batch_rows)
 
 
 def leaves(tree):
@@ -88,8 +89,8 @@ def test_refinement_changes_only_scales_and_noise(small_problem, fitted_small):
         np.testing.assert_array_equal(getattr(h1, name), getattr(h0, name))
     for a, b in zip(leaves(h1.mlp), leaves(h0.mlp), strict=True):
         np.testing.assert_array_equal(a, b)
-    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
-    before = float(posterior.exact_nll(suff, 1.0, h0.noise_energy, h0.noise_force))
+    suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g)
+    before = float(evidence.exact_nll(suff, 1.0, h0.noise_energy, h0.noise_force))
     # Each block's rows are a multiple of the initial ones: recover the multipliers.
     mult = np.array(
         [
@@ -100,7 +101,7 @@ def test_refinement_changes_only_scales_and_noise(small_problem, fitted_small):
     )
     columns = mult[posterior.basis_groups(pb.model.config)]
     scaled = posterior.scaled_statistics(suff, columns)
-    after = float(posterior.exact_nll(scaled, 1.0, h1.noise_energy, h1.noise_force))
+    after = float(evidence.exact_nll(scaled, 1.0, h1.noise_energy, h1.noise_force))
     assert after < before
     # The fitted posterior is the exact one of the refined hyperparameters.
     post = posterior.solve(scaled, h1.noise_energy, h1.noise_force)
@@ -112,7 +113,7 @@ def test_evidence_search_stops_within_its_tolerance(small_problem, monkeypatch):
     evidence: it ends within a few times that of the tight search (scipy's default rule) and
     needs no more evaluations; a tolerance of 1000 nats stops it far from the optimum."""
     pb = small_problem
-    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g)
     groups = posterior.basis_groups(pb.model.config)
     st = evidence.Statistics(suff)
     n_obs, h, real = st.n_e + st.n_f, pb.model.hyper, evidence.nll_and_grad
@@ -141,7 +142,7 @@ def avals(tree):
 
 def test_refined_model_reuses_what_was_compiled_for_the_trained_one(small_problem):
     """with_scale_and_noise keeps each leaf's dtype, shape and weak type: no new compilation."""
-    from forcegp.train import strong_types
+    from forcegp.gp.params import strong_types
 
     pb = small_problem
     traces = []
@@ -165,16 +166,14 @@ def test_refined_model_reuses_what_was_compiled_for_the_trained_one(small_proble
 def test_refine_noise_finds_the_exact_likelihood_optimum(small_problem):
     """The LAPACK search (forcegp.evidence) stops at a minimum of the JAX exact_nll."""
     pb = small_problem
-    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g)
     scale, noise_e, noise_f = posterior.refine_noise(suff, pb.model)
-    best = float(posterior.exact_nll(suff, scale, noise_e, noise_f))
-    start = float(
-        posterior.exact_nll(suff, 1.0, pb.model.hyper.noise_energy, pb.model.hyper.noise_force)
-    )
+    best = float(evidence.exact_nll(suff, scale, noise_e, noise_f))
+    start = float(evidence.exact_nll(suff, 1.0, pb.model.hyper.noise_energy, pb.model.hyper.noise_force))
     assert best <= start
     for factors in ((1.05, 1, 1), (0.95, 1, 1), (1, 1.05, 1), (1, 0.95, 1), (1, 1, 1.05), (1, 1, 0.95)):
         moved = [v * f for v, f in zip((scale, noise_e, noise_f), factors, strict=True)]
-        assert float(posterior.exact_nll(suff, *moved)) >= best - 1e-9
+        assert float(evidence.exact_nll(suff, *moved)) >= best - 1e-9
 
 
 def test_evidence_gradient_matches_finite_differences():
@@ -182,7 +181,7 @@ def test_evidence_gradient_matches_finite_differences():
     k = 12
     xf, xe = rng.normal(size=(60, k)), rng.normal(size=(8, k))
     tf, te = rng.normal(size=60), rng.normal(size=8)
-    suff = posterior.Sufficient(xe.T @ xe, xf.T @ xf, xe.T @ te, xf.T @ tf, te @ te, tf @ tf, 8.0, 60.0)
+    suff = statistics.Sufficient(xe.T @ xe, xf.T @ xf, xe.T @ te, xf.T @ tf, te @ te, tf @ tf, 8.0, 60.0)
     st = evidence.Statistics(suff)
     groups = (np.arange(k) >= 5).astype(np.int64)
     params = np.array([0.3, -0.2, 0.1, -0.4])
@@ -208,12 +207,12 @@ def test_evidence_gradient_matches_finite_differences():
 def test_exact_nll_equals_dense(small_problem, dense_initial):
     pb = small_problem
     phi, lam, t = dense_initial
-    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g)
+    suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g)
     h = pb.model.hyper
     for c, be, bf in [(1.0, h.noise_energy, h.noise_force), (1.7, 0.3, 0.02)]:
         lam_c = lam if c == 1.0 else np.tile([be**2] + [bf**2] * 15, 12)
-        expected = objectives.dense_nll(jnp.asarray(c * phi), jnp.asarray(lam_c), jnp.asarray(t))
-        np.testing.assert_allclose(posterior.exact_nll(suff, c, be, bf), expected, rtol=1e-9)
+        expected = likelihood.dense_nll(jnp.asarray(c * phi), jnp.asarray(lam_c), jnp.asarray(t))
+        np.testing.assert_allclose(evidence.exact_nll(suff, c, be, bf), expected, rtol=1e-9)
 
 
 def test_predictions_equal_dense_gp(small_problem, fitted_small, dense_fitted):
@@ -230,7 +229,7 @@ def test_predictions_equal_dense_gp(small_problem, fitted_small, dense_fitted):
     sigma, mu = float(model.stats.energy_scale), float(model.stats.energy_mean)
     noise = np.asarray(noise_vector(model.config, model.hyper))
 
-    out = posterior.predict(model, pb.test_positions)
+    out = evaluation.predict(model, pb.test_positions)
     np.testing.assert_allclose(out["energy"], sigma * mean[:, 0] + mu, rtol=1e-10)
     np.testing.assert_allclose(out["forces"].reshape(3, -1), -sigma * mean[:, 1:], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(out["energy_std"], sigma * np.sqrt(var[:, 0] + noise[0]), rtol=1e-6)
@@ -256,7 +255,7 @@ def test_streamed_accumulation_is_chunk_independent(small_problem, dense_initial
     """Chunks of 1, 3 (divides 12), 5 (padded last chunk) and 64 (one padded chunk)."""
     pb = small_problem
     phi, lam, t = dense_initial
-    suff = posterior.accumulate(pb.model, pb.x, pb.y, pb.g, chunk=chunk)
+    suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g, chunk=chunk)
     rows = phi.reshape(12, 16, -1)
     ve, vf = rows[:, 0], rows[:, 1:].reshape(12 * 15, -1)
     close(suff.a_e, ve.T @ ve, 1e-10)
@@ -278,37 +277,37 @@ def test_choose_chunk():
     from synthetic import tiny_config
 
     config = tiny_config(5)
-    with pytest.raises(ResourceError, match="max-memory"):
-        posterior.choose_chunk(config, 1000.0)
-    assert posterior.choose_chunk(config, None) == 64
-    budget = posterior.fit_memory_bytes(config, 8)
-    chunk = posterior.choose_chunk(config, budget)
-    assert 8 <= chunk <= 64 and posterior.fit_memory_bytes(config, chunk) <= budget
-    chunk = posterior.choose_chunk(config, 10 * budget, n_devices=4)
-    assert chunk % 4 == 0 and posterior.fit_memory_bytes(config, chunk, 4) <= 10 * budget
+    with pytest.raises(ResourceError, match="max_memory"):
+        resources.choose_chunk(config, 1000.0)
+    assert resources.choose_chunk(config, None) == 64
+    budget = resources.fit_memory_bytes(config, 8)
+    chunk = resources.choose_chunk(config, budget)
+    assert 8 <= chunk <= 64 and resources.fit_memory_bytes(config, chunk) <= budget
+    chunk = resources.choose_chunk(config, 10 * budget, n_devices=4)
+    assert chunk % 4 == 0 and resources.fit_memory_bytes(config, chunk, 4) <= 10 * budget
 
 
 def test_chunk_follows_the_permuted_copies_and_the_available_memory(monkeypatch):
     """A symmetrised 56-atom molecule (K ~ 8400): its K x K blocks take 2.3 GB and each of 24
     permuted copies adds intermediates per structure; the chunk must shrink to fit the machine,
     and a machine too small must get a ResourceError up front instead of an out-of-memory kill."""
-    from forcegp.model import Config
+    from forcegp.gp.config import Config
 
     config = Config(n_atoms=56, n_local=3000, explicit_cubic=10)
-    one, many = posterior.structure_bytes(config, 1), posterior.structure_bytes(config, 24)
+    one, many = resources.structure_bytes(config, 1), resources.structure_bytes(config, 24)
     assert many > one + 23 * 2**20  # each copy at least 1 MiB (its tangent rows alone)
-    dense = posterior.structure_bytes(dataclasses.replace(config, descriptor="cartesian"), 24)
+    dense = resources.structure_bytes(dataclasses.replace(config, descriptor="cartesian"), 24)
     assert dense > many  # the dense Jacobian path (P x 3N per copy) costs more
     gib = 2**30
-    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: 4 * gib)
-    chunk = posterior.choose_chunk(config, None, n_copies=24)
-    assert 1 <= chunk < posterior.choose_chunk(config, None, n_copies=1) < 64
-    assert posterior.fit_memory_bytes(config, chunk, 1, 24) <= posterior.AVAILABLE_SHARE * 4 * gib
-    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: 2 * gib)  # < the K x K blocks
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 4 * gib)
+    chunk = resources.choose_chunk(config, None, n_copies=24)
+    assert 1 <= chunk < resources.choose_chunk(config, None, n_copies=1) < 64
+    assert resources.fit_memory_bytes(config, chunk, 1, 24) <= resources.AVAILABLE_SHARE * 4 * gib
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 2 * gib)  # < the K x K blocks
     with pytest.raises(ResourceError, match="available"):
-        posterior.choose_chunk(config, None, n_copies=24)
-    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: None)  # unknown: no cap
-    assert posterior.choose_chunk(config, None, n_copies=24) == 64
+        resources.choose_chunk(config, None, n_copies=24)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: None)  # unknown: no cap
+    assert resources.choose_chunk(config, None, n_copies=24) == 64
 
 
 class FakeDevice:
@@ -327,30 +326,30 @@ def test_device_memory_is_the_least_free_accelerator(monkeypatch):
         FakeDevice("gpu", {"bytes_limit": 60 * gib, "bytes_in_use": 10 * gib}),
         FakeDevice("gpu", {"bytes_limit": 60 * gib, "bytes_in_use": 30 * gib}),
     ]
-    assert posterior.device_memory_bytes(gpu) == 30 * gib
-    assert posterior.device_memory_bytes([FakeDevice("cpu", None)]) is None  # the host's memory
-    assert posterior.device_memory_bytes([FakeDevice("gpu", None)]) is None
-    assert posterior.device_memory_bytes([FakeDevice("gpu", NotImplementedError())]) is None
-    assert posterior.device_memory_bytes([FakeDevice("gpu", {"bytes_in_use": 0})]) is None
+    assert resources.device_memory_bytes(gpu) == 30 * gib
+    assert resources.device_memory_bytes([FakeDevice("cpu", None)]) is None  # the host's memory
+    assert resources.device_memory_bytes([FakeDevice("gpu", None)]) is None
+    assert resources.device_memory_bytes([FakeDevice("gpu", NotImplementedError())]) is None
+    assert resources.device_memory_bytes([FakeDevice("gpu", {"bytes_in_use": 0})]) is None
     # On accelerators the fit's chunks are planned against their free memory, not the host's.
-    from forcegp.model import Config
+    from forcegp.gp.config import Config
 
     config = Config(n_atoms=56, n_local=3000, explicit_cubic=10)
-    monkeypatch.setattr(posterior, "available_memory_bytes", lambda: 1000 * gib)
-    monkeypatch.setattr(posterior, "device_memory_bytes", lambda devices: gib)
-    limit, what = posterior.memory_limit(None, 1)
-    assert limit == posterior.AVAILABLE_SHARE * gib and "free memory of 1" in what
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 1000 * gib)
+    monkeypatch.setattr(resources, "device_memory_bytes", lambda devices: gib)
+    limit, what = resources.memory_limit(None, 1)
+    assert limit == resources.AVAILABLE_SHARE * gib and "free memory of 1" in what
     with pytest.raises(ResourceError, match="free memory of 1 .* device"):
-        posterior.choose_chunk(config, None, n_copies=24)
-    monkeypatch.setattr(posterior, "device_memory_bytes", lambda devices: 4 * gib)
-    chunk = posterior.choose_chunk(config, None, n_copies=24)
-    assert posterior.fit_memory_bytes(config, chunk, 1, 24) <= posterior.AVAILABLE_SHARE * 4 * gib
-    assert posterior.memory_limit(2 * gib, 1) == (2 * gib, "--max-memory")  # the cap wins
+        resources.choose_chunk(config, None, n_copies=24)
+    monkeypatch.setattr(resources, "device_memory_bytes", lambda devices: 4 * gib)
+    chunk = resources.choose_chunk(config, None, n_copies=24)
+    assert resources.fit_memory_bytes(config, chunk, 1, 24) <= resources.AVAILABLE_SHARE * 4 * gib
+    assert resources.memory_limit(2 * gib, 1) == (2 * gib, "`max_memory`")  # the cap wins
 
 
 def test_predict_without_posterior_fails(small_problem):
     with pytest.raises(NumericalError, match="posterior"):
-        posterior.predict(small_problem.model, small_problem.test_positions)
+        evaluation.predict(small_problem.model, small_problem.test_positions)
 
 
 MULTI_DEVICE = textwrap.dedent(
@@ -359,7 +358,14 @@ MULTI_DEVICE = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import numpy as np
     import pytest
-    from forcegp import posterior, train
+    from forcegp.gp import evidence
+    from forcegp.gp import posterior
+    from forcegp.gp import statistics
+    from forcegp.training import evaluation
+    from forcegp.training import resources
+    from forcegp.training import loop
+    from forcegp.training import resources
+    from forcegp.training import settings as settings_mod
     from forcegp.errors import ResourceError
     from synthetic import SMALL_NUMBERS, SMALL_REFERENCE, Problem
 
@@ -373,15 +379,15 @@ MULTI_DEVICE = textwrap.dedent(
                 np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol,
                                            atol=rtol * float(np.max(np.abs(np.asarray(v)))))
 
-    mesh1, mesh4 = posterior.make_mesh(1), posterior.make_mesh(4)
+    mesh1, mesh4 = resources.make_mesh(1), resources.make_mesh(4)
     data = (pb.model, pb.x, pb.y, pb.g)
     # chunk 8: 12 structures = one full chunk and one padded chunk, split over the devices.
     # Each device compiles its own share of the chunk, and rounding differs. Measured on an AMD
     # EPYC host: the energy statistics differ by 5e-16 of their largest entry, the force
     # statistics by 1.4e-10 (derivative rows with cancellation, e.g. the softmax weights'
     # w_k (s_k - sum_j w_j s_j); other chunk sizes on one device: 4e-16), the model by 2e-10.
-    close(posterior.accumulate(*data, chunk=8, mesh=mesh4),
-          posterior.accumulate(*data, chunk=8, mesh=mesh1), 1e-8)
+    close(statistics.accumulate(*data, chunk=8, mesh=mesh4),
+          statistics.accumulate(*data, chunk=8, mesh=mesh1), 1e-8)
     one = posterior.fit(*data, chunk=8, mesh=mesh1)
     four = posterior.fit(*data, chunk=8, mesh=mesh4)
     close(four.hyper, one.hyper, 1e-6)
@@ -391,20 +397,20 @@ MULTI_DEVICE = textwrap.dedent(
     # differ by float32 rounding, as each device compiles its own share of the batch.
     key = jax.random.key(3)
     for precision, rtol, loss_rtol in (("float64", 1e-6, 1e-8), ("float32", 1e-4, 1e-5)):
-        settings = train.TrainSettings(epochs=1, batch_size=4, lr=1e-2, precision=precision)
+        settings = settings_mod.TrainSettings(epochs=1, batch_size=4, lr=1e-2, precision=precision)
         # Planned from each compiled step; with 4 devices, summed over them (each holds the
         # replicated parameters and its share of the batch).
-        plan1 = train.step_memory_bytes(pb.model, pb.x, pb.y, pb.g, settings)
-        plan4 = train.step_memory_bytes(pb.model, pb.x, pb.y, pb.g, settings, mesh=mesh4)
+        plan1 = resources.step_memory_bytes(pb.model, pb.x, pb.y, pb.g, settings)
+        plan4 = resources.step_memory_bytes(pb.model, pb.x, pb.y, pb.g, settings, mesh=mesh4)
         assert plan4 >= plan1 > 0, (plan1, plan4)
-        s1 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
-        s4 = train.run(pb.model, pb.x, pb.y, pb.g, settings, key=key, mesh=posterior.make_mesh(4))
+        s1 = loop.run(pb.model, pb.x, pb.y, pb.g, settings, key=key)
+        s4 = loop.run(pb.model, pb.x, pb.y, pb.g, settings, key=key, mesh=resources.make_mesh(4))
         close(s4.hyper, s1.hyper, rtol)
         loss1, loss4 = s1.history[0]["loss"], s4.history[0]["loss"]
         assert abs(loss4 - loss1) < loss_rtol * abs(loss1), (precision, loss1, loss4)
 
     with pytest.raises(ResourceError, match="devices"):
-        posterior.make_mesh(8)
+        resources.make_mesh(8)
     print("MULTI-DEVICE OK")
     """
 )
@@ -449,9 +455,9 @@ def test_amplitude_scales_variances_and_keeps_the_exact_posterior(small_problem,
         pb.g,
         refine=False,
     )
-    a = posterior.predict(fitted_small, pb.test_positions)
-    b = posterior.predict(scaled, pb.test_positions)
-    c = posterior.predict(refit, pb.test_positions)
+    a = evaluation.predict(fitted_small, pb.test_positions)
+    b = evaluation.predict(scaled, pb.test_positions)
+    c = evaluation.predict(refit, pb.test_positions)
     np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-10)
     np.testing.assert_allclose(b["forces"], a["forces"], rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(b["forces_std"], kappa * a["forces_std"], rtol=1e-8)

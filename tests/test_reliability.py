@@ -33,7 +33,7 @@ from test_data import frames as ethanol_frames
 from forcegp import ForceGPCalculator
 from forcegp.data import read_dataset
 from forcegp.errors import InputError, ModelFileError
-from forcegp.io import load_model, save_model
+from forcegp.modelfile import load_model, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--inducing", "8", "--features", "3", "--width", "8", "--depth", "1", "--explicit-dim", "4"]
@@ -365,12 +365,12 @@ def test_ood_geometries_through_predict_and_test(files, small_problem, tmp_path)
 #: epoch runs, while a checkpoint is written, or while the hook waits.
 SLOW_CLI = """
 import sys, time
-from forcegp import workflow
-save = workflow.save_checkpoint
+from forcegp.training import pipeline
+save = pipeline.save_checkpoint
 def slow(*args, epoch, **kwargs):
     save(*args, epoch=epoch, **kwargs)
     time.sleep(600 if epoch >= 3 else 0.2)
-workflow.save_checkpoint = slow
+pipeline.save_checkpoint = slow
 from forcegp.cli import main
 main(sys.argv[1:])
 """
@@ -392,7 +392,7 @@ def subprocess_env() -> dict:
 
 def checkpoint_epoch(path: Path) -> int:
     from forcegp.errors import ForceGPError
-    from forcegp.io import CHECKPOINT_FORMAT, read_header
+    from forcegp.modelfile import CHECKPOINT_FORMAT, read_header
 
     if not path.exists():
         return 0

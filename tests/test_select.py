@@ -7,12 +7,12 @@ import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from click.testing import CliRunner
 
-from forcegp import posterior
 from forcegp.cli import cli
 from forcegp.errors import InputError
-from forcegp.io import save_model
-from forcegp.model import noise_vector
+from forcegp.gp.basis import noise_vector
+from forcegp.modelfile import save_model
 from forcegp.select import _whitened_rows, select_structures
+from forcegp.training import evaluation
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_first_pick_has_the_largest_force_variance(fitted_small, pool, initial):
     sel = select_structures(fitted_small, pool, 4, numbers=fitted_small.numbers, chunk=4)
     assert len(set(sel.indices.tolist())) == 4
     # Independent check through the prediction: sum of force variances minus the noise.
-    pred = posterior.predict(fitted_small, pool, with_std=True)
+    pred = evaluation.predict(fitted_small, pool, with_std=True)
     scale = float(fitted_small.stats.energy_scale)
     noise = float(fitted_small.hyper.noise_force) * scale
     expected = np.sum(pred["forces_std"] ** 2, axis=(1, 2)) - pool[0].size * noise**2

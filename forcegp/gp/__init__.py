@@ -1,0 +1,2 @@
+"""The model's mathematics: one exact GP, its basis blocks, likelihoods, posterior and
+prediction (docs/method.md)."""

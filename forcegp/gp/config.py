@@ -1,0 +1,188 @@
+"""Config: every shape- and dtype-determining setting of a model, and its one validator.
+
+Pure Python (no JAX): the command line reads the defaults from here without importing JAX.
+:func:`validate` is the single check of a configuration, used by the Python API (user options),
+the command line and model-file loading, so whatever the API accepts a model file can hold.
+The sizes follow docs/method.md §3-§5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+#: Floors of the softplus-parameterised hyperparameters (gp/params.py).
+T_FLOOR = 5e-5
+LENGTHSCALE_FLOOR = 1e-2
+NOISE_FLOOR = 1e-4
+SCALE_FLOOR = 1e-6
+
+DESCRIPTORS = ("inverse-distance", "cartesian")
+EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
+
+#: Config fields that training.initialise chooses from the training data when they are AUTO (and
+#: TrainSettings.epochs, which training.pipeline resolves from the initialised model).
+AUTO = -1
+AUTO_FIELDS = ("width", "explicit_cubic")
+
+# Sanity limits: far above any real model, low enough to refuse absurd shapes from a file.
+MAX_ATOMS = 10_000
+MAX_INDUCING = 100_000
+MAX_FEATURES = 10_000
+MAX_WIDTH = 100_000
+MAX_DEPTH = 64
+MAX_EXPLICIT_DIM = 2000
+MAX_PAIR_POWERS = 8
+MAX_PERMUTATIONS = 100_000
+MAX_LOCAL = 200_000
+MAX_BYTES = 64 * 2**30  # largest model the shapes may describe
+
+#: (lowest, highest) of every integer field; AUTO_FIELDS may also be AUTO before initialisation.
+INT_FIELDS = {
+    "n_atoms": (2, MAX_ATOMS),
+    "n_inducing": (1, MAX_INDUCING),
+    "n_features": (0, MAX_FEATURES),
+    "width": (1, MAX_WIDTH),
+    "depth": (1, MAX_DEPTH),
+    "explicit_dim": (1, MAX_EXPLICIT_DIM),
+    "n_permutations": (1, MAX_PERMUTATIONS),
+    "explicit_cubic": (0, MAX_EXPLICIT_DIM),
+    "pair_powers": (0, MAX_PAIR_POWERS),
+    "n_local": (0, MAX_LOCAL),
+}
+CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
+#: (lowest, highest-exclusive) of every real field.
+FLOAT_FIELDS = {"local_cutoff": (0.0, 1e3), "jitter": (0.0, 1.0)}
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the field and the allowed range.
+    Callers turn it into an InputError (user options) or a ModelFileError (a file)."""
+
+
+def descriptor_size(kind: str, n_atoms: int) -> int:
+    if kind == "inverse-distance":
+        return n_atoms * (n_atoms - 1) // 2
+    if kind == "cartesian":
+        return 3 * n_atoms
+    raise ConfigError(f"unknown descriptor {kind!r}; use one of {', '.join(DESCRIPTORS)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Shape- and dtype-determining settings (static; stored in the model file header)."""
+
+    n_atoms: int
+    descriptor: str = "inverse-distance"
+    n_inducing: int = 256
+    n_features: int = 16  # p; 0 disables the deep-kernel MLP (u = standardised descriptor)
+    width: int = AUTO  # deep-kernel MLP width; AUTO: training.budget.budgeted_width (64 or 128)
+    depth: int = 2
+    explicit: str = "polynomial"  # "polynomial", "quadratic" or "none"
+    explicit_dim: int = 26  # PCA components of the descriptor in the global product terms
+    # Leading PCA components in the cubic terms ("polynomial"); AUTO: training.budget chooses
+    # it from the number of training structures and atoms.
+    explicit_cubic: int = AUTO
+    pair_powers: int = 3  # powers of each descriptor entry ("polynomial")
+    local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
+    n_local: int = 0  # local product terms; set by training.initialise from the geometries
+    # Atom permutations (graph automorphisms) the model is averaged over, at most; 1 = none.
+    n_permutations: int = 24
+    jitter: float = 1e-6
+
+    @property
+    def dim(self) -> int:
+        return 3 * self.n_atoms
+
+    @property
+    def descriptor_size(self) -> int:
+        return descriptor_size(self.descriptor, self.n_atoms)
+
+    @property
+    def feature_size(self) -> int:
+        return self.n_features if self.n_features > 0 else self.descriptor_size
+
+    @property
+    def n_explicit(self) -> int:
+        if self.explicit == "none":
+            return 0
+        q = self.explicit_q
+        if self.explicit == "quadratic":
+            return q + q * (q + 1) // 2
+        return self.n_explicit_pair + self.n_local + q * (q + 1) // 2 + self.n_explicit_cubic
+
+    @property
+    def n_explicit_pair(self) -> int:
+        return self.pair_powers * self.descriptor_size if self.explicit == "polynomial" else 0
+
+    @property
+    def n_explicit_cubic(self) -> int:
+        c = min(max(self.explicit_cubic, 0), self.explicit_q) if self.explicit == "polynomial" else 0
+        return c * (c + 1) * (c + 2) // 6
+
+    @property
+    def explicit_q(self) -> int:
+        return min(self.explicit_dim, self.descriptor_size)
+
+    @property
+    def n_basis(self) -> int:
+        return self.n_inducing + self.n_explicit
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def model_bytes(config: Config) -> int:
+    """Bytes of the model's largest arrays (float64), from the config alone."""
+    k, m, p = config.n_basis, config.n_inducing, config.feature_size
+    pd, q = config.descriptor_size, config.explicit_q
+    mlp = (pd + config.width * max(config.depth - 1, 0) + config.feature_size) * config.width
+    if config.n_features == 0:
+        mlp = 0
+    return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp)
+
+
+def validate(values: dict, *, resolved: bool) -> Config:
+    """A Config from ``values`` (every field but those left at their defaults), each checked.
+
+    resolved: the fields of AUTO_FIELDS must be chosen already (a model file); otherwise they
+    may still be AUTO (user options, before initialisation). Raises ConfigError naming the
+    field, its value and what is allowed.
+    """
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown model option(s) {sorted(unknown)}; known: {sorted(FIELDS)}")
+    if "n_atoms" not in values:
+        raise ConfigError("n_atoms is missing")
+    config = Config(**values)
+    for name, (low, high) in INT_FIELDS.items():
+        value = getattr(config, name)
+        auto = not resolved and name in AUTO_FIELDS and value == AUTO
+        if not (is_int(value) and (low <= value <= high or auto)):
+            also = f" or {AUTO} (auto)" if name in AUTO_FIELDS and not resolved else ""
+            raise ConfigError(f"{name}={value!r} is not an integer in [{low}, {high}]{also}")
+    for name, choices in CHOICE_FIELDS.items():
+        if getattr(config, name) not in choices:
+            raise ConfigError(f"{name}={getattr(config, name)!r} is not one of {list(choices)}")
+    for name, (low, high) in FLOAT_FIELDS.items():
+        value = getattr(config, name)
+        if not (_is_real(value) and low <= value < high):
+            raise ConfigError(f"{name}={value!r} is not a number in [{low:g}, {high:g})")
+    if resolved and model_bytes(config) > MAX_BYTES:
+        raise ConfigError(
+            f"the settings describe a model of {model_bytes(config) / 2**30:.0f} GiB "
+            f"(K={config.n_basis} basis functions); refusing to allocate it"
+        )
+    return config

@@ -1,0 +1,169 @@
+"""Exact full-data marginal likelihood over a few scales and the noise levels, in LAPACK
+(docs/method.md §9).
+
+With the noise-free sufficient statistics (statistics.Sufficient) of all training data, the exact
+negative log marginal likelihood for column multipliers m (one per group of basis columns) and
+noise levels s_e, s_f is, with alpha = 1 / s^2, C = alpha_e a_e + alpha_f a_f,
+
+    P = I + M C M,   b = M (alpha_e b_e + alpha_f b_f),   beta = P^-1 b
+    2 n NLL = alpha_e tt_e + alpha_f tt_f - b^T beta + log|P| + n_e log s_e^2 + n_f log s_f^2
+              + n log 2 pi
+
+and its gradient is closed form (d/d log m_g = sum_{j in g} (1 - P^-1_jj - beta_j^2); the noise
+derivatives need tr(P^-1 M a M)). One evaluation is a K x K Cholesky factorisation and inverse.
+These few-parameter searches run in scipy's LAPACK (scipy comes with ASE): XLA's CPU Cholesky
+and its gradient are several times slower at K in the thousands.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+from .config import NOISE_FLOOR
+from .statistics import Sufficient
+
+#: The search stops when an iteration improves the log evidence of the whole training set by
+#: less than this many nats (0: scipy's default, a relative 2.2e-9 of the NLL per observation).
+TOL_NATS = 0.01
+
+
+class Statistics:
+    """float64 numpy copies of statistics.Sufficient's fields."""
+
+    def __init__(self, suff):
+        self.a_e = np.asarray(suff.a_e, dtype=np.float64)
+        self.a_f = np.asarray(suff.a_f, dtype=np.float64)
+        self.b_e = np.asarray(suff.b_e, dtype=np.float64)
+        self.b_f = np.asarray(suff.b_f, dtype=np.float64)
+        self.tt_e = float(suff.tt_e)
+        self.tt_f = float(suff.tt_f)
+        self.n_e = float(suff.n_e)
+        self.n_f = float(suff.n_f)
+
+
+def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
+    """NLL per observation and its gradient in params = (log m_1..log m_G, log s_e, log s_f).
+
+    Returns (inf, zeros) where P is not numerically positive definite. One Cholesky
+    factorisation and one inverse from it (LAPACK potri); everything else is a few passes over
+    K x K arrays, in place where possible (K is in the thousands).
+    """
+    n_groups = len(params) - 2
+    m = np.exp(params[:n_groups])[groups]
+    s_e, s_f = np.exp(params[-2:])
+    al_e, al_f = s_e**-2, s_f**-2
+    p = al_e * st.a_e
+    p += al_f * st.a_f
+    p *= m[:, None]
+    p *= m[None, :]
+    p[np.diag_indices_from(p)] += 1.0
+    b_e, b_f = m * st.b_e, m * st.b_f
+    b = al_e * b_e + al_f * b_f
+    try:
+        chol = scipy.linalg.cholesky(p, lower=True, overwrite_a=True, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        return np.inf, np.zeros_like(params)
+    beta = scipy.linalg.cho_solve((chol, True), b, check_finite=False)
+    logdet = 2.0 * np.sum(np.log(np.diag(chol)))
+    # P^-1 in the lower triangle; the upper one keeps the cleaned factor's zeros.
+    inv, info = scipy.linalg.lapack.dpotri(chol, lower=1, overwrite_c=1)
+    if info != 0:
+        return np.inf, np.zeros_like(params)
+    diag_inv = np.diag(inv).copy()
+    n = st.n_e + st.n_f
+    value = (
+        al_e * st.tt_e
+        + al_f * st.tt_f
+        - b @ beta
+        + logdet
+        + st.n_e * np.log(s_e**2)
+        + st.n_f * np.log(s_f**2)
+        + n * np.log(2 * np.pi)
+    ) / (2 * n)
+    grad = np.empty_like(params)
+    per_column = 1.0 - diag_inv - beta**2
+    grad[:n_groups] = np.bincount(groups, weights=per_column, minlength=n_groups) / n
+    # alpha_x tr(P^-1 M a_x M) for x = e, f. For the energy term, with P^-1 held as its lower
+    # triangle T: tr(P^-1 X) = 2 <T, X> - <diag T, diag X> for symmetric X. The force term
+    # follows from alpha_e M a_e M + alpha_f M a_f M = P - I: the two sum to K - tr(P^-1).
+    inv *= m[:, None]
+    inv *= m[None, :]
+    tr_e = 2.0 * np.vdot(inv, st.a_e) - np.sum(diag_inv * m * m * np.diag(st.a_e))
+    traces = (al_e * tr_e, len(m) - np.sum(diag_inv) - al_e * tr_e)
+    # d/d log alpha of 2 n NLL: alpha tt - 2 beta^T b_x alpha + alpha beta^T M a_x M beta
+    # + alpha tr(P^-1 M a_x M) - n_x; and d log alpha = -2 d log s.
+    mb = m * beta
+    for i, (al, a, bx, tt, nx) in enumerate(
+        ((al_e, st.a_e, b_e, st.tt_e, st.n_e), (al_f, st.a_f, b_f, st.tt_f, st.n_f))
+    ):
+        d_log_alpha = al * tt - 2 * al * (beta @ bx) + al * (mb @ (a @ mb)) + traces[i] - nx
+        grad[n_groups + i] = -2.0 * d_log_alpha / (2 * n)
+    return float(value), grad
+
+
+def maximise(
+    suff,
+    groups: np.ndarray,
+    noise_e: float,
+    noise_f: float,
+    *,
+    max_iter: int = 40,
+) -> tuple[np.ndarray, float, float]:
+    """Column-group multipliers and noise levels of the exact maximum marginal likelihood.
+
+    groups: (K,) group index of every basis column (0..G-1). Starts from multipliers 1 and the
+    given noise levels; noise levels stay above twice the model's floor. Returns
+    (multipliers (G,), noise_e, noise_f); the start if the search cannot improve on it.
+    """
+    st = Statistics(suff)
+    groups = np.asarray(groups, dtype=np.int64)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    floor = np.log(2 * NOISE_FLOOR)
+    start = np.concatenate(
+        [np.zeros(n_groups), np.log([max(noise_e, 2.5 * NOISE_FLOOR), max(noise_f, 2.5 * NOISE_FLOOR)])]
+    )
+    bounds = [(-20.0, 20.0)] * n_groups + [(floor, 10.0)] * 2
+    start_value, start_grad = nll_and_grad(start, st, groups)
+
+    def objective(params):  # the search's first evaluation is the start, already done
+        if np.array_equal(params, start):
+            return start_value, start_grad.copy()
+        return nll_and_grad(params, st, groups)
+
+    options = {"maxiter": max_iter}
+    if TOL_NATS > 0:
+        # L-BFGS-B stops when (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol, f the NLL per
+        # observation: a change of the total NLL of about TOL_NATS.
+        n_obs = st.n_e + st.n_f
+        options["ftol"] = TOL_NATS / (n_obs * max(abs(start_value), 1.0))
+    res = scipy.optimize.minimize(
+        objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options
+    )
+    best = res.x if np.isfinite(res.fun) and res.fun <= start_value else start
+    return np.exp(best[:n_groups]), float(np.exp(best[-2])), float(np.exp(best[-1]))
+
+
+def system(suff: Sufficient, scale, noise_e, noise_f):
+    """P = I + c^2 (A_e/be^2 + A_f/bf^2) and b = c (b_e/be^2 + b_f/bf^2)."""
+    a = scale**2 * (suff.a_e / noise_e**2 + suff.a_f / noise_f**2)
+    b = scale * (suff.b_e / noise_e**2 + suff.b_f / noise_f**2)
+    return jnp.eye(a.shape[0], dtype=a.dtype) + 0.5 * (a + a.T), b
+
+
+def exact_nll(suff: Sufficient, scale, noise_e, noise_f) -> jax.Array:
+    """Exact negative log marginal likelihood of ALL accumulated data, per observation."""
+    p, b = system(suff, scale, noise_e, noise_f)
+    chol = jnp.linalg.cholesky(p)
+    proj = jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    quad = suff.tt_e / noise_e**2 + suff.tt_f / noise_f**2 - proj @ proj
+    logdet = (
+        2 * jnp.sum(jnp.log(jnp.diag(chol)))
+        + suff.n_e * jnp.log(noise_e**2)
+        + suff.n_f * jnp.log(noise_f**2)
+    )
+    n = suff.n_e + suff.n_f
+    return 0.5 * (quad + logdet + n * jnp.log(2 * jnp.pi)) / n

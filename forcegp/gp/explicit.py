@@ -1,0 +1,80 @@
+"""The explicit block: an exact low-rank GP on fixed polynomial features of the standardised
+inverse distances, in the same capacitance matrix as the DSoftKI block (docs/method.md §4).
+
+Every term is a product of at most three descriptor factors, so its gradient is written out by
+the product rule as a combination of rows of dv/dx (features.DenseJacobian or PairJacobian).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index triples i <= j <= k < c of the cubic terms."""
+    idx = np.array([(i, j, k) for i in range(c) for j in range(i, c) for k in range(j, c)])
+    idx = idx.reshape(-1, 3).astype(np.int32)
+    return idx[:, 0], idx[:, 1], idx[:, 2]
+
+
+def explicit_terms(config, stats, hyper, v, jac=None):
+    """Values (F,) of the explicit block averaged over the copies v (C, P) of a structure and,
+    given the copies' Jacobian jac (features.DenseJacobian or PairJacobian), their gradients (F, D);
+    (values, None) without it (the energy path, differentiated by autodiff).
+
+    Every term is a product of at most three factors, so its gradient is written out (product
+    rule) as a combination of rows of dv/dx: no autodiff through the feature map. The mean over
+    copies is taken inside each product-rule term, so no (F, D) array is made per copy.
+    """
+    n = v.shape[0]
+    q = config.explicit_q
+    with_grad = jac is not None
+    a = v @ stats.projection  # (C, q)
+    da = jac.project(stats.projection) if with_grad else None  # (C, D, q)
+    values, grads = [], []
+
+    def add(scale, value, grad):
+        values.append(scale * jnp.mean(value, axis=0))
+        if with_grad:
+            grads.append(scale * grad())
+
+    if config.explicit == "quadratic":
+        add(hyper.scale_linear, a, lambda: jnp.mean(da, axis=0).T)
+    else:
+        for k in range(1, config.pair_powers + 1):
+            add(hyper.scale_linear, v**k, lambda k=k: jac.combine((k * v ** (k - 1))[..., None]))
+        la, lb = stats.local_pairs[:, 0], stats.local_pairs[:, 1]
+        add(
+            hyper.scale_quadratic,
+            v[:, la] * v[:, lb],
+            lambda: jac.combine(jnp.stack([v[:, lb], v[:, la]], axis=-1), jnp.stack([la, lb], axis=-1)),
+        )
+    # Products of PCA components: the copy means of a_i da_j and a_i a_j da_k for all index
+    # tuples are matrix products over the copy axis, gathered afterwards.
+    iu, ju = np.triu_indices(q)
+
+    def quadratic_grad():
+        g2 = jnp.einsum("ci,cdj->ijd", a, da) / n  # (q, q, D)
+        return g2[iu, ju] + g2[ju, iu]
+
+    add(hyper.scale_quadratic, a[:, iu] * a[:, ju], quadratic_grad)
+    if config.n_explicit_cubic:
+        c3 = min(config.explicit_cubic, q)
+        i, j, k = _cubic_index(c3)
+
+        def cubic_grad():
+            aa = (a[:, :c3, None] * a[:, None, :c3]).reshape(n, c3 * c3)
+            g3 = (jnp.einsum("ct,cdk->tkd", aa, da[..., :c3]) / n).reshape(c3, c3, c3, -1)
+            return g3[j, k, i] + g3[i, k, j] + g3[i, j, k]
+
+        add(hyper.scale_quadratic, a[:, i] * a[:, j] * a[:, k], cubic_grad)
+    value = jnp.concatenate(values)
+    return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
+
+
+def explicit_block_rows(config, stats, hyper, v, jac) -> jax.Array:
+    """Value and gradient rows (1+D, F) of the explicit block, averaged over the copies v (C, P)."""
+    value, grad = explicit_terms(config, stats, hyper, v, jac)
+    return jnp.concatenate([value[None], grad.T], axis=0)

@@ -1,0 +1,105 @@
+"""The feature map of the global descriptor: standardised descriptors of a structure and of its
+permuted copies, the deep-kernel features u(x), and the Jacobian of the copies in the form the
+basis rows use it (docs/method.md §3, §5).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import descriptors
+from .config import Config
+from .params import Hyper, Stats
+
+
+def descriptor(config: Config, stats: Stats, x: jax.Array) -> jax.Array:
+    """Standardised invariant descriptor (P,) of one structure x (D,)."""
+    raw = descriptors.raw_descriptor(config.descriptor, x, config.n_atoms)
+    return (raw - stats.desc_mean) / stats.desc_std
+
+
+def features(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """u(x) (p,): the deep-kernel features the interpolation acts on."""
+    v = descriptor(config, stats, x)
+    return hyper.mlp(v) if hyper.mlp is not None else v
+
+
+class DenseJacobian:
+    """dv/dx (C, P, D) of the copies, materialised (the Cartesian descriptor, or no MLP)."""
+
+    def __init__(self, dv_dx: jax.Array):
+        self.dv_dx = dv_dx
+
+    def combine(self, coef: jax.Array, cols: jax.Array | None = None) -> jax.Array:
+        """Copy mean of sum_s coef[c, t, s] * (row cols[t, s] of dv_c/dx): (T, D). cols None:
+        row t itself (S = 1)."""
+        rows = self.dv_dx[:, :, None] if cols is None else self.dv_dx[:, cols]  # (C, T, S, D)
+        return jnp.einsum("cts,ctsd->td", coef, rows) / coef.shape[0]
+
+    def project(self, weight: jax.Array) -> jax.Array:
+        """Tangent rows (C, D, q) of v_c @ weight for weight (P, q)."""
+        return jnp.einsum("cpd,pq->cdq", self.dv_dx, weight)
+
+
+class PairJacobian:
+    """dv/dx of the inverse-distance copies without forming it: each row has six nonzero
+    entries (descriptors.inverse_distance_pairs), so the explicit block's product-rule terms
+    are scatters of pair gradients, O(C T) instead of O(C T D), and projections go through the
+    N x N pair matrix (descriptors.inverse_distance_tangents), O(N^2) per copy and column."""
+
+    def __init__(self, config: Config, stats: Stats, x: jax.Array):
+        self.x, self.n_atoms, self.std = x, config.n_atoms, stats.desc_std
+        if config.n_permutations > 1:
+            self.perms = stats.permutations
+        else:
+            self.perms = jnp.arange(config.n_atoms)[None]
+        # Pair atoms and gradients of the standardised copies (unused ones are dropped under jit).
+        self.first, self.second, grad = descriptors.inverse_distance_pairs(x, self.n_atoms, self.perms)
+        self.grad = grad / self.std[None, :, None]
+
+    def combine(self, coef: jax.Array, cols: jax.Array | None = None) -> jax.Array:
+        """As DenseJacobian.combine."""
+        if cols is None:
+            cols = jnp.arange(coef.shape[1])[:, None]
+        g = coef[..., None] * self.grad[:, cols]  # (C, T, S, 3)
+        term = jnp.broadcast_to(jnp.arange(coef.shape[1])[None, :, None], coef.shape)
+        out = jnp.zeros((coef.shape[1], self.n_atoms, 3), g.dtype)
+        out = out.at[term, self.first[:, cols]].add(g).at[term, self.second[:, cols]].add(-g)
+        return out.reshape(coef.shape[1], 3 * self.n_atoms) / coef.shape[0]
+
+    def project(self, weight: jax.Array) -> jax.Array:
+        """As DenseJacobian.project."""
+        w = (weight / self.std[:, None]).T
+        return descriptors.inverse_distance_tangents(self.x, self.n_atoms, w, self.perms)
+
+
+def copies_and_jacobian(config: Config, stats: Stats, x: jax.Array, *, dense: bool):
+    """The copies v (C, P) and their Jacobian: PairJacobian for inverse distances unless
+    ``dense`` asks for dv/dx itself (the DSoftKI block without an MLP)."""
+    pairs = config.descriptor == "inverse-distance"
+    v, dv_dx = copies(config, stats, x, jacobian=dense or not pairs)
+    return v, (DenseJacobian(dv_dx) if dv_dx is not None else PairJacobian(config, stats, x))
+
+
+def copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
+    """Standardised descriptors v (n_copies, P) of x and of its permuted copies (one copy when the
+    model is not symmetrised) and, with ``jacobian``, dv/dx (n_copies, P, D).
+
+    An atom permutation only reorders the raw descriptor (descriptors.permuted_index), so the
+    descriptor and its Jacobian are computed once and gathered per copy. The chain rule through
+    the gather takes the gradient of f(copy) with respect to x itself: nothing is scattered back.
+    """
+
+    def raw_of(y):
+        return descriptors.raw_descriptor(config.descriptor, y, config.n_atoms)
+
+    raw = raw_of(x)
+    draw = jax.jacfwd(raw_of)(x) if jacobian else None
+    if config.n_permutations > 1:
+        idx = descriptors.permuted_index(config.descriptor, stats.permutations, config.n_atoms)
+        raw, draw = raw[idx], (draw[idx] if jacobian else None)
+    else:
+        raw, draw = raw[None], (draw[None] if jacobian else None)
+    v = (raw - stats.desc_mean) / stats.desc_std
+    return v, (draw / stats.desc_std[:, None] if jacobian else None)

@@ -1,0 +1,143 @@
+"""The ForceGP module and its parts: fixed training statistics, trainable hyperparameters and the
+posterior of the basis weights (docs/method.md §2).
+
+Positive hyperparameters are stored raw and exposed through softplus with a floor. Everything
+here is an equinox pytree; shapes come from the static :class:`~forcegp.gp.config.Config`.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import LENGTHSCALE_FLOOR, NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config
+from .deep_kernel import DeepKernel
+
+
+def softplus_inv(y: float) -> float:
+    """Inverse of softplus, exact and overflow-free (softplus(y) = y to float64 beyond 40)."""
+    y = float(y)
+    return y if y > 40.0 else float(np.log(np.expm1(y)))
+
+
+class Stats(eqx.Module):
+    """Fixed statistics from the training split (not trained)."""
+
+    desc_mean: jax.Array  # (P,)
+    desc_std: jax.Array  # (P,)
+    projection: jax.Array  # (P, q) PCA directions scaled to unit variance
+    energy_mean: jax.Array  # () eV
+    energy_scale: jax.Array  # () eV
+    permutations: jax.Array  # (n_perm, n_atoms) int
+    local_pairs: jax.Array  # (n_local, 2) int: descriptor entries multiplied in local products
+
+
+class Hyper(eqx.Module):
+    """Trainable parameters; positive ones stored raw and exposed through softplus."""
+
+    mlp: DeepKernel | None
+    z: jax.Array  # (M, p)
+    raw_temperature: jax.Array  # (M, p)
+    raw_lengthscale: jax.Array  # (p,)
+    raw_scale: jax.Array  # () output scale of K_zz
+    raw_scale_linear: jax.Array  # () explicit block, linear terms
+    raw_scale_quadratic: jax.Array  # () explicit block, product terms
+    raw_noise_energy: jax.Array  # () std of energy noise, standardised units
+    raw_noise_force: jax.Array  # () std of gradient-component noise, standardised units
+
+    @property
+    def temperature(self):
+        return T_FLOOR + jax.nn.softplus(self.raw_temperature)
+
+    @property
+    def lengthscale(self):
+        return LENGTHSCALE_FLOOR + jax.nn.softplus(self.raw_lengthscale)
+
+    @property
+    def scale(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale)
+
+    @property
+    def scale_linear(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale_linear)
+
+    @property
+    def scale_quadratic(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale_quadratic)
+
+    @property
+    def noise_energy(self):
+        return NOISE_FLOOR + jax.nn.softplus(self.raw_noise_energy)
+
+    @property
+    def noise_force(self):
+        return NOISE_FLOOR + jax.nn.softplus(self.raw_noise_force)
+
+
+class Posterior(eqx.Module):
+    """theta's posterior N(mean, P^-1): mean (K,), inv_chol = chol(P)^-1 (K, K) lower."""
+
+    mean: jax.Array
+    inv_chol: jax.Array
+
+
+class ForceGP(eqx.Module):
+    config: Config = eqx.field(static=True)
+    numbers: tuple[int, ...] = eqx.field(static=True)
+    stats: Stats
+    hyper: Hyper
+    posterior: Posterior | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return self.config.n_atoms
+
+    @property
+    def n_copies(self) -> int:
+        """Permuted copies every row averages over (1 when the model is not symmetrised)."""
+        return int(self.stats.permutations.shape[0])
+
+
+def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP:
+    """A model of the right shapes filled with zeros: the skeleton model files are loaded into."""
+    m, p, q, pd = config.n_inducing, config.feature_size, config.explicit_q, config.descriptor_size
+    k = config.n_basis
+    z = jnp.zeros
+    mlp = None
+    if config.n_features > 0:
+        mlp = DeepKernel(pd, config.n_features, config.width, config.depth, key=jax.random.key(0))
+    hyper = Hyper(mlp, z((m, p)), z((m, p)), z((p,)), z(()), z(()), z(()), z(()), z(()))
+    stats = Stats(
+        z((pd,)),
+        z((pd,)),
+        z((pd, q)),
+        z(()),
+        z(()),
+        jnp.zeros((config.n_permutations, config.n_atoms), dtype=jnp.int32),
+        jnp.zeros((config.n_local, 2), dtype=jnp.int32),
+    )
+    post = Posterior(z((k,)), z((k, k))) if with_posterior else None
+    return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
+
+
+def strong_types(tree):
+    """``tree`` with every array leaf a strongly typed JAX array of the same dtype and shape.
+
+    Leaves made from Python floats (jnp.asarray(0.05)) are weakly typed, and weak-typedness is
+    part of what a jitted function is compiled for: the training step returns strongly typed
+    leaves, so feeding it weak ones would compile it a second time on its second call.
+    """
+    return jax.tree_util.tree_map(
+        lambda v: jnp.asarray(v, dtype=v.dtype) if eqx.is_array(v) else v, tree
+    )
+
+
+def with_hyper(model: ForceGP, hyper: Hyper) -> ForceGP:
+    return eqx.tree_at(lambda m: m.hyper, model, hyper)
+
+
+def all_finite(tree) -> bool:
+    leaves = [v for v in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(v)]
+    return all(bool(jnp.all(jnp.isfinite(v))) for v in leaves)

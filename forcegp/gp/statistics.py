@@ -1,0 +1,108 @@
+"""Noise-free sufficient statistics of the training data, streamed over chunks of structures
+in O(K^2) memory and sharded over devices (docs/method.md §8).
+
+    A_e = sum Phi_e^T Phi_e,  A_f = sum Phi_f^T Phi_f,  b_e = sum Phi_e^T y,  b_f = sum Phi_f^T g
+
+Each device accumulates its own share of every chunk in its own K x K block; the blocks are summed
+once at the end (one reduction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .basis import basis_rows, soft_cholesky
+from .params import ForceGP
+
+#: The mesh axis the structures of a chunk or batch are sharded over.
+AXIS = "batch"
+
+
+def device_mesh(devices) -> Mesh:
+    """A one-axis mesh over ``devices`` (a sequence of JAX devices)."""
+    return Mesh(np.array(list(devices)), (AXIS,))
+
+
+class Sufficient(eqx.Module):
+    """Noise-free sufficient statistics of the training data for the finite-rank GP.
+
+    With value rows (energy) and gradient rows (forces) kept apart, the posterior for any noise
+    levels and output scale follows without another pass over the data:
+    A = c^2 (a_e / beta_e^2 + a_f / beta_f^2), b = c (b_e / beta_e^2 + b_f / beta_f^2).
+    """
+
+    a_e: jax.Array  # (K, K) sum of value-row outer products
+    a_f: jax.Array  # (K, K) sum of gradient-row outer products
+    b_e: jax.Array  # (K,)
+    b_f: jax.Array  # (K,)
+    tt_e: jax.Array  # () sum of squared standardised energies
+    tt_f: jax.Array  # () sum of squared standardised gradient components
+    n_e: jax.Array  # () number of value rows
+    n_f: jax.Array  # () number of gradient rows
+
+
+@eqx.filter_jit
+def _accumulate(model: ForceGP, chol_zz, acc: Sufficient, x, t, mask) -> Sufficient:
+    """Add one chunk. x (C, D), t (C, 1+D), mask (C,); acc leaves carry a leading device axis."""
+    n_dev = acc.a_e.shape[0]
+    rows = jax.vmap(lambda xi: basis_rows(model.config, model.stats, model.hyper, chol_zz, xi))(x)
+    c, r, k = rows.shape
+    rows = rows.reshape(n_dev, c // n_dev, r, k) * mask.reshape(n_dev, c // n_dev, 1, 1)
+    t = t.reshape(n_dev, c // n_dev, r) * mask.reshape(n_dev, c // n_dev, 1)
+    ve, vf = rows[:, :, 0], rows[:, :, 1:]
+    return Sufficient(
+        a_e=acc.a_e + jnp.einsum("dck,dcl->dkl", ve, ve),
+        a_f=acc.a_f + jnp.einsum("dcik,dcil->dkl", vf, vf),
+        b_e=acc.b_e + jnp.einsum("dck,dc->dk", ve, t[:, :, 0]),
+        b_f=acc.b_f + jnp.einsum("dcik,dci->dk", vf, t[:, :, 1:]),
+        tt_e=acc.tt_e + jnp.sum(t[:, :, 0] ** 2, axis=1),
+        tt_f=acc.tt_f + jnp.sum(t[:, :, 1:] ** 2, axis=(1, 2)),
+        n_e=acc.n_e + jnp.sum(mask.reshape(n_dev, -1), axis=1),
+        n_f=acc.n_f + (r - 1) * jnp.sum(mask.reshape(n_dev, -1), axis=1),
+    )
+
+
+def accumulate(
+    model: ForceGP,
+    x: np.ndarray,
+    y: np.ndarray,
+    g: np.ndarray,
+    *,
+    chunk: int = 64,
+    mesh: Mesh | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Sufficient:
+    """Stream the sufficient statistics over structures x (n, D), y (n,), g (n, D) (standardised)."""
+    mesh = mesh or device_mesh(jax.devices()[:1])
+    n_dev = mesh.devices.size
+    chunk = max(n_dev, chunk - chunk % n_dev)
+    k = model.config.n_basis
+    dev_sharding = NamedSharding(mesh, P(AXIS))
+    zeros = Sufficient(
+        jnp.zeros((n_dev, k, k)),
+        jnp.zeros((n_dev, k, k)),
+        jnp.zeros((n_dev, k)),
+        jnp.zeros((n_dev, k)),
+        *(jnp.zeros((n_dev,)) for _ in range(4)),
+    )
+    acc = jax.device_put(zeros, dev_sharding)
+    chol_zz = soft_cholesky(model.config, model.hyper)
+    t_all = np.concatenate([y[:, None], g], axis=1)
+    n = len(x)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        idx = np.arange(start, start + chunk) % n  # pad the last chunk with masked repeats
+        mask = (np.arange(start, start + chunk) < stop).astype(np.float64)
+        xc, tc, mc = (jax.device_put(a, dev_sharding) for a in (x[idx], t_all[idx], mask))
+        acc = _accumulate(model, chol_zz, acc, xc, tc, mc)
+        if progress is not None:
+            progress(stop - start)
+    # The one reduction over devices.
+    return jax.tree_util.tree_map(lambda v: jnp.sum(v, axis=0), acc)

@@ -1,0 +1,359 @@
+"""The ForceGP feature map: observation rows against autodiff, physics of predictions, symmetry."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from synthetic import METHANOL_NUMBERS, METHANOL_REFERENCE, build_model, random_rotation
+
+from forcegp import symmetry
+from forcegp.gp import basis, deep_kernel, descriptors, posterior
+from forcegp.gp import config as config_mod
+from forcegp.gp import predict as predict_mod
+from forcegp.gp.basis import basis_rows, basis_value, soft_cholesky
+from forcegp.training import evaluation
+
+
+@eqx.filter_jit
+def rows_and_autodiff(model, x):
+    """basis_rows (1+D, K) and jax.jacfwd(basis_value) (K, D) at one structure x (D,)."""
+    cfg, stats, hyper = model.config, model.stats, model.hyper
+    chol = soft_cholesky(cfg, hyper)
+    rows = basis_rows(cfg, stats, hyper, chol, x)
+    value = basis_value(cfg, stats, hyper, chol, x)
+    jac = jax.jacfwd(lambda y: basis_value(cfg, stats, hyper, chol, y))(x)
+    return rows, value, jac
+
+
+@eqx.filter_jit
+def values(model, x):
+    """basis_value for a batch x (B, D)."""
+    cfg, stats, hyper = model.config, model.stats, model.hyper
+    chol = soft_cholesky(cfg, hyper)
+    return jax.vmap(lambda y: basis_value(cfg, stats, hyper, chol, y))(x)
+
+
+@eqx.filter_jit
+def energies(model, x):
+    """Predicted energies (B,) eV for a batch x (B, D), no variances."""
+    return jax.vmap(lambda y: predict_mod.predict_one(model, y, with_std=False)[0])(x)
+
+
+VARIANTS = {
+    "invdist-polynomial-mlp": dict(),
+    "invdist-quadratic-mlp": dict(explicit="quadratic"),
+    "invdist-none-nomlp": dict(explicit="none", n_features=0),
+    "cartesian-quadratic-nomlp": dict(descriptor="cartesian", n_features=0, explicit="quadratic"),
+    "cartesian-polynomial-nomlp": dict(descriptor="cartesian", n_features=0),
+    "cartesian-none-mlp": dict(descriptor="cartesian", explicit="none"),
+    "invdist-polynomial-mlp-sym": dict(n_permutations=6),
+    "invdist-none-nomlp-sym": dict(explicit="none", n_features=0, n_permutations=6),
+    "invdist-polynomial-nomlp-sym": dict(n_features=0, n_permutations=6),
+    "invdist-polynomial-nolocal": dict(local_cutoff=0.5),  # no local products (as at 56 atoms)
+    "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradient_rows_equal_autodiff(methanol_data, variant):
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, **VARIANTS[variant])
+    cfg = model.config
+    assert (model.hyper.mlp is None) == (cfg.n_features == 0)
+    assert model.stats.permutations.shape[0] == cfg.n_permutations
+    if cfg.explicit == "polynomial" and cfg.descriptor == "inverse-distance":
+        assert (cfg.n_local > 0) == ("local_cutoff" not in VARIANTS[variant])
+    # A training structure and a new one further from the reference.
+    new = METHANOL_REFERENCE + 0.1 * np.random.default_rng(5).normal(size=(6, 3))
+    for x in (positions[0].reshape(-1), new.reshape(-1)):
+        rows, value, jac = rows_and_autodiff(model, jnp.asarray(x))
+        assert rows.shape == (1 + cfg.dim, cfg.n_basis)
+        np.testing.assert_allclose(rows[0], value, rtol=1e-12, atol=1e-14)
+        scale = float(jnp.max(jnp.abs(jac)))
+        assert scale > 0
+        np.testing.assert_allclose(rows[1:], jac.T, rtol=1e-9, atol=1e-11 * scale)
+
+
+# ------------------------------------------------------------------ predictions after a fit
+
+
+def test_forces_are_minus_the_energy_gradient(small_problem, fitted_small):
+    model = fitted_small
+    x = np.asarray(small_problem.test_positions[0], dtype=np.float64).reshape(-1)
+    energy, forces = jax.jit(lambda y: predict_mod.predict_one(model, y, with_std=False))(x)
+    h = 1e-5
+    shifts = h * np.eye(x.size)
+    e = np.asarray(energies(model, jnp.asarray(np.concatenate([x + shifts, x - shifts]))))
+    numeric = -(e[: x.size] - e[x.size :]) / (2 * h)
+    np.testing.assert_allclose(np.asarray(forces).reshape(-1), numeric, rtol=1e-6, atol=1e-7)
+    # The batch path agrees with predict_one.
+    out = evaluation.predict(model, x.reshape(1, -1, 3), with_std=False)
+    np.testing.assert_allclose(out["energy"][0], energy, rtol=1e-12)
+    np.testing.assert_allclose(out["forces"][0], forces, rtol=1e-10, atol=1e-12)
+
+
+FOLDED = ["invdist-polynomial-mlp-sym", "invdist-quadratic-mlp", "invdist-none-nomlp"]
+
+
+@pytest.mark.parametrize("variant", FOLDED)
+def test_folded_predictor_equals_the_whitened_posterior(variant, monkeypatch):
+    """predict_mod.predictor moves the K_zz whitening onto the posterior once and regroups the
+    explicit block's mean into dense arrays; its energies, forces and stds equal the textbook
+    form phi(x) = whitened basis, E = phi . mean, Var = ||L_P^-1 phi||^2 + noise. Its covariance
+    is kept as column blocks that skip the triangular factor's zeros: small blocks here, so
+    that there are several, and the dropped parts must be exactly zero."""
+    from synthetic import Problem
+
+    pb = Problem(METHANOL_NUMBERS, METHANOL_REFERENCE, 10, seed=1, **VARIANTS[variant])
+    model = posterior.fit(pb.model, pb.x, pb.y, pb.g)
+    cfg, stats, hyper, post = model.config, model.stats, model.hyper, model.posterior
+    monkeypatch.setattr(predict_mod, "COV_BLOCK", 5)
+    blocks = predict_mod.cov_blocks(cfg.n_basis, cfg.n_inducing)
+    assert len(blocks) >= 2 and blocks[-1][1] == cfg.n_basis
+    full = predict_mod.predictor(model).cov  # with one block: the dense folded covariance
+    monkeypatch.setattr(predict_mod, "COV_BLOCK", cfg.n_basis)
+    (dense,) = predict_mod.predictor(model).cov
+    monkeypatch.setattr(predict_mod, "COV_BLOCK", 5)
+    for (lo, hi, rows), block in zip(blocks, full, strict=True):
+        np.testing.assert_array_equal(block, dense[:rows, lo:hi])
+        assert not np.any(np.asarray(dense[rows:, lo:hi]))
+    if cfg.explicit == "polynomial":  # every kind of explicit term is exercised
+        assert cfg.n_local > 0 and cfg.n_explicit_cubic > 0 and cfg.n_permutations > 1
+    chol = soft_cholesky(cfg, hyper)
+    sigma = float(stats.energy_scale)
+    folded = eqx.filter_jit(predict_mod.predict_folded)
+    for x in pb.test_positions:
+        x = jnp.asarray(np.asarray(x, dtype=np.float64).reshape(-1))
+        phi = basis_value(cfg, stats, hyper, chol, x)
+        rows = basis_rows(cfg, stats, hyper, chol, x)
+        var = jnp.sum((rows @ post.inv_chol.T) ** 2, axis=1) + basis.noise_vector(cfg, hyper)
+        energy, forces, e_std, f_std = folded(predict_mod.predictor(model), x)
+        reference = sigma * float(phi @ post.mean) + float(stats.energy_mean)
+        assert float(energy) == pytest.approx(reference, rel=1e-12, abs=1e-12)
+        f_ref = -sigma * (rows[1:] @ post.mean)
+        scale = float(jnp.max(jnp.abs(f_ref)))
+        np.testing.assert_allclose(np.ravel(forces), f_ref, rtol=1e-9, atol=1e-12 * scale)
+        np.testing.assert_allclose(float(e_std), sigma * np.sqrt(var[0]), rtol=1e-9)
+        np.testing.assert_allclose(np.ravel(f_std), sigma * np.sqrt(var[1:]), rtol=1e-9)
+    # Without stds the predictor carries no K x K factor.
+    assert predict_mod.predictor(model, with_std=False).cov is None
+
+
+def test_predictions_fit_the_training_data(small_problem, fitted_small):
+    """Sanity: the posterior mean reproduces the (noise-free, smooth) training targets closely."""
+    pb = small_problem
+    out = evaluation.predict(fitted_small, pb.positions[:4], with_std=False)
+    f_rms = np.sqrt(np.mean(pb.forces[:4] ** 2))
+    assert np.sqrt(np.mean((out["forces"] - pb.forces[:4]) ** 2)) < 0.5 * f_rms
+
+
+def test_rotation_translation_invariance_and_net_force(small_problem, fitted_small):
+    rng = np.random.default_rng(3)
+    r = small_problem.test_positions[:2]
+    rot = random_rotation(rng)
+    moved = r @ rot.T + rng.normal(size=3) * 2.0
+    a = evaluation.predict(fitted_small, r)
+    b = evaluation.predict(fitted_small, moved)
+    np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(b["forces"], a["forces"] @ rot.T, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(b["energy_std"], a["energy_std"], rtol=1e-7)
+    scale = np.max(np.abs(a["forces"]))
+    # No net force and no net torque (translation and rotation invariance of the energy).
+    np.testing.assert_allclose(a["forces"].sum(axis=1), 0.0, atol=1e-9 * scale)
+    torque = np.cross(r, a["forces"]).sum(axis=1)
+    np.testing.assert_allclose(torque, 0.0, atol=1e-8 * scale)
+
+
+# ------------------------------------------------------------------------- symmetrisation
+
+
+def test_molecular_permutations_of_a_methyl_group():
+    perms = symmetry.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1))
+    assert perms.shape == (6, 6)
+    np.testing.assert_array_equal(perms[0], np.arange(6))
+    # Only the three methyl H (atoms 1, 2, 3) move: all 3! orderings, each once.
+    np.testing.assert_array_equal(perms[:, [0, 4, 5]], np.tile([0, 4, 5], (6, 1)))
+    assert {tuple(p[1:4]) for p in perms} == {
+        (1, 2, 3),
+        (1, 3, 2),
+        (2, 1, 3),
+        (2, 3, 1),
+        (3, 1, 2),
+        (3, 2, 1),
+    }
+    limited = symmetry.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1), limit=2)
+    assert limited.shape == (2, 6)
+    np.testing.assert_array_equal(limited[0], np.arange(6))
+
+
+def test_molecular_permutations_of_ch2oh():
+    from synthetic import SMALL_NUMBERS, SMALL_REFERENCE
+
+    perms = symmetry.molecular_permutations(SMALL_NUMBERS, SMALL_REFERENCE.reshape(-1))
+    np.testing.assert_array_equal(perms, [[0, 1, 2, 3, 4], [0, 2, 1, 3, 4]])
+
+
+@pytest.mark.parametrize("kind", config_mod.DESCRIPTORS)
+def test_a_permuted_copy_reorders_the_descriptor(kind):
+    """The symmetrised rows gather each copy's descriptor from the original's (no recomputation)."""
+    perms = symmetry.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1))
+    x = (METHANOL_REFERENCE + 0.1 * np.random.default_rng(0).normal(size=(6, 3))).reshape(-1)
+    raw = np.asarray(descriptors.raw_descriptor(kind, jnp.asarray(x), 6))
+    index = np.asarray(descriptors.permuted_index(kind, perms, 6))
+    assert index.shape == (len(perms), raw.size)
+    for perm, idx in zip(perms, index, strict=True):
+        copy = descriptors.permute_coordinates(jnp.asarray(x), perm)
+        np.testing.assert_array_equal(np.asarray(descriptors.raw_descriptor(kind, copy, 6)), raw[idx])
+    assert len({tuple(i) for i in index}) == len(perms)  # each permutation reorders differently
+
+
+def test_deep_kernel_tangents_equal_forward_mode():
+    mlp = deep_kernel.DeepKernel(5, 3, 7, 2, key=jax.random.key(1))
+    rng = np.random.default_rng(2)
+    v, dv = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=(4, 5)))  # 4 tangent rows
+    u, du = mlp.after_first_product(v, dv @ mlp.first_weight().T)
+    np.testing.assert_allclose(u, mlp(v), rtol=1e-14)
+    np.testing.assert_allclose(du, dv @ jax.jacfwd(mlp)(v).T, rtol=1e-12, atol=1e-14)
+
+
+def test_inverse_distance_tangents_equal_the_dense_product():
+    """The sparse first-layer tangents equal W @ (dv/dx of each permuted copy), dense."""
+    perms = symmetry.molecular_permutations(METHANOL_NUMBERS, METHANOL_REFERENCE.reshape(-1))
+    assert len(perms) > 1
+    x = jnp.asarray((METHANOL_REFERENCE + 0.1 * np.random.default_rng(3).normal(size=(6, 3))).ravel())
+    weight = jnp.asarray(np.random.default_rng(4).normal(size=(7, 15)))  # (width, P)
+    sparse = descriptors.inverse_distance_tangents(x, 6, weight, jnp.asarray(perms))
+    jac = jax.jacfwd(lambda y: descriptors.raw_descriptor("inverse-distance", y, 6))(x)  # (P, D)
+    index = descriptors.permuted_index("inverse-distance", perms, 6)
+    dense = jnp.einsum("wp,cpd->cdw", weight, jac[index])
+    np.testing.assert_allclose(sparse, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_the_default_model_is_symmetrised(methanol_data):
+    from forcegp.gp.config import Config
+    from forcegp.training.initialise import initialize
+
+    positions, e, f = methanol_data
+    config = Config(n_atoms=6, n_inducing=8, n_features=3, width=8, depth=1, explicit_dim=4)
+    model = initialize(config, METHANOL_NUMBERS, positions, e, f, key=jax.random.key(0))
+    assert model.stats.permutations.shape == (6, 6)  # the methyl group's 3! orderings
+
+
+def swap(positions, a, b):
+    out = np.array(positions, copy=True)
+    out[..., [a, b], :] = out[..., [b, a], :]
+    return out
+
+
+def test_symmetrised_model_is_invariant_under_methyl_permutations(methanol_data):
+    positions, e, f = methanol_data
+    sym = build_model(METHANOL_NUMBERS, positions, e, f, n_permutations=6)
+    # The same model averaged over the identity alone: not symmetrised.
+    plain = eqx.tree_at(lambda m: m.stats.permutations, sym, sym.stats.permutations[:1])
+    r = positions[:2]
+    xs = np.concatenate([r, swap(r, 1, 2), swap(r, 2, 3)]).reshape(6, -1)
+    v = np.asarray(values(sym, jnp.asarray(xs)))
+    np.testing.assert_allclose(v[2:4], v[:2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(v[4:6], v[:2], rtol=1e-10, atol=1e-12)
+    # The test has teeth: without symmetrisation the basis is not invariant.
+    w = np.asarray(values(plain, jnp.asarray(xs)))
+    assert not np.allclose(w[2:4], w[:2], rtol=1e-6)
+
+    # Predictions of a fitted symmetrised model: the energy is invariant, forces permute.
+    x = positions.reshape(len(positions), -1)
+    y = (e - float(sym.stats.energy_mean)) / float(sym.stats.energy_scale)
+    g = -f.reshape(len(f), -1) / float(sym.stats.energy_scale)
+    fitted = posterior.fit(sym, x, y, g, chunk=10)
+    out = evaluation.predict(fitted, np.concatenate([r, swap(r, 1, 2)]))
+    np.testing.assert_allclose(out["energy"][2:], out["energy"][:2], rtol=1e-10)
+    np.testing.assert_allclose(out["forces"][2:], swap(out["forces"][:2], 1, 2), atol=1e-9)
+    np.testing.assert_allclose(out["energy_std"][2:], out["energy_std"][:2], rtol=1e-7)
+    np.testing.assert_allclose(out["forces_std"][2:], swap(out["forces_std"][:2], 1, 2), rtol=1e-7)
+
+
+# ------------------------------------------------------------------ budgeted explicit block
+
+
+def test_budgeted_cubic_grows_with_data_within_budget_and_limits():
+    """explicit_cubic=-1 ('auto'): the largest cubic block within the cost budget, the size
+    limit and the number of observations; never more components than explicit_dim."""
+    import dataclasses
+
+    from forcegp.gp.config import Config
+    from forcegp.training.budget import EXPLICIT_BUDGET, EXPLICIT_MAX, budgeted_cubic
+
+    config = Config(n_atoms=9, n_local=252)  # rMD17 ethanol's shape
+    chosen = {n: budgeted_cubic(config, n) for n in (20, 50, 200, 1000, 10_000, 100_000)}
+    assert chosen[1000] == config.explicit_q == 26
+    assert chosen[20] < chosen[50] < chosen[200] == 26  # limited by the observations
+    assert chosen[100_000] < chosen[10_000] < 26  # limited by the cost budget
+    assert chosen[20] == 0  # the pair and quadratic terms alone outnumber 20 x 28 observations
+    for n, c in chosen.items():
+        obs = n * (1 + config.dim)
+        f = dataclasses.replace(config, explicit_cubic=c).n_explicit
+        bigger = dataclasses.replace(config, explicit_cubic=c + 1).n_explicit
+        # Only the cubic terms are budgeted: with none, the rest of the block may exceed it.
+        assert c == 0 or (obs * f * f <= EXPLICIT_BUDGET and f <= min(obs, EXPLICIT_MAX))
+        assert c == 26 or obs * bigger**2 > EXPLICIT_BUDGET or bigger > min(obs, EXPLICIT_MAX)
+
+
+def test_local_terms_capped_shortest_first(methanol_data, monkeypatch):
+    """Where the local terms would take the explicit block past EXPLICIT_MAX, initialize keeps
+    as many as fit, those whose longer atom pair is shortest; the rest of the block is kept."""
+    from forcegp.training import budget
+
+    positions, e, f = methanol_data
+    full = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=0)
+    n_local = full.config.n_local
+    rest = full.config.n_explicit - n_local
+    assert n_local > 4  # methanol's shape has enough local terms to cap
+    monkeypatch.setattr(budget, "EXPLICIT_MAX", rest + 3)
+    capped = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=0)
+    assert capped.config.n_local == 3 and capped.config.n_explicit == budget.EXPLICIT_MAX
+    every = {tuple(p) for p in np.asarray(full.stats.local_pairs)}
+    kept = {tuple(p) for p in np.asarray(capped.stats.local_pairs)}
+    assert kept < every
+    distance = 1.0 / np.asarray(full.stats.desc_mean)  # mean inverse distances of the sample
+    longer = {p: max(distance[p[0]], distance[p[1]]) for p in every}
+    assert max(longer[p] for p in kept) <= min(longer[p] for p in every - kept)
+    monkeypatch.setattr(budget, "EXPLICIT_MAX", rest - 1)  # no room: no local terms, nothing else cut
+    none = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=0)
+    assert none.config.n_local == 0 and none.config.n_explicit == rest
+
+
+def test_initialize_resolves_auto_cubic(methanol_data):
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=-1)
+    assert 0 <= model.config.explicit_cubic <= model.config.explicit_q
+    assert model.config.n_explicit <= len(e) * (1 + model.config.dim)
+    fixed = build_model(METHANOL_NUMBERS, positions, e, f, explicit_cubic=2)
+    assert fixed.config.explicit_cubic == 2
+
+
+def test_budgeted_width_follows_the_cost_of_a_training_structure(methanol_data):
+    from forcegp.gp.config import Config
+    from forcegp.training.budget import NARROW, WIDE, budgeted_width
+
+    # rMD17: ethanol (12 copies, 28 rows) and naphthalene (4, 55) wide; benzene (12, 37) and
+    # aspirin (6, 64) narrow.
+    assert budgeted_width(Config(n_atoms=9), 12) == WIDE == 128
+    assert budgeted_width(Config(n_atoms=18), 4) == WIDE
+    assert budgeted_width(Config(n_atoms=12), 12) == NARROW == 64
+    assert budgeted_width(Config(n_atoms=21), 6) == NARROW
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, width=-1, n_permutations=6)
+    assert model.config.width == WIDE  # 6 copies x 19 rows
+    assert model.hyper.mlp.mlp.layers[0].weight.shape[0] == WIDE
+
+
+def test_budgeted_epochs_follow_the_same_cost(methanol_data):
+    from forcegp.training.budget import LONG, SHORT, budgeted_epochs
+
+    positions, e, f = methanol_data
+    few = build_model(METHANOL_NUMBERS, positions, e, f, n_permutations=6)  # 6 x 19 rows
+    assert budgeted_epochs(few) == LONG == 60
+    many = few.config.__class__(**{**few.config.to_dict(), "n_atoms": 40})  # 6 x 121 rows
+    assert budgeted_epochs(type(few)(many, few.numbers, few.stats, few.hyper)) == SHORT == 40
