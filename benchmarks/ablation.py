@@ -4,7 +4,7 @@
     python benchmarks/ablation.py stagewise ethanol --epochs 40      # the default pipeline
 
 'joint' trains all hyperparameters by the batch marginal likelihood of the full model and fits
-without the exact refinement; 'stagewise' is what forcegp.workflow.train_model does.
+without the exact refinement; 'stagewise' is what forcegp.train_model does.
 Extra Config fields: --config "n_inducing=128,explicit='none'".
 """
 

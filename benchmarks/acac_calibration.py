@@ -9,8 +9,8 @@ the 650 + 650 test structures of acac_test_MD_300K and acac_test_MD_600K. Report
 force MAE, coverage (fraction of force components within +-1.96 predicted std), mean predicted
 force std, and the Spearman rank correlation between each structure's mean predicted force std
 and its force MAE; across both sets, the Spearman correlation over all 1300 structures and the
-fraction of 600 K structures whose predicted std exceeds the 300 K median (issue 7: the 600 K
-structures must get larger predicted std, and the std must track the error there).
+fraction of 600 K structures whose predicted std exceeds the 300 K median (the 600 K
+structures should get larger predicted std, and the std should track the error there).
 Writes benchmarks/results/acac_calibration.{json,md}.
 
 --ratio-study asks whether any exact GP of the same basis functions could make the std follow the

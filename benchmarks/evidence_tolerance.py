@@ -6,13 +6,13 @@
     python benchmarks/evidence_tolerance.py --quick              # smoke test (tiny model)
 
 The posterior fit first sets one scale per block of basis functions and both noise levels by the
-exact marginal likelihood of the whole training set (forcegp.evidence.maximise, L-BFGS-B, one
+exact marginal likelihood of the whole training set (forcegp.gp.evidence.maximise, L-BFGS-B, one
 K x K Cholesky factorisation and inverse per evaluation). Its stopping rule is
 evidence.TOL_NATS: stop when an iteration improves the training set's total log evidence by
 less than that many nats (0: scipy's default relative tolerance, 2.2e-9 of the NLL per
-observation, the rule before session 13).
+observation).
 
-For each molecule: forcegp.workflow.train_model with the default settings on the first
+For each molecule: forcegp.training.pipeline.train_model with the default settings on the first
 --n structures of rMD17 train_01 (5% of them held out for calibration, seed 0) up to the
 posterior fit; then, from the same trained hyperparameters, the fit (accumulation, refinement,
 solve) once per tolerance, the calibration on the held-out structures and the errors on the
@@ -228,7 +228,7 @@ def whole(args, n: int, info: dict) -> int:
             rows.append(row)
     intro = (
         f"n = {n} training structures (95% fitted, 5% for the calibration), each tolerance "
-        "in its own process; tolerance 0: scipy's default (the rule before session 13)."
+        "in its own process; tolerance 0: scipy's default."
     )
     report(args, info, started, rows, "stopping rule, whole train_model", intro, WHOLE_COLUMNS)
     return 1 if any("error" in r for r in rows) else 0
@@ -307,8 +307,8 @@ def main(argv=None) -> int:
         rows += mol_rows
     intro = (
         f"n = {n} training structures (95% fitted, 5% for the calibration), "
-        f"{rows[0]['n_test']} test structures; tolerance 0: scipy's default (the rule "
-        "before session 13). Each fit runs after a compiled warm-up on one chunk."
+        f"{rows[0]['n_test']} test structures; tolerance 0: scipy's default. "
+        "Each fit runs after a compiled warm-up on one chunk."
     )
     report(args, info, started, rows, "stopping rule against accuracy", intro, COLUMNS)
     return 0

@@ -4,7 +4,7 @@
     python benchmarks/learning_curve.py --molecules uracil --sizes 100 1000
     python benchmarks/learning_curve.py --config n_permutations=1    # not symmetrised
 
-Each point trains forcegp.workflow.train_model (default settings) on the FIRST n structures of
+Each point trains forcegp.train_model (default settings) on the FIRST n structures of
 the official train_01 split and tests on all 1000 structures of test_01 (benchmarks/rmd17.py's
 run_one, so the rows are the same JSON records). Appends them to
 benchmarks/results/learning_curve.jsonl and writes learning_curve.md.

@@ -8,7 +8,7 @@
     python benchmarks/rmd17.py --molecules malonaldehyde --settings batch_size=64 \
         --out benchmarks/results/rmd17_variants.jsonl   # non-default training settings
 
-Each (molecule, split) trains in a fresh subprocess-free call of forcegp.workflow.train_model with
+Each (molecule, split) trains in a fresh subprocess-free call of forcegp.train_model with
 the library's default settings (override with --epochs, --inducing), tests on the 1000 test
 structures of the same split, and appends a JSON line to benchmarks/results/rmd17.jsonl. The
 markdown table (mean +- std over splits; the MLP width, cubic block and epochs the newest run

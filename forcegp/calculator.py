@@ -94,7 +94,7 @@ class ForceGPCalculator(Calculator):
         return np.asarray(function(leaves, x))
 
     def check_state(self, atoms, tol=1e-15):
-        """What changed since the last calculation, among what the model depends on.
+        """Which of the inputs the model depends on differ from the last calculation.
 
         ASE's default compares every per-atom array with allclose, which costs about as much as
         the prediction itself; exact comparisons of the atomic numbers, positions, cell and pbc

@@ -1,7 +1,7 @@
 """Which structures to label next: greedy maximum posterior variance, aware of the batch.
 
 The model's weights have the posterior theta ~ N(mean, C) with C = P^-1 = A^T A, A = inv_chol
-(:class:`forcegp.model.Posterior`). A candidate's value and gradient rows phi (1+D, K) have the
+(:class:`forcegp.gp.params.Posterior`). A candidate's value and gradient rows phi (1+D, K) have the
 latent covariance phi C phi^T = S S^T with S = phi A^T, so each candidate is summarised by S
 (1+D, K), computed once. Its score is the sum of its force-component variances, the trace of
 S_f S_f^T over the D gradient rows (scaled to eV^2/Å^2).

@@ -164,7 +164,7 @@ def test_refined_model_reuses_what_was_compiled_for_the_trained_one(small_proble
 
 
 def test_refine_noise_finds_the_exact_likelihood_optimum(small_problem):
-    """The LAPACK search (forcegp.evidence) stops at a minimum of the JAX exact_nll."""
+    """The LAPACK search (forcegp.gp.evidence) stops at a minimum of the JAX exact_nll."""
     pb = small_problem
     suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g)
     scale, noise_e, noise_f = posterior.refine_noise(suff, pb.model)

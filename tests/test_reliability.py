@@ -1,4 +1,4 @@
-"""Reliability end to end (issue 5): bad input through the command line, model predictions refused
+"""Reliability end to end: bad input through the command line, model predictions refused
 as labels, out-of-distribution geometries, and a training run killed with SIGKILL then resumed.
 
 The bad-input corpus is the readers' one from tests/test_data.py (``bad_file``); here every kind

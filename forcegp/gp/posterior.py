@@ -53,7 +53,7 @@ def refine_noise(suff: Sufficient, model: ForceGP):
 
     The batch objective sees only small batches, which biases the noise levels; with the
     accumulated statistics the exact marginal likelihood of the whole training set costs one
-    K x K Cholesky factorisation and inverse per evaluation (forcegp.evidence, L-BFGS-B with
+    K x K Cholesky factorisation and inverse per evaluation (gp.evidence, L-BFGS-B with
     the closed-form gradient). Returns (scale, noise_e, noise_f).
     """
     h = model.hyper
