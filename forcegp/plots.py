@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .calibration import coverage as coverage_of
+from .calibration import miscalibration_area, reliability_curve
 from .data import Dataset, require_labels
 from .errors import InputError
 from .files import atomic_write
@@ -183,7 +184,27 @@ def plot_predictions(energies, forces, pred: dict, directory, *, title: str = ""
     )  # fmt: skip
     ax.set_title(f"per structure ({len(frame_rmse)}): {title}", fontsize=9)
     paths.append(_save(fig, directory / "calibration_structures.png"))
+    paths.append(reliability_diagram(energies, forces, pred, directory, title=title))
     return paths
+
+
+def reliability_diagram(energies, forces, pred: dict, directory: Path, *, title: str = "") -> Path:
+    """Observed against expected coverage of the central Gaussian intervals, for energies and
+    force components (the diagonal is perfect calibration; below it, the stds are too small)."""
+    fig, (ax,) = _figure()
+    for name, ref, key in (("energy", energies, "energy"), ("force components", forces, "forces")):
+        err = np.asarray(pred[key]) - np.asarray(ref)
+        expected, observed = reliability_curve(err, pred[f"{key}_std"])
+        area = miscalibration_area(err, pred[f"{key}_std"])
+        ax.plot(expected, observed, marker=".", label=f"{name} (miscalibration area {area:.3f})")
+    ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("expected coverage of the central interval")
+    ax.set_ylabel("observed coverage")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"reliability: {title}", fontsize=9)
+    return _save(fig, directory / "reliability.png")
 
 
 def plot_history(

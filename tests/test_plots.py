@@ -42,6 +42,7 @@ def test_plot_test_writes_pngs(fitted_small, data, tmp_path):
         "parity_forces.png",
         "calibration_forces.png",
         "calibration_structures.png",
+        "reliability.png",
     }
     assert all(_is_png(p) for p in paths)
     assert not list((tmp_path / "plots").glob(".*.tmp"))
