@@ -88,6 +88,18 @@ def test_test_json(workdir, model):
     assert 0 <= metrics["forces_coverage_95"] <= 1
 
 
+def test_train_an_atomic_model_and_report_it(workdir):
+    """--descriptor atomic trains from the command line, and info names the descriptor."""
+    path = workdir / "atomic.fgp"
+    result = invoke("train", workdir / "small.extxyz", "-o", path, *TINY, "--descriptor", "atomic",
+                    "--env-dim", "4", "--env-cutoff", "4.0")  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    info = json.loads(invoke("info", path, "--json").stdout)
+    config = info["config"]
+    assert config["descriptor"] == "atomic" and config["n_species"] == 3
+    assert config["env_dim"] == 4 and config["env_cutoff"] == 4.0 and config["n_permutations"] == 1
+
+
 def test_predict(workdir, model):
     out = workdir / "pred.extxyz"
     result = invoke("predict", model[0], workdir / "small.extxyz", "-o", out)

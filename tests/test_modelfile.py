@@ -323,3 +323,25 @@ def test_api_and_files_accept_the_same_values():
             except ConfigError as err:
                 file = "refusing to allocate" in str(err)  # size, not range: files alone check it
             assert api == file, (name, value)
+
+
+def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, problem):
+    """The atomic descriptor's projections and element map travel through the file; a file of
+    another atom order is refused as for any model."""
+    data = problem[0]
+    config = make_config(9, {"descriptor": "atomic", "n_inducing": 6, "n_features": 3, "width": 8,
+                             "depth": 1, "env_dim": 4})  # fmt: skip
+    model = initialize(config, data.numbers, data.positions, data.energies, data.forces,
+                       key=jax.random.key(3))  # fmt: skip
+    model = posterior.fit(model, *problem[2])
+    assert model.config.n_species == 3 and model.stats.env_projection.shape[0] == 3
+    path = tmp_path / "atomic.fgp"
+    modelfile.save_model(path, model, metadata=METADATA)
+    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
+    assert loaded.config == model.config and loaded.stats.elements == (1, 1, 2, 0, 0, 0, 0, 0, 0)
+    for a, b in zip(arrays(loaded), arrays(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    before = evaluation.predict(model, data.positions[:3])
+    after = evaluation.predict(loaded, data.positions[:3])
+    for key in ("energy", "forces", "energy_std", "forces_std"):
+        np.testing.assert_array_equal(after[key], before[key])

@@ -129,6 +129,21 @@ def model_summary(gp, header: dict) -> dict:
     }
 
 
+def _explicit_shape(cfg: dict) -> str:
+    if cfg.get("descriptor") == "atomic":
+        return "(per element, degree 2)"
+    return f"(PCA {cfg['explicit_dim']}, cubic {cfg['explicit_cubic']})"
+
+
+def _environment(cfg: dict) -> str:
+    """The atomic descriptor's settings, empty for the others."""
+    if cfg.get("descriptor") != "atomic":
+        return ""
+    slots = cfg["env_neighbours"] or "all"
+    return (f" (cutoff {cfg['env_cutoff']:g} Å, {cfg['env_radial']} radial, l <= {cfg['env_lmax']}, "
+            f"{cfg['env_dim']} components per element, neighbours {slots})")  # fmt: skip
+
+
 def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
@@ -141,8 +156,8 @@ def format_summary(path, s: dict) -> str:
         f"{path}: forcegp model (forcegp {s['forcegp_version']})",
         f"molecule:  {s['formula']}, numbers {' '.join(map(str, s['numbers']))}",
         f"model:     M={cfg['n_inducing']} points, p={cfg['n_features']} features, "
-        f"MLP width {cfg['width']}, explicit {cfg['explicit']} (PCA {cfg['explicit_dim']}, "
-        f"cubic {cfg['explicit_cubic']}), descriptor {cfg['descriptor']}, "
+        f"MLP width {cfg['width']}, explicit {cfg['explicit']} {_explicit_shape(cfg)}, "
+        f"descriptor {cfg['descriptor']}{_environment(cfg)}, "
         f"{s['n_permutations']} permutation(s), K={s['n_basis']} basis functions",
         f"training:  {t.get('n_structures', '?')} structures, fingerprint {fingerprint[:16]}, "
         f"from {', '.join(t.get('sources') or ['?'])}",

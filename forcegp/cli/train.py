@@ -75,7 +75,9 @@ def _shown(name: str, fields: dict = CONFIG):
     default=CONFIG["descriptor"],
     show_default=True,
     type=click.Choice(DESCRIPTORS),
-    help="Invariant descriptor of a structure.",
+    help="Invariant descriptor: 'inverse-distance' (every atom pair, one per structure), "
+    "'atomic' (each atom's environment within --env-cutoff; the model is a sum over atoms) or "
+    "'cartesian' (not invariant).",
 )
 @click.option(
     "--explicit",
@@ -115,6 +117,27 @@ def _shown(name: str, fields: dict = CONFIG):
     type=click.IntRange(min=0, max=8),
     help="Polynomial block: powers v, v^2, ... of every atom pair's inverse distance (0: none). "
     "These terms grow with the number of atom pairs: lower it for molecules beyond about 50 atoms.",
+)
+@click.option(
+    "--env-cutoff",
+    default=CONFIG["env_cutoff"],
+    show_default=True,
+    type=click.FloatRange(min=1.0, max=50.0, max_open=True),
+    help="Atomic descriptor: radius of each atom's environment (Å).",
+)
+@click.option(
+    "--env-dim",
+    default=CONFIG["env_dim"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Atomic descriptor: components of each atom's power spectrum kept (per element).",
+)
+@click.option(
+    "--env-neighbours",
+    default=CONFIG["env_neighbours"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Atomic descriptor: neighbour slots per atom, its nearest atoms (0: every other atom).",
 )
 @click.option(
     "--symmetrize/--no-symmetrize",
@@ -215,6 +238,9 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "explicit_cubic": opts["explicit_cubic"],
         "local_cutoff": opts["local_cutoff"],
         "pair_powers": opts["pair_powers"],
+        "env_cutoff": opts["env_cutoff"],
+        "env_dim": opts["env_dim"],
+        "env_neighbours": opts["env_neighbours"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(

@@ -18,7 +18,7 @@ LENGTHSCALE_FLOOR = 1e-2
 NOISE_FLOOR = 1e-4
 SCALE_FLOOR = 1e-6
 
-DESCRIPTORS = ("inverse-distance", "cartesian")
+DESCRIPTORS = ("inverse-distance", "atomic", "cartesian")
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
 
 #: Config fields that training.initialise chooses from the training data when they are AUTO (and
@@ -36,6 +36,9 @@ MAX_EXPLICIT_DIM = 2000
 MAX_PAIR_POWERS = 8
 MAX_PERMUTATIONS = 100_000
 MAX_LOCAL = 200_000
+MAX_SPECIES = 118
+MAX_RADIAL = 32
+MAX_LMAX = 8
 MAX_BYTES = 64 * 2**30  # largest model the shapes may describe
 
 #: (lowest, highest) of every integer field; AUTO_FIELDS may also be AUTO before initialisation.
@@ -50,10 +53,15 @@ INT_FIELDS = {
     "explicit_cubic": (0, MAX_EXPLICIT_DIM),
     "pair_powers": (0, MAX_PAIR_POWERS),
     "n_local": (0, MAX_LOCAL),
+    "n_species": (0, MAX_SPECIES),
+    "env_radial": (2, MAX_RADIAL),
+    "env_lmax": (0, MAX_LMAX),
+    "env_dim": (1, MAX_EXPLICIT_DIM),
+    "env_neighbours": (0, MAX_ATOMS),
 }
 CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
 #: (lowest, highest-exclusive) of every real field.
-FLOAT_FIELDS = {"local_cutoff": (0.0, 1e3), "jitter": (0.0, 1.0)}
+FLOAT_FIELDS = {"local_cutoff": (0.0, 1e3), "jitter": (0.0, 1.0), "env_cutoff": (1.0, 50.0)}
 
 
 class ConfigError(ValueError):
@@ -61,11 +69,16 @@ class ConfigError(ValueError):
     Callers turn it into an InputError (user options) or a ModelFileError (a file)."""
 
 
-def descriptor_size(kind: str, n_atoms: int) -> int:
+def descriptor_size(config: Config) -> int:
+    """Entries P of one descriptor copy: of the structure, or of one atom ("atomic": its
+    projected environment and its element's one-hot code)."""
+    kind, n_atoms = config.descriptor, config.n_atoms
     if kind == "inverse-distance":
         return n_atoms * (n_atoms - 1) // 2
     if kind == "cartesian":
         return 3 * n_atoms
+    if kind == "atomic":
+        return config.env_dim + config.n_species
     raise ConfigError(f"unknown descriptor {kind!r}; use one of {', '.join(DESCRIPTORS)}")
 
 
@@ -90,6 +103,16 @@ class Config:
     # Atom permutations (graph automorphisms) the model is averaged over, at most; 1 = none.
     n_permutations: int = 24
     jitter: float = 1e-6
+    # "atomic" descriptor (docs/method.md §14): each atom's environment within env_cutoff (Å),
+    # env_radial radial functions per neighbour element, harmonics up to env_lmax, the power
+    # spectrum projected on env_dim directions per element; env_neighbours slots per atom
+    # (0: every other atom). n_species is set by training.initialise from the molecule.
+    n_species: int = 0
+    env_cutoff: float = 5.0
+    env_radial: int = 8
+    env_lmax: int = 4
+    env_dim: int = 48
+    env_neighbours: int = 0
 
     @property
     def dim(self) -> int:
@@ -97,7 +120,21 @@ class Config:
 
     @property
     def descriptor_size(self) -> int:
-        return descriptor_size(self.descriptor, self.n_atoms)
+        return descriptor_size(self)
+
+    @property
+    def n_descriptor_copies(self) -> int:
+        """Descriptor copies a structure's rows average over besides permutations: its atoms
+        ("atomic"), else 1."""
+        return self.n_atoms if self.descriptor == "atomic" else 1
+
+    @property
+    def spectrum_size(self) -> int:
+        """Entries of one atom's unprojected power spectrum ("atomic"), else 0."""
+        if self.descriptor != "atomic":
+            return 0
+        c = self.n_species * self.env_radial
+        return (self.env_lmax + 1) * c * (c + 1) // 2
 
     @property
     def feature_size(self) -> int:
@@ -108,21 +145,38 @@ class Config:
         if self.explicit == "none":
             return 0
         q = self.explicit_q
+        if self.descriptor == "atomic":  # per element: linear and quadratic (explicit.atomic_terms)
+            return self.n_species * (self.env_dim + q * (q + 1) // 2)
         if self.explicit == "quadratic":
             return q + q * (q + 1) // 2
         return self.n_explicit_pair + self.n_local + q * (q + 1) // 2 + self.n_explicit_cubic
 
     @property
+    def n_explicit_linear(self) -> int:
+        """The explicit block's leading columns that scale_linear scales (the rest are products)."""
+        if self.explicit == "none":
+            return 0
+        if self.descriptor == "atomic":
+            return self.n_species * self.env_dim
+        return self.n_explicit_pair if self.explicit == "polynomial" else self.explicit_q
+
+    @property
     def n_explicit_pair(self) -> int:
-        return self.pair_powers * self.descriptor_size if self.explicit == "polynomial" else 0
+        if self.explicit != "polynomial" or self.descriptor == "atomic":
+            return 0
+        return self.pair_powers * self.descriptor_size
 
     @property
     def n_explicit_cubic(self) -> int:
         c = min(max(self.explicit_cubic, 0), self.explicit_q) if self.explicit == "polynomial" else 0
+        if self.descriptor == "atomic":
+            c = 0
         return c * (c + 1) * (c + 2) // 6
 
     @property
     def explicit_q(self) -> int:
+        if self.descriptor == "atomic":  # every environment component is in the products
+            return self.env_dim
         return min(self.explicit_dim, self.descriptor_size)
 
     @property
@@ -151,7 +205,8 @@ def model_bytes(config: Config) -> int:
     mlp = (pd + config.width * max(config.depth - 1, 0) + config.feature_size) * config.width
     if config.n_features == 0:
         mlp = 0
-    return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp)
+    env = config.n_species * config.spectrum_size * config.env_dim
+    return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp + env)
 
 
 def validate(values: dict, *, resolved: bool) -> Config:
@@ -180,6 +235,8 @@ def validate(values: dict, *, resolved: bool) -> Config:
         value = getattr(config, name)
         if not (_is_real(value) and low <= value < high):
             raise ConfigError(f"{name}={value!r} is not a number in [{low:g}, {high:g})")
+    if resolved and config.descriptor == "atomic" and config.n_species < 1:
+        raise ConfigError("n_species=0: an atomic-descriptor model needs its elements")
     if resolved and model_bytes(config) > MAX_BYTES:
         raise ConfigError(
             f"the settings describe a model of {model_bytes(config) / 2**30:.0f} GiB "

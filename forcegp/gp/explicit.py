@@ -28,6 +28,8 @@ def explicit_terms(config, stats, hyper, v, jac=None):
     rule) as a combination of rows of dv/dx: no autodiff through the feature map. The mean over
     copies is taken inside each product-rule term, so no (F, D) array is made per copy.
     """
+    if config.descriptor == "atomic":
+        return atomic_terms(config, stats, hyper, v, jac)
     n = v.shape[0]
     q = config.explicit_q
     with_grad = jac is not None
@@ -72,6 +74,39 @@ def explicit_terms(config, stats, hyper, v, jac=None):
         add(hyper.scale_quadratic, a[:, i] * a[:, j] * a[:, k], cubic_grad)
     value = jnp.concatenate(values)
     return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
+
+
+def atomic_terms(config, stats, hyper, v, jac=None):
+    """The explicit block of an "atomic" model (docs/method.md §14): for each element e, the
+    atom means of its atoms' environment components b (env_dim of them) and of their pairwise
+    products b_i b_j (i <= j, off-diagonal ones times sqrt 2): a Bayesian polynomial of degree
+    two in each atom's environment, summed over the atoms, whose product terms are the features
+    of the dot-product kernel (b . b')^2.
+    b are the projected spectra themselves, not standardised: the kernel then weighs each
+    direction by its variance. v (N, P): the standardised atom descriptors, environment first;
+    jac: their DenseJacobian."""
+    n, d, c = v.shape[0], config.env_dim, config.explicit_q
+    element = np.asarray(stats.elements)
+    std = stats.desc_std[:d]
+    b = v[:, :d] * std + stats.desc_mean[:d]
+    iu, ju = np.triu_indices(c)
+    pair = jnp.asarray(np.where(iu == ju, 1.0, np.sqrt(2.0)), dtype=v.dtype)
+    masks = [
+        jnp.asarray((element == e).astype(np.float64), dtype=v.dtype) for e in range(config.n_species)
+    ]
+    # All linear columns first, then all products: the two scale groups (posterior.basis_groups).
+    values = [hyper.scale_linear * jnp.sum(b * m[:, None], 0) / n for m in masks]
+    values += [
+        hyper.scale_quadratic * pair * jnp.sum((b * m[:, None])[:, iu] * b[:, ju], 0) / n for m in masks
+    ]
+    if jac is None:
+        return jnp.concatenate(values), None
+    db = jac.dv_dx[:, :d] * std[None, :, None]  # (N, d, D)
+    grads = [hyper.scale_linear * jnp.einsum("a,aid->id", m, db) / n for m in masks]
+    for m in masks:
+        g2 = jnp.einsum("ai,ajd->ijd", b[:, :c] * m[:, None], db[:, :c]) / n  # (c, c, D)
+        grads.append(hyper.scale_quadratic * pair[:, None] * (g2[iu, ju] + g2[ju, iu]))
+    return jnp.concatenate(values), jnp.concatenate(grads, axis=0)
 
 
 def explicit_block_rows(config, stats, hyper, v, jac) -> jax.Array:

@@ -5,24 +5,39 @@ basis rows use it (docs/method.md §3, §5).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import descriptors
+from . import descriptors, environment
 from .config import Config
 from .params import Hyper, Stats
 
 
-def descriptor(config: Config, stats: Stats, x: jax.Array) -> jax.Array:
-    """Standardised invariant descriptor (P,) of one structure x (D,)."""
-    raw = descriptors.raw_descriptor(config.descriptor, x, config.n_atoms)
-    return (raw - stats.desc_mean) / stats.desc_std
-
-
 def features(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
-    """u(x) (p,): the deep-kernel features the interpolation acts on."""
-    v = descriptor(config, stats, x)
-    return hyper.mlp(v) if hyper.mlp is not None else v
+    """u(x) (p,) of one structure x (D,), or (N, p) of its atoms ("atomic"): the deep-kernel
+    features the interpolation acts on (unpermuted)."""
+    v, _ = copies(dataclasses.replace(config, n_permutations=1), stats, x, jacobian=False)
+    if hyper.mlp is not None:
+        v = jax.vmap(hyper.mlp)(v)
+    return v if config.descriptor == "atomic" else v[0]
+
+
+def atomic_raw(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
+    """Raw "atomic" descriptors (N, P) of every atom, its projected environment and its
+    element's one-hot code, and with ``jacobian`` their derivatives (N, P, D)."""
+    element = np.asarray(stats.elements)
+    env = environment.EnvSettings(config)
+    q, dq = environment.descriptors(x, element, stats.env_projection, env, jacobian=jacobian)
+    onehot = jnp.asarray(np.eye(config.n_species)[element], dtype=q.dtype)
+    raw = jnp.concatenate([q, onehot], axis=1)
+    if not jacobian:
+        return raw, None
+    return raw, jnp.concatenate(
+        [dq, jnp.zeros((len(element), config.n_species, x.shape[0]), q.dtype)], 1
+    )
 
 
 class DenseJacobian:
@@ -90,6 +105,11 @@ def copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
     descriptor and its Jacobian are computed once and gathered per copy. The chain rule through
     the gather takes the gradient of f(copy) with respect to x itself: nothing is scattered back.
     """
+
+    if config.descriptor == "atomic":  # the atoms are the copies; no permutations
+        raw, draw = atomic_raw(config, stats, x, jacobian=jacobian)
+        v = (raw - stats.desc_mean) / stats.desc_std
+        return v, (draw / stats.desc_std[:, None] if jacobian else None)
 
     def raw_of(y):
         return descriptors.raw_descriptor(config.descriptor, y, config.n_atoms)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import LENGTHSCALE_FLOOR, NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config
 from .deep_kernel import DeepKernel
+from .environment import element_index
 
 
 def softplus_inv(y: float) -> float:
@@ -32,6 +33,10 @@ class Stats(eqx.Module):
     energy_scale: jax.Array  # () eV
     permutations: jax.Array  # (n_perm, n_atoms) int
     local_pairs: jax.Array  # (n_local, 2) int: descriptor entries multiplied in local products
+    # "atomic" descriptor only: each element's projection (S, spectrum, env_dim) of the power
+    # spectrum, and each atom's element index (static: it groups the atoms at trace time).
+    env_projection: jax.Array | None = None
+    elements: tuple[int, ...] = eqx.field(static=True, default=())
 
 
 class Hyper(eqx.Module):
@@ -117,9 +122,23 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
         z(()),
         jnp.zeros((config.n_permutations, config.n_atoms), dtype=jnp.int32),
         jnp.zeros((config.n_local, 2), dtype=jnp.int32),
+        **atomic_stats(config, numbers),
     )
     post = Posterior(z((k,)), z((k, k))) if with_posterior else None
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
+
+
+def atomic_stats(config: Config, numbers, projection=None) -> dict:
+    """The Stats fields of the "atomic" descriptor (none for the others): ``projection`` or a
+    zero one of its shape, and the element index of each atom of ``numbers``."""
+    if config.descriptor != "atomic":
+        return {}
+    if projection is None:
+        projection = jnp.zeros((config.n_species, config.spectrum_size, config.env_dim))
+    return {
+        "env_projection": jnp.asarray(projection),
+        "elements": tuple(int(e) for e in element_index(numbers)),
+    }
 
 
 def strong_types(tree):

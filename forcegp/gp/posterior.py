@@ -64,7 +64,7 @@ def refine_noise(suff: Sufficient, model: ForceGP):
 
 def basis_groups(config) -> np.ndarray:
     """Group of every basis column: 0 DSoftKI, 1 explicit pair/linear terms, 2 explicit products."""
-    n_lin = config.n_explicit_pair if config.explicit == "polynomial" else config.explicit_q
+    n_lin = config.n_explicit_linear
     groups = np.full(config.n_basis, 2, dtype=np.int64)
     groups[: config.n_inducing] = 0
     if config.explicit != "none":

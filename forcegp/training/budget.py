@@ -46,9 +46,9 @@ NARROW, WIDE, WIDE_COST = 64, 128, 350
 
 
 def few_tangent_rows(config: Config, n_permutations: int) -> bool:
-    """A training structure costs at most WIDE_COST tangent rows (copies x (1 + 3N)): the one
-    cost measure behind the width and epochs rules."""
-    return n_permutations * (1 + config.dim) <= WIDE_COST
+    """A training structure costs at most WIDE_COST tangent rows (copies x (1 + 3N), its atoms
+    being copies of an "atomic" model): the one cost measure behind the width and epochs rules."""
+    return n_permutations * config.n_descriptor_copies * (1 + config.dim) <= WIDE_COST
 
 
 def budgeted_width(config: Config, n_permutations: int) -> int:

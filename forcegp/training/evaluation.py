@@ -103,6 +103,7 @@ def prediction_metrics(pred: dict, data: Dataset, *, per_frame: bool = False) ->
         "energy_rmse": float(np.sqrt(np.mean(de**2))),
         "forces_mae": float(np.mean(np.abs(df))),
         "forces_rmse": float(np.sqrt(np.mean(df**2))),
+        "forces_mean_abs": float(np.mean(np.abs(data.forces))),  # the scale of a relative error
         **calibration_report(de, pred["energy_std"], df, pred["forces_std"]),
         "energy_std_mean": float(np.mean(pred["energy_std"])),
         "forces_std_mean": float(np.mean(pred["forces_std"])),

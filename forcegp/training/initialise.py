@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from ..gp import descriptors
+from ..gp import descriptors, environment
 from ..gp.basis import basis_rows, soft_cholesky
 from ..gp.config import NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config
 from ..gp.deep_kernel import DeepKernel
-from ..gp.features import features
-from ..gp.params import ForceGP, Hyper, Stats, softplus_inv
+from ..gp.features import atomic_raw, features
+from ..gp.params import ForceGP, Hyper, Stats, atomic_stats, softplus_inv
 from ..symmetry import molecular_permutations
 from . import budget
 
@@ -66,6 +66,11 @@ def initialize(
     x = np.asarray(positions, dtype=np.float64).reshape(n, -1)
     k_mlp, k_means = jax.random.split(key)
     energy_mean, energy_scale, force_rms = energy_statistics(energies, forces)
+    atomic = {}
+    if config.descriptor == "atomic":  # invariant by construction: no permutations
+        config = dataclasses.replace(config, n_species=len(np.unique(numbers)), n_permutations=1)
+        projection = environment_projections(config, numbers, x[: min(n, ENV_SAMPLE)])
+        atomic = atomic_stats(config, numbers, projection)
     if config.n_permutations > 1:
         perms = molecular_permutations(numbers, x[0], limit=config.n_permutations)
     else:
@@ -73,7 +78,15 @@ def initialize(
     if config.width < 0:
         config = dataclasses.replace(config, width=budget.budgeted_width(config, len(perms)))
     sample = jnp.asarray(x[: min(n, 2000)])
-    descs = permuted_descriptors(config, sample, perms)
+    if atomic:
+        stats0 = Stats(*([None] * 7), **atomic)
+        descs = np.asarray(
+            jax.lax.map(
+                lambda xi: atomic_raw(config, stats0, xi, jacobian=False)[0], sample, batch_size=64
+            )
+        ).reshape(-1, config.descriptor_size)
+    else:
+        descs = permuted_descriptors(config, sample, perms)
     desc_mean = descs.mean(0)
     desc_std = np.maximum(descs.std(0), 1e-6 * (np.abs(desc_mean) + 1e-12))
     projection = pca_projection((descs - desc_mean) / desc_std, config.explicit_q)
@@ -86,6 +99,7 @@ def initialize(
         *(jnp.asarray(a) for a in (desc_mean, desc_std, projection, energy_mean, energy_scale)),
         jnp.asarray(perms, dtype=jnp.int32),
         jnp.asarray(pairs, dtype=jnp.int32).reshape(-1, 2),
+        **atomic,
     )
     mlp = None
     if config.n_features > 0:
@@ -116,12 +130,37 @@ def permuted_descriptors(config: Config, sample: jax.Array, perms: np.ndarray) -
     return np.concatenate([np.asarray(c) for c in copies], axis=0)
 
 
+#: Structures whose atoms' power spectra give each element's projection ("atomic").
+ENV_SAMPLE = 200
+
+
+def environment_projections(config: Config, numbers, x: np.ndarray) -> np.ndarray:
+    """Each element's leading env_dim principal directions (S, spectrum, env_dim), orthonormal,
+    of the normalised power spectra of its atoms in the structures x (n, D)."""
+    element = environment.element_index(numbers)
+    env = environment.EnvSettings(config)
+    spectra = jax.lax.map(
+        lambda xi: environment.spectra(xi, element, env), jnp.asarray(x), batch_size=16
+    )
+    spectra = np.asarray(spectra)  # (n, N, P)
+    out = np.zeros((config.n_species, config.spectrum_size, config.env_dim))
+    for e in range(config.n_species):
+        s = spectra[:, element == e].reshape(-1, config.spectrum_size)
+        evals, evecs = np.linalg.eigh(np.cov(s, rowvar=False) + 1e-12 * np.eye(s.shape[1]))
+        out[e] = evecs[:, np.argsort(evals)[::-1][: config.env_dim]]
+    return out
+
+
 def pca_projection(v: np.ndarray, q: int) -> np.ndarray:
     """The leading q principal directions (P, q) of standardised descriptors v (n, P), scaled so
     the projected components have unit variance."""
     evals, evecs = np.linalg.eigh(np.cov(v, rowvar=False) + 1e-12 * np.eye(v.shape[1]))
     order = np.argsort(evals)[::-1][:q]
     return evecs[:, order] / np.sqrt(np.maximum(evals[order], 1e-10))[None]
+
+
+#: Most atoms' features the k-means of an "atomic" model sees.
+KMEANS_POINTS = 20_000
 
 
 def interpolation_points(config: Config, stats: Stats, mlp, sample, *, key: jax.Array):
@@ -131,7 +170,12 @@ def interpolation_points(config: Config, stats: Stats, mlp, sample, *, key: jax.
     placeholder = Hyper(
         mlp, jnp.zeros((m, p)), jnp.zeros((m, p)), jnp.zeros((p,)), *([jnp.asarray(0.0)] * 5)
     )
-    u = jax.vmap(lambda xi: features(config, stats, placeholder, xi))(sample)
+    if config.descriptor == "atomic":  # every atom's features, at most KMEANS_POINTS of them
+        xs = sample[: -(-KMEANS_POINTS // config.n_atoms)]
+        u = jax.lax.map(lambda xi: features(config, stats, placeholder, xi), xs, batch_size=32)
+        u = u.reshape(-1, p)
+    else:
+        u = jax.vmap(lambda xi: features(config, stats, placeholder, xi))(sample)
     z = kmeans(u, m, key=key)
     dz = jnp.sqrt(jnp.sum((z[:, None] - z[None]) ** 2, -1))
     median = float(jnp.median(dz[jnp.triu_indices(m, 1)])) if m > 1 else 1.0
@@ -142,8 +186,8 @@ def starting_hyper(config: Config, mlp, z, lengthscale: float, g_rms: float) -> 
     """Starting hyperparameters: temperatures 1, unit DSoftKI scale, explicit scales that
     spread unit variance over the terms of each group, noise 5% of the data's spread."""
     m, p = config.n_inducing, config.feature_size
-    n_quad = max(config.n_explicit - config.n_explicit_pair, 1)
-    n_lin = config.n_explicit_pair or config.explicit_q
+    n_quad = max(config.n_explicit - config.n_explicit_linear, 1)
+    n_lin = max(config.n_explicit_linear, 1)
     return Hyper(
         mlp=mlp,
         z=z,

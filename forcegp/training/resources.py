@@ -46,6 +46,13 @@ def structure_bytes(config, n_copies: int = 1) -> int:
     if config.explicit != "none":
         per_copy += d * 2 * config.explicit_q
         per_copy += 8 * (p + 2 * n_local) if pairs else d * 2 * n_local
+    per_copy *= config.n_descriptor_copies
+    if config.descriptor == "atomic":  # each atom's neighbour terms and dq/d(density)
+        lm = (config.env_lmax + 1) ** 2
+        per_copy += n * (
+            n * config.env_radial * lm * 4
+            + config.env_dim * config.n_species * config.env_radial * lm * 2
+        )
     return BYTES * (3 * (1 + d) * k + n_copies * per_copy)
 
 
