@@ -126,7 +126,7 @@ def ratio_study(model, fit_part, valid, tests) -> str:
 
     from forcegp.gp import statistics
     from forcegp.gp.basis import basis_rows, soft_cholesky
-    from forcegp.gp.features import descriptor
+    from forcegp.gp.features import copies
     from forcegp.training.pipeline import standardised as _standardised
 
     x, y, g = _standardised(model, fit_part)
@@ -147,7 +147,12 @@ def ratio_study(model, fit_part, valid, tests) -> str:
     sets = {"validation": valid, **{f"test {k}": v for k, v in tests.items()}}
     proj, d2 = {}, {}
     cfg, stats = model.config, model.stats
-    maha = jax.jit(jax.vmap(lambda xi: jnp.mean((descriptor(cfg, stats, xi) @ stats.projection) ** 2)))
+
+    def mahalanobis(xi):  # the unpermuted copy's descriptor in the model's PCA coordinates
+        v, _ = copies(cfg, stats, xi, jacobian=False)
+        return jnp.mean((v[0] @ stats.projection) ** 2)
+
+    maha = jax.jit(jax.vmap(mahalanobis))
     for name, data in sets.items():
         xs = np.asarray(data.positions).reshape(data.n_frames, -1)
         d2[name] = np.asarray(maha(jnp.asarray(xs)))

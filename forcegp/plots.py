@@ -4,7 +4,8 @@ matplotlib is optional (``pip install 'forcegp[plot]'``) and imported only when 
 Figures are built with matplotlib's object API (no pyplot), so nothing global changes: no
 backend switch, no open figure windows. Each PNG is written atomically.
 
-    # parity_energy.png, parity_forces.png, calibration_forces.png, calibration_structures.png
+    # parity_energy.png, parity_forces.png, calibration_forces.png, calibration_structures.png,
+    # reliability.png
     paths = plot_test(model, dataset, "plots/")
     paths = plot_history(header, "plots/", energy_scale=float(model.stats.energy_scale))
 """
@@ -125,7 +126,8 @@ def plot_test(model, data: Dataset, directory, *, title: str | None = None) -> l
 
     parity_energy.png, parity_forces.png (force components); calibration_forces.png (force
     components: RMSE per bin of predicted std against the bin's RMS std, log-log, y = x);
-    calibration_structures.png (per structure: force RMSE against RMS predicted force std).
+    calibration_structures.png (per structure: force RMSE against RMS predicted force std);
+    reliability.png (observed against expected coverage of central intervals).
     Energies in meV relative to the mean reference energy, forces in meV/Å.
     """
     from .training.evaluation import predict

@@ -318,6 +318,6 @@ def test_library_parameters_are_named_as_flags():
         == "lower --inducing, --explicit-dim or --no-symmetrize, or raise --max-memory"
     )
     assert flags_for("`unknown_name` stays readable") == "unknown_name stays readable"
-    config_fields = {f for f in defaults(Config)} - {"n_atoms", "n_local", "jitter"}
+    config_fields = {f for f in defaults(Config)} - {"n_atoms", "n_species", "n_local", "jitter"}
     settings_fields = set(defaults(TrainSettings)) - {"clip", "final_lr_fraction"}
     assert config_fields | settings_fields <= set(FLAGS)

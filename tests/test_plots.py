@@ -84,7 +84,12 @@ def test_cli_test_and_info_plot(fitted_small, small_problem, tmp_path):
         cli, ["test", str(model), str(tmp_path / "test.extxyz"), "--plot", str(tmp_path / "p")]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.count("wrote ") == 4
+    written = {
+        "parity_energy.png", "parity_forces.png", "calibration_forces.png",
+        "calibration_structures.png", "reliability.png",
+    }
+    assert result.output.count("wrote ") == len(written)
+    assert {p.name for p in (tmp_path / "p").glob("*.png")} == written
     assert all(_is_png(p) for p in (tmp_path / "p").glob("*.png"))
     result = runner.invoke(cli, ["info", str(model), "--plot", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output

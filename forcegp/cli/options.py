@@ -26,6 +26,8 @@ FLAGS = {
     "n_permutations": "--no-symmetrize",
     "env_cutoff": "--env-cutoff",
     "env_dim": "--env-dim",
+    "env_radial": "--env-radial",
+    "env_lmax": "--env-lmax",
     "env_neighbours": "--env-neighbours",
     "epochs": "--epochs",
     "batch_size": "--batch-size",

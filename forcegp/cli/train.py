@@ -133,6 +133,20 @@ def _shown(name: str, fields: dict = CONFIG):
     help="Atomic descriptor: components of each atom's power spectrum kept (per element).",
 )
 @click.option(
+    "--env-radial",
+    default=CONFIG["env_radial"],
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Atomic descriptor: radial basis functions per neighbour element.",
+)
+@click.option(
+    "--env-lmax",
+    default=CONFIG["env_lmax"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Atomic descriptor: highest angular momentum of the spherical harmonics.",
+)
+@click.option(
     "--env-neighbours",
     default=CONFIG["env_neighbours"],
     show_default=True,
@@ -240,6 +254,8 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "pair_powers": opts["pair_powers"],
         "env_cutoff": opts["env_cutoff"],
         "env_dim": opts["env_dim"],
+        "env_radial": opts["env_radial"],
+        "env_lmax": opts["env_lmax"],
         "env_neighbours": opts["env_neighbours"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
