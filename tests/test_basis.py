@@ -362,10 +362,12 @@ def test_budgeted_epochs_follow_the_same_cost(methanol_data):
 
 
 def test_an_atomic_model_is_invariant_without_enumerating_permutations(methanol_data):
-    """The atomic model is a sum over atoms: permuting equal atoms (any of the four H, not only
-    graph automorphisms), rotating and translating leave every basis function unchanged."""
+    """Without pair powers the atomic model is a sum over atoms: permuting equal atoms (any of
+    the four H, not only graph automorphisms), rotating and translating leave every basis
+    function unchanged. (The pair powers are powers of particular atom pairs' inverse distances,
+    invariant only under rotations and translations.)"""
     positions, e, f = methanol_data
-    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6)
+    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6, pair_powers=0)
     assert model.config.n_permutations == 1 and model.config.n_species == 3
     x = METHANOL_REFERENCE + 0.1 * np.random.default_rng(2).normal(size=(6, 3))
     swapped = x[[0, 5, 2, 1, 4, 3]]  # methyl H 1 <-> hydroxyl H 5, H 3 <-> H 1

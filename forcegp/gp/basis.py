@@ -62,7 +62,7 @@ def raw_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Ar
     else:
         rows = _soft_rows(hyper, v, jnp.swapaxes(jac.dv_dx, 1, 2))
     if config.explicit != "none":
-        rows = jnp.concatenate([rows, explicit_block_rows(config, stats, hyper, v, jac)], axis=1)
+        rows = jnp.concatenate([rows, explicit_block_rows(config, stats, hyper, v, jac, x)], axis=1)
     return rows
 
 
@@ -92,7 +92,7 @@ def raw_value(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.A
 
     value = jnp.mean(jax.vmap(soft_one)(v), axis=0)
     if config.explicit != "none":
-        value = jnp.concatenate([value, explicit_terms(config, stats, hyper, v)[0]])
+        value = jnp.concatenate([value, explicit_terms(config, stats, hyper, v, x=x)[0]])
     return value
 
 
@@ -109,4 +109,5 @@ def noise_vector(config: Config, hyper: Hyper) -> jax.Array:
 
 def explicit_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
     """Rows (1+D, F) of the explicit block alone at one structure (symmetrised if configured)."""
-    return explicit_block_rows(config, stats, hyper, *copies_and_jacobian(config, stats, x, dense=False))
+    v, jac = copies_and_jacobian(config, stats, x, dense=False)
+    return explicit_block_rows(config, stats, hyper, v, jac, x)

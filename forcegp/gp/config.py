@@ -97,7 +97,7 @@ class Config:
     # Leading PCA components in the cubic terms ("polynomial"); AUTO: training.budget chooses
     # it from the number of training structures and atoms.
     explicit_cubic: int = AUTO
-    pair_powers: int = 3  # powers of each descriptor entry ("polynomial")
+    pair_powers: int = 3  # powers of each descriptor entry ("atomic": of each inverse distance)
     local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
     n_local: int = 0  # local product terms; set by training.initialise from the geometries
     # Atom permutations (graph automorphisms) the model is averaged over, at most; 1 = none.
@@ -145,8 +145,8 @@ class Config:
         if self.explicit == "none":
             return 0
         q = self.explicit_q
-        if self.descriptor == "atomic":  # per element: linear and quadratic (explicit.atomic_terms)
-            return self.n_species * (self.env_dim + q * (q + 1) // 2)
+        if self.descriptor == "atomic":  # pair powers, then per element linear and quadratic
+            return self.n_explicit_pair + self.n_species * (self.env_dim + q * (q + 1) // 2)
         if self.explicit == "quadratic":
             return q + q * (q + 1) // 2
         return self.n_explicit_pair + self.n_local + q * (q + 1) // 2 + self.n_explicit_cubic
@@ -157,13 +157,15 @@ class Config:
         if self.explicit == "none":
             return 0
         if self.descriptor == "atomic":
-            return self.n_species * self.env_dim
+            return self.n_explicit_pair + self.n_species * self.env_dim
         return self.n_explicit_pair if self.explicit == "polynomial" else self.explicit_q
 
     @property
     def n_explicit_pair(self) -> int:
-        if self.explicit != "polynomial" or self.descriptor == "atomic":
+        if self.explicit != "polynomial":
             return 0
+        if self.descriptor == "atomic":  # powers of the structure's inverse distances
+            return self.pair_powers * self.n_atoms * (self.n_atoms - 1) // 2
         return self.pair_powers * self.descriptor_size
 
     @property

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import descriptors
+
 
 def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index triples i <= j <= k < c of the cubic terms."""
@@ -19,7 +21,7 @@ def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return idx[:, 0], idx[:, 1], idx[:, 2]
 
 
-def explicit_terms(config, stats, hyper, v, jac=None):
+def explicit_terms(config, stats, hyper, v, jac=None, x=None):
     """Values (F,) of the explicit block averaged over the copies v (C, P) of a structure and,
     given the copies' Jacobian jac (features.DenseJacobian or PairJacobian), their gradients (F, D);
     (values, None) without it (the energy path, differentiated by autodiff).
@@ -29,7 +31,7 @@ def explicit_terms(config, stats, hyper, v, jac=None):
     copies is taken inside each product-rule term, so no (F, D) array is made per copy.
     """
     if config.descriptor == "atomic":
-        return atomic_terms(config, stats, hyper, v, jac)
+        return atomic_terms(config, stats, hyper, v, jac, x)
     n = v.shape[0]
     q = config.explicit_q
     with_grad = jac is not None
@@ -76,7 +78,28 @@ def explicit_terms(config, stats, hyper, v, jac=None):
     return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
 
 
-def atomic_terms(config, stats, hyper, v, jac=None):
+def _pair_powers(config, stats, hyper, x, with_grad: bool):
+    """Powers 1..pair_powers of the structure's standardised inverse distances (the global pair
+    terms of an "atomic" model) and, with ``with_grad``, their gradients (pair_powers * P, D),
+    scattered from each pair's two atoms."""
+    n = config.n_atoms
+    first, second, grad = descriptors.inverse_distance_pairs(x, n, jnp.arange(n)[None])
+    vp = (descriptors.raw_descriptor("inverse-distance", x, n) - stats.pair_mean) / stats.pair_std
+    ks = range(1, config.pair_powers + 1)
+    value = hyper.scale_linear * jnp.concatenate([vp**k for k in ks])
+    if not with_grad:
+        return value, None
+    g = grad[0] / stats.pair_std[:, None]  # (P, 3)
+    coef = jnp.concatenate([k * vp ** (k - 1) for k in ks])  # (T,)
+    rows = jnp.arange(coef.shape[0])
+    cols = jnp.tile(jnp.arange(vp.shape[0]), config.pair_powers)
+    out = jnp.zeros((coef.shape[0], n, 3), x.dtype)
+    part = coef[:, None] * g[cols]
+    out = out.at[rows, first[0][cols]].add(part).at[rows, second[0][cols]].add(-part)
+    return value, hyper.scale_linear * out.reshape(coef.shape[0], 3 * n)
+
+
+def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     """The explicit block of an "atomic" model (docs/method.md §14): for each element e, the
     atom means of its atoms' environment components b (env_dim of them) and of their pairwise
     products b_i b_j (i <= j, off-diagonal ones times sqrt 2): a Bayesian polynomial of degree
@@ -94,22 +117,27 @@ def atomic_terms(config, stats, hyper, v, jac=None):
     masks = [
         jnp.asarray((element == e).astype(np.float64), dtype=v.dtype) for e in range(config.n_species)
     ]
-    # All linear columns first, then all products: the two scale groups (posterior.basis_groups).
-    values = [hyper.scale_linear * jnp.sum(b * m[:, None], 0) / n for m in masks]
+    # All linear columns first (pair powers, then each element's components), then all
+    # products: the two scale groups (posterior.basis_groups).
+    pairs = _pair_powers(config, stats, hyper, x, jac is not None) if config.n_explicit_pair else None
+    values = [] if pairs is None else [pairs[0]]
+    values += [hyper.scale_linear * jnp.sum(b * m[:, None], 0) / n for m in masks]
     values += [
         hyper.scale_quadratic * pair * jnp.sum((b * m[:, None])[:, iu] * b[:, ju], 0) / n for m in masks
     ]
     if jac is None:
         return jnp.concatenate(values), None
     db = jac.dv_dx[:, :d] * std[None, :, None]  # (N, d, D)
-    grads = [hyper.scale_linear * jnp.einsum("a,aid->id", m, db) / n for m in masks]
+    grads = [] if pairs is None else [pairs[1]]
+    grads += [hyper.scale_linear * jnp.einsum("a,aid->id", m, db) / n for m in masks]
     for m in masks:
         g2 = jnp.einsum("ai,ajd->ijd", b[:, :c] * m[:, None], db[:, :c]) / n  # (c, c, D)
         grads.append(hyper.scale_quadratic * pair[:, None] * (g2[iu, ju] + g2[ju, iu]))
     return jnp.concatenate(values), jnp.concatenate(grads, axis=0)
 
 
-def explicit_block_rows(config, stats, hyper, v, jac) -> jax.Array:
-    """Value and gradient rows (1+D, F) of the explicit block, averaged over the copies v (C, P)."""
-    value, grad = explicit_terms(config, stats, hyper, v, jac)
+def explicit_block_rows(config, stats, hyper, v, jac, x=None) -> jax.Array:
+    """Value and gradient rows (1+D, F) of the explicit block, averaged over the copies v (C, P)
+    (x, the structure, for the pair powers of an "atomic" model)."""
+    value, grad = explicit_terms(config, stats, hyper, v, jac, x)
     return jnp.concatenate([value[None], grad.T], axis=0)

@@ -36,6 +36,9 @@ class Stats(eqx.Module):
     # "atomic" descriptor only: each element's projection (S, spectrum, env_dim) of the power
     # spectrum, and each atom's element index (static: it groups the atoms at trace time).
     env_projection: jax.Array | None = None
+    # "atomic" with pair powers: mean and std (N(N-1)/2,) of the inverse distances.
+    pair_mean: jax.Array | None = None
+    pair_std: jax.Array | None = None
     elements: tuple[int, ...] = eqx.field(static=True, default=())
 
 
@@ -128,17 +131,23 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
 
 
-def atomic_stats(config: Config, numbers, projection=None) -> dict:
-    """The Stats fields of the "atomic" descriptor (none for the others): ``projection`` or a
-    zero one of its shape, and the element index of each atom of ``numbers``."""
+def atomic_stats(config: Config, numbers, projection=None, pairs=None) -> dict:
+    """The Stats fields of the "atomic" descriptor (none for the others): ``projection`` and the
+    inverse distances' (mean, std) ``pairs`` (with pair powers only), or zero ones of their
+    shapes, and the element index of each atom of ``numbers``."""
     if config.descriptor != "atomic":
         return {}
     if projection is None:
         projection = jnp.zeros((config.n_species, config.spectrum_size, config.env_dim))
-    return {
+    out = {
         "env_projection": jnp.asarray(projection),
         "elements": tuple(int(e) for e in element_index(numbers)),
     }
+    if config.n_explicit_pair:
+        n_pairs = config.n_atoms * (config.n_atoms - 1) // 2
+        mean, std = pairs if pairs is not None else (jnp.zeros(n_pairs), jnp.zeros(n_pairs))
+        out.update(pair_mean=jnp.asarray(mean), pair_std=jnp.asarray(std))
+    return out
 
 
 def strong_types(tree):

@@ -70,7 +70,12 @@ def initialize(
     if config.descriptor == "atomic":  # invariant by construction: no permutations
         config = dataclasses.replace(config, n_species=len(np.unique(numbers)), n_permutations=1)
         projection = environment_projections(config, numbers, x[: min(n, ENV_SAMPLE)])
-        atomic = atomic_stats(config, numbers, projection)
+        pairs = None
+        if config.n_explicit_pair:
+            inv = np.asarray(jax.vmap(lambda xi: descriptors.raw_descriptor(
+                "inverse-distance", xi, config.n_atoms))(jnp.asarray(x[:2000])))  # fmt: skip
+            pairs = (inv.mean(0), np.maximum(inv.std(0), 1e-6 * inv.mean(0)))
+        atomic = atomic_stats(config, numbers, projection, pairs)
     if config.n_permutations > 1:
         perms = molecular_permutations(numbers, x[0], limit=config.n_permutations)
     else:
@@ -80,6 +85,7 @@ def initialize(
     sample = jnp.asarray(x[: min(n, 2000)])
     if atomic:
         stats0 = Stats(*([None] * 7), **atomic)
+        config = dataclasses.replace(config, explicit_cubic=0)  # no cubic terms (explicit.py)
         descs = np.asarray(
             jax.lax.map(
                 lambda xi: atomic_raw(config, stats0, xi, jacobian=False)[0], sample, batch_size=64
