@@ -79,7 +79,7 @@ def run_one(molecule: str, variant: str, flags: list[str], work: Path, quick: bo
 
 
 COLUMNS = [("molecule", "molecule"), ("variant", "descriptor"), ("flags", "flags"),
-           ("forces_mae_meV", "force MAE (meV/Å)"), ("forces_mae_percent", "% of mean |F|"),
+           ("forces_mae_meV", "force MAE (meV/Å)"), ("forces_mae_percent", "% of mean abs F"),
            ("energy_mae_meV", "energy MAE (meV)"), ("forces_coverage_95", "force cov. 95%"),
            ("energy_coverage_95", "energy cov. 95%"), ("forces_zms", "force ZMS"),
            ("train_s", "train (s)"), ("train_peak_gib", "peak (GiB)"), ("commit", "commit"),

@@ -211,9 +211,10 @@ def main() -> None:
                 f"{row['train_seconds']:.0f} s",
                 flush=True,
             )
-    md = table(rows)
-    print(md)
-    out.with_suffix(".md").write_text(md + "\n")
+    print(table(rows))
+    # The .md table covers every row of --out (as --table-only builds it), not this run's alone.
+    every = [json.loads(line) for line in out.read_text().splitlines() if line]
+    out.with_suffix(".md").write_text(table(newest_model_rows(every)) + "\n")
 
 
 if __name__ == "__main__":
