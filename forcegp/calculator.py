@@ -13,6 +13,13 @@ arrays as a flat list, so a call costs the structure's feature map and little el
 deviations cost more than energy and forces (O(K^2 D) against O(K)): they are computed only when
 asked for, by a second compiled function, and cached with the rest until the atoms change.
 
+    calc = ForceGPCalculator("aspirin.fgp", std_rank=512)   # stds for MD monitoring
+
+With ``std_rank`` r the stds come from the r leading eigenpairs of the posterior covariance and
+a bound on the rest (gp.predict.variance_bounds, docs/method.md §11): O(r K D) per call. Then
+``energy_std`` / ``forces_std`` are upper bounds, never below the exact values, and
+``energy_std_lower`` / ``forces_std_lower`` the lower bounds; the exact std lies between them.
+
 The calculator needs no global JAX setting: it loads the model and runs its compiled functions
 inside a scoped float64 context (jax.enable_x64), and leaves the caller's setting as it found it,
 so a float32 JAX program can use it side by side.
@@ -32,7 +39,7 @@ from .gp.params import ForceGP
 from .gp.predict import predict_folded, predictor
 from .modelfile import load_model
 
-STD_PROPERTIES = ("energy_std", "forces_std")
+STD_PROPERTIES = ("energy_std", "forces_std", "energy_std_lower", "forces_std_lower")
 
 
 def float64_scope():
@@ -48,16 +55,21 @@ class ForceGPCalculator(Calculator):
 
     Properties: energy and free_energy (eV), forces (N, 3, eV/Å), energy_std (eV) and
     forces_std (N, 3, eV/Å), the posterior predictive standard deviations (observation noise
-    included). The atoms must be the model's molecule in the model's atom order, without
-    periodic boundary conditions. JAX's global float64 setting is neither needed nor changed.
+    included). std_rank (int, optional): bracket the stds with that many eigenpairs of the
+    posterior covariance (module doc); energy_std and forces_std are then upper bounds, and
+    energy_std_lower and forces_std_lower (equal to them when exact) the lower ones. The atoms
+    must be the model's molecule in the model's atom order, without periodic boundary
+    conditions. JAX's global float64 setting is neither needed nor changed.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energy_std", "forces_std"]
+    implemented_properties = ["energy", "free_energy", "forces", *STD_PROPERTIES]
     default_parameters: dict = {}
     nolabel = True
 
-    def __init__(self, model_or_path, **kwargs):
+    def __init__(self, model_or_path, *, std_rank: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        if std_rank is not None and (not isinstance(std_rank, int) or std_rank < 1):
+            raise InputError(f"std_rank must be an integer >= 1, got {std_rank!r}")
         if isinstance(model_or_path, ForceGP):
             model, self.source = model_or_path, "the model"
         else:
@@ -67,6 +79,7 @@ class ForceGPCalculator(Calculator):
         if model.posterior is None:
             raise InputError(f"{self.source} has no fitted posterior; train it first")
         self.model = model
+        self.std_rank = std_rank if std_rank is not None and std_rank < model.config.n_basis else None
         self.n_traces = 0  # how often a prediction function was traced (compiled)
         self._compiled: dict[bool, tuple] = {}  # with_std -> (function, folded arrays)
 
@@ -79,7 +92,8 @@ class ForceGPCalculator(Calculator):
 
     def _call(self, x: np.ndarray, with_std: bool) -> np.ndarray:
         if with_std not in self._compiled:
-            folded = eqx.filter_jit(predictor)(self.model, with_std)
+            rank = self.std_rank if with_std else None
+            folded = eqx.filter_jit(predictor)(self.model, with_std, rank)
             arrays, static = eqx.partition(folded, eqx.is_array)
             leaves, treedef = jax.tree_util.tree_flatten(arrays)
 
@@ -87,7 +101,8 @@ class ForceGPCalculator(Calculator):
                 self.n_traces += 1  # runs only while tracing
                 pred = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
                 # One flat result: one transfer to the host instead of two or four.
-                return jnp.concatenate([jnp.ravel(v) for v in predict_folded(pred, x, with_std)])
+                out = predict_folded(pred, x, with_std, lower=with_std)
+                return jnp.concatenate([jnp.ravel(v) for v in out])
 
             self._compiled[with_std] = (jax.jit(predict), leaves)
         function, leaves = self._compiled[with_std]
@@ -125,11 +140,13 @@ class ForceGPCalculator(Calculator):
         self.check_atoms(self.atoms)
         x = np.asarray(self.atoms.positions, dtype=np.float64).reshape(-1)
         with_std = any(p in STD_PROPERTIES for p in properties)
-        out = self._predict(x, with_std)  # [E, F (3N)] or [E, F, E std, F std (3N)]
+        # [E, F (3N)] or [E, F, E std, F std (3N), E std lower, F std lower (3N)]
+        out = self._predict(x, with_std)
         d = len(x)
         if with_std:
-            self.results["energy_std"] = float(out[1 + d])
-            self.results["forces_std"] = out[2 + d :].reshape(-1, 3).copy()
+            for name, at in (("", 1 + d), ("_lower", 2 + 2 * d)):
+                self.results["energy_std" + name] = float(out[at])
+                self.results["forces_std" + name] = out[at + 1 : at + 1 + d].reshape(-1, 3).copy()
         self.results["energy"] = float(out[0])
         self.results["free_energy"] = float(out[0])
         self.results["forces"] = out[1 : 1 + d].reshape(-1, 3).copy()

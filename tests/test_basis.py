@@ -144,6 +144,44 @@ def test_folded_predictor_equals_the_whitened_posterior(variant, monkeypatch):
     assert predict_mod.predictor(model, with_std=False).cov is None
 
 
+def test_spectral_std_bounds_bracket_the_exact_std():
+    """predictor(rank=r) keeps r eigenpairs of the folded posterior covariance and bounds the
+    rest: the exact std lies between the lower and upper bounds, the bounds tighten as r grows
+    (the upper one falls, the lower one rises), and energies and forces are unchanged."""
+    from synthetic import Problem
+
+    pb = Problem(METHANOL_NUMBERS, METHANOL_REFERENCE, 10, seed=1,
+                 **VARIANTS["invdist-polynomial-mlp-sym"])  # fmt: skip
+    model = posterior.fit(pb.model, pb.x, pb.y, pb.g)
+    k = model.config.n_basis
+    folded = eqx.filter_jit(predict_mod.predict_folded)
+    xs = [jnp.asarray(np.asarray(x, dtype=np.float64).reshape(-1)) for x in pb.test_positions]
+    exact = [folded(predict_mod.predictor(model), x) for x in xs]
+    previous = None
+    for rank in (2, k // 4, k // 2, k - 1):
+        pred = predict_mod.predictor(model, rank=rank)
+        assert pred.cov is None and pred.spectrum[0].shape == (k, rank)
+        bounds = []
+        for x, (energy, forces, e_std, f_std) in zip(xs, exact, strict=True):
+            e, f, e_hi, f_hi, e_lo, f_lo = folded(pred, x, lower=True)
+            assert float(e) == float(energy)
+            np.testing.assert_array_equal(f, forces)
+            for lo, ex, hi in ((e_lo, e_std, e_hi), (f_lo, f_std, f_hi)):
+                lo, ex, hi = (np.ravel(np.asarray(a)) for a in (lo, ex, hi))
+                # up to the rounding of the eigendecomposition, about eps ||S|| ||rows||^2
+                assert np.all(lo <= ex * (1 + 1e-7)) and np.all(ex <= hi * (1 + 1e-7))
+            bounds.append(np.concatenate([np.ravel(a) for a in (e_lo, f_lo, e_hi, f_hi)]))
+        bounds = np.stack(bounds)
+        if previous is not None:
+            half = bounds.shape[1] // 2
+            assert np.all(bounds[:, :half] >= previous[:, :half] * (1 - 1e-9))  # lower rises
+            assert np.all(bounds[:, half:] <= previous[:, half:] * (1 + 1e-9))  # upper falls
+        previous = bounds
+    # Some rank strictly below K leaves a gap: the bounds are not trivially equal.
+    lo_hi = predict_mod.predict_folded(predict_mod.predictor(model, rank=2), xs[0], lower=True)
+    assert np.any(np.asarray(lo_hi[3]) > np.asarray(lo_hi[5]) * (1 + 1e-6))
+
+
 def test_predictions_fit_the_training_data(small_problem, fitted_small):
     """Sanity: the posterior mean reproduces the (noise-free, smooth) training targets closely."""
     pb = small_problem

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..gp.config import MONITOR_STD_RANK
 from .app import cli
 from .display import format_summary, metrics_table, model_summary
 from .options import check_output, reader_kwargs, reader_options
@@ -165,6 +166,15 @@ def info(model, as_json, plot) -> None:
     "did it is written last, with info trigger=True. The std includes the learned noise, so set "
     "it above the model's typical value (forcegp predict shows it).",
 )
+@click.option(
+    "--std-rank",
+    default=MONITOR_STD_RANK,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="With --max-force-std: eigenpairs of the posterior covariance behind the checked std, "
+    "which is then an upper bound (never below the exact std, so the run stops no later); "
+    "0: the exact std, slower.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of velocities and noise.")
 @click.option(
     "--frame",
@@ -184,6 +194,7 @@ def md(model, start, output, frame, **opts) -> None:
     output = check_output(output)
     atoms = read_start(start, frame)
     steps = opts["steps"]
+    opts["std_rank"] = opts["std_rank"] or None
     with click.progressbar(length=steps, label="md", file=sys.stderr, show_pos=True) as bar:
         summary = run_md(model, atoms, output, progress=lambda n: bar.update(n - bar.pos), **opts)
     click.echo(summary.message())
