@@ -4,6 +4,7 @@ uncertainties, and per MD step.
     python benchmarks/md_speed.py                   # default model shapes, about 2 minutes
     python benchmarks/md_speed.py --model aspirin.fgp
     python benchmarks/md_speed.py --quick           # smoke test (tiny model)
+    python benchmarks/md_speed.py --model aspirin.fgp --std-sketches 64 128 256
 
 Model: a model file (--model), or forcegp.train_model with the default Config() and
 TrainSettings() except epochs=1, on the first 200 structures of rMD17 aspirin train_01. The cost of
@@ -21,6 +22,14 @@ previous one plus 0.001 Å noise, so ASE's cache never answers):
 Floors: the (1 + 3N) x K by K x K product inside every std call, on a random dense array and on
 the covariance's nonzero column blocks as the library keeps them (predict_mod.cov_blocks), and one
 K-vector times a K x K array (a single pass over it), timed alone.
+Sketched stds (--std-sketches, default 64 128 256): the calculator with std_sketch=s estimates
+the posterior part of each variance from a random projection with s columns and gives an upper
+bound beside it (ForceGPCalculator, std_sketch). For each s: the time per call, the one-off
+set-up, an MD step reading the upper bound every step (what forcegp md --max-force-std does),
+and on --check-n rMD17 aspirin test structures how close it is to the exact std: the estimated
+over the exact force-component std (median and extremes), the share of components whose exact
+std exceeds the upper bound (stated: 1e-3), and the largest std per structure (the quantity MD
+checks), upper bound over exact.
 No recompilation: the calculators' trace counters (n_traces) and JAX's compile events must not
 grow during the timed part. Per-call times are median, minimum and 90th percentile: the machine
 may be shared, and the minimum is the least disturbed call.
@@ -176,7 +185,7 @@ def run(args) -> dict:
     time_calls(atoms, atoms.get_forces, 5, rng)
     time_calls(atoms, with_std, 5, rng)
     md_plain = md_run(atoms, ForceGPCalculator(model), watch_std=False)
-    md_watch = md_run(atoms, make_calculator(model, monitor=True), watch_std=True)
+    md_watch = md_run(atoms, make_calculator(model, monitor=True, std_sketch=None), watch_std=True)
     calcs = (calc, md_plain[0].calc, md_watch[0].calc)
     traces_before = [c.n_traces for c in calcs]
 
@@ -187,6 +196,10 @@ def run(args) -> dict:
         md_std = time_md(*md_watch, args.md_steps)
     traces_after = [c.n_traces for c in calcs]
     floors = covariance_floors(model, min(args.repeats, 100))
+    check_x = test.positions[: args.check_n]
+    exact = np.stack([_std_of(calc, atoms, pos)[0] for pos in check_x])
+    sizes = [s for s in args.std_sketches if s < model.config.n_basis]
+    sketches = [sketched(model, atoms, s, check_x, exact, args, rng) for s in sizes]
 
     out = {
         "model": source,
@@ -201,6 +214,7 @@ def run(args) -> dict:
         "md": md,
         "md_with_std": md_std,
         "covariance_floors": floors,
+        "sketched": sketches,
         "traces_before_timing": traces_before,
         "traces_after_timing": traces_after,
         "compiled_during_timing": compiled,
@@ -209,6 +223,46 @@ def run(args) -> dict:
     out["meets_fast_target"] = out["energy_forces"]["median_ms"] <= TARGET_FAST_MS
     out["meets_std_target"] = out["with_std"]["median_ms"] <= TARGET_STD_MS
     return out
+
+
+def _std_of(calc, atoms, positions):
+    """(estimate, upper bound) of the force-component stds at positions, through calc."""
+    atoms.positions = positions
+    estimate = calc.get_property("forces_std", atoms).ravel().copy()
+    return estimate, calc.results["forces_std_upper"].ravel().copy()
+
+
+def sketched(model, atoms, size: int, positions, exact, args, rng) -> dict:
+    """Time, MD step and accuracy of the calculator with std_sketch=size (module doc)."""
+    from forcegp import ForceGPCalculator
+    from forcegp.md import make_calculator
+
+    t0 = time.perf_counter()
+    calc = ForceGPCalculator(model, std_sketch=size)
+    atoms = atoms.copy()
+    atoms.calc = calc
+    _std_of(calc, atoms, positions[0])
+    setup = time.perf_counter() - t0
+    pairs = [_std_of(calc, atoms, p) for p in positions]
+    estimate, upper = (np.stack(v) for v in zip(*pairs, strict=True))
+    atoms.positions = positions[0]
+    times = time_calls(atoms, lambda: calc.get_property("forces_std", atoms), args.repeats, rng)
+    md_atoms, dyn = md_run(atoms, make_calculator(model, monitor=True, std_sketch=size),
+                           watch_std=True)  # fmt: skip
+    ratio = estimate / exact
+    return {
+        "sketch": size,
+        "setup_s": setup,
+        "with_std": stats_ms(times),
+        "md_with_std": time_md(md_atoms, dyn, args.md_steps),
+        "ratio_median": float(np.median(ratio)),
+        "ratio_min": float(np.min(ratio)),
+        "ratio_max": float(np.max(ratio)),
+        "exceed_upper_share": float(np.mean(exact > upper)),
+        "max_std_upper_over_exact_min": float(np.min(upper.max(1) / exact.max(1))),
+        "max_std_upper_over_exact_max": float(np.max(upper.max(1) / exact.max(1))),
+        "structures": len(positions),
+    }
 
 
 COLUMNS = [
@@ -257,6 +311,16 @@ def markdown(r: dict, info: dict, quick: bool) -> str:
                     **floors["rows_times_cov_float32"],
                 }
             )
+    md_fast = r["md"]["step_ms"]
+    for b in r.get("sketched", []):
+        rows += [
+            {"what": f"+ uncertainties, std_sketch={b['sketch']}", **b["with_std"],
+             "target": f"<= 5x energy + forces ({5 * r['energy_forces']['median_ms']:.2f} ms)",
+             "met": b["with_std"]["median_ms"] <= 5 * r["energy_forces"]["median_ms"]},
+            {"what": f"MD step, force std every step, std_sketch={b['sketch']}",
+             "median_ms": b["md_with_std"]["step_ms"], "target": f"<= 5x MD step "
+             f"({5 * md_fast:.2f} ms)", "met": b["md_with_std"]["step_ms"] <= 5 * md_fast},
+        ]  # fmt: skip
     parts = [
         "# forcegp prediction speed (aspirin, ASE calculator)",
         "",
@@ -288,7 +352,28 @@ def markdown(r: dict, info: dict, quick: bool) -> str:
             "DSoftKI rows, predict_mod.cov_blocks), a single pass over the dense array, and the "
             "dense product in float32 (what giving up float64 would buy; forcegp does not).",
         ]
+    if r.get("sketched"):
+        parts += ["", sketch_table(r["sketched"])]
     return "\n".join(parts)
+
+
+def sketch_table(rows: list[dict]) -> str:
+    n = rows[0]["structures"]
+    lines = [
+        f"Sketched force stds on {n} aspirin test structures (std_sketch = s columns; the "
+        "stds include the learned noise):",
+        "",
+        "| s | set-up (s) | estimate / exact, median | min | max | exact above the upper bound "
+        "(stated 0.1%) | largest std per structure, upper / exact, min | max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in rows:
+        lines.append(
+            f"| {b['sketch']} | {b['setup_s']:.1f} | {b['ratio_median']:.4f} | "
+            f"{b['ratio_min']:.4f} | {b['ratio_max']:.4f} | {b['exceed_upper_share']:.3%} | "
+            f"{b['max_std_upper_over_exact_min']:.4f} | {b['max_std_upper_over_exact_max']:.4f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -301,11 +386,24 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed calls of each kind (500)")
     p.add_argument("--md-steps", type=int, default=None, help="timed MD steps (300)")
     p.add_argument("--name", default="md_speed", help="results file name (md_speed)")
+    p.add_argument(
+        "--std-sketches",
+        type=int,
+        nargs="*",
+        default=[64, 128, 256],
+        help="std_sketch values to time and check (64 128 256)",
+    )
+    p.add_argument(
+        "--check-n", type=int, default=None, help="test structures for the accuracy check (200)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         common.use_quick_compile_cache()
     args.repeats = args.repeats or (20 if args.quick else 500)
     args.md_steps = args.md_steps or (10 if args.quick else 300)
+    args.check_n = args.check_n or (5 if args.quick else 200)
+    if args.quick:
+        args.std_sketches = [32]
     info = common.machine_info()
     result = run(args)
     info["load_average_end"] = common.load_average()

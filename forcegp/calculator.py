@@ -13,12 +13,13 @@ arrays as a flat list, so a call costs the structure's feature map and little el
 deviations cost more than energy and forces (O(K^2 D) against O(K)): they are computed only when
 asked for, by a second compiled function, and cached with the rest until the atoms change.
 
-    calc = ForceGPCalculator("aspirin.fgp", std_rank=512)   # stds for MD monitoring
+    calc = ForceGPCalculator("aspirin.fgp", std_sketch=128)   # stds for MD monitoring
 
-With ``std_rank`` r the stds come from the r leading eigenpairs of the posterior covariance and
-a bound on the rest (gp.predict.variance_bounds, docs/method.md §11): O(r K D) per call. Then
-``energy_std`` / ``forces_std`` are upper bounds, never below the exact values, and
-``energy_std_lower`` / ``forces_std_lower`` the lower bounds; the exact std lies between them.
+With ``std_sketch`` s the posterior part of each variance is estimated from a random projection
+of the covariance factor with s columns (gp.predict.posterior_variances, docs/method.md §11):
+O(s K D) per call instead of O(K^2 D). ``energy_std`` / ``forces_std`` are then unbiased-variance
+estimates, and ``energy_std_upper`` / ``forces_std_upper`` bounds that the exact std exceeds
+with probability 1e-3 per output (equal to the stds when exact).
 
 The calculator needs no global JAX setting: it loads the model and runs its compiled functions
 inside a scoped float64 context (jax.enable_x64), and leaves the caller's setting as it found it,
@@ -39,7 +40,7 @@ from .gp.params import ForceGP
 from .gp.predict import predict_folded, predictor
 from .modelfile import load_model
 
-STD_PROPERTIES = ("energy_std", "forces_std", "energy_std_lower", "forces_std_lower")
+STD_PROPERTIES = ("energy_std", "forces_std", "energy_std_upper", "forces_std_upper")
 
 
 def float64_scope():
@@ -55,9 +56,9 @@ class ForceGPCalculator(Calculator):
 
     Properties: energy and free_energy (eV), forces (N, 3, eV/Å), energy_std (eV) and
     forces_std (N, 3, eV/Å), the posterior predictive standard deviations (observation noise
-    included). std_rank (int, optional): bracket the stds with that many eigenpairs of the
-    posterior covariance (module doc); energy_std and forces_std are then upper bounds, and
-    energy_std_lower and forces_std_lower (equal to them when exact) the lower ones. The atoms
+    included). std_sketch (int, optional): estimate the stds from a random projection with that
+    many columns (module doc); energy_std_upper and forces_std_upper are their upper bounds
+    (equal to the stds when exact). The atoms
     must be the model's molecule in the model's atom order, without periodic boundary
     conditions. JAX's global float64 setting is neither needed nor changed.
     """
@@ -66,10 +67,10 @@ class ForceGPCalculator(Calculator):
     default_parameters: dict = {}
     nolabel = True
 
-    def __init__(self, model_or_path, *, std_rank: int | None = None, **kwargs):
+    def __init__(self, model_or_path, *, std_sketch: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if std_rank is not None and (not isinstance(std_rank, int) or std_rank < 1):
-            raise InputError(f"std_rank must be an integer >= 1, got {std_rank!r}")
+        if std_sketch is not None and (not isinstance(std_sketch, int) or std_sketch < 30):
+            raise InputError(f"std_sketch must be an integer >= 30, got {std_sketch!r}")
         if isinstance(model_or_path, ForceGP):
             model, self.source = model_or_path, "the model"
         else:
@@ -79,7 +80,8 @@ class ForceGPCalculator(Calculator):
         if model.posterior is None:
             raise InputError(f"{self.source} has no fitted posterior; train it first")
         self.model = model
-        self.std_rank = std_rank if std_rank is not None and std_rank < model.config.n_basis else None
+        exact = std_sketch is None or std_sketch >= model.config.n_basis
+        self.std_sketch = None if exact else std_sketch
         self.n_traces = 0  # how often a prediction function was traced (compiled)
         self._compiled: dict[bool, tuple] = {}  # with_std -> (function, folded arrays)
 
@@ -92,8 +94,8 @@ class ForceGPCalculator(Calculator):
 
     def _call(self, x: np.ndarray, with_std: bool) -> np.ndarray:
         if with_std not in self._compiled:
-            rank = self.std_rank if with_std else None
-            folded = eqx.filter_jit(predictor)(self.model, with_std, rank)
+            sketch = self.std_sketch if with_std else None
+            folded = eqx.filter_jit(predictor)(self.model, with_std, sketch)
             arrays, static = eqx.partition(folded, eqx.is_array)
             leaves, treedef = jax.tree_util.tree_flatten(arrays)
 
@@ -101,7 +103,7 @@ class ForceGPCalculator(Calculator):
                 self.n_traces += 1  # runs only while tracing
                 pred = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
                 # One flat result: one transfer to the host instead of two or four.
-                out = predict_folded(pred, x, with_std, lower=with_std)
+                out = predict_folded(pred, x, with_std, upper=with_std)
                 return jnp.concatenate([jnp.ravel(v) for v in out])
 
             self._compiled[with_std] = (jax.jit(predict), leaves)
@@ -140,11 +142,11 @@ class ForceGPCalculator(Calculator):
         self.check_atoms(self.atoms)
         x = np.asarray(self.atoms.positions, dtype=np.float64).reshape(-1)
         with_std = any(p in STD_PROPERTIES for p in properties)
-        # [E, F (3N)] or [E, F, E std, F std (3N), E std lower, F std lower (3N)]
+        # [E, F (3N)] or [E, F, E std, F std (3N), E std upper, F std upper (3N)]
         out = self._predict(x, with_std)
         d = len(x)
         if with_std:
-            for name, at in (("", 1 + d), ("_lower", 2 + 2 * d)):
+            for name, at in (("", 1 + d), ("_upper", 2 + 2 * d)):
                 self.results["energy_std" + name] = float(out[at])
                 self.results["forces_std" + name] = out[at + 1 : at + 1 + d].reshape(-1, 3).copy()
         self.results["energy"] = float(out[0])

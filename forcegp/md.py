@@ -48,7 +48,7 @@ except ImportError:  # older ASE
 from .calculator import ForceGPCalculator
 from .errors import ForceGPError, InputError, NumericalError
 from .files import atomic_write
-from .gp.config import MONITOR_STD_RANK
+from .gp.config import MONITOR_STD_SKETCH
 from .gp.params import ForceGP
 
 THERMOSTATS = ("langevin", "nve")
@@ -119,16 +119,17 @@ class _MonitoredCalculator(ForceGPCalculator):
 
 
 def make_calculator(
-    model: ForceGP | str | Path, *, monitor: bool = False, std_rank: int | None = MONITOR_STD_RANK
+    model: ForceGP | str | Path, *, monitor: bool = False, std_sketch: int | None = MONITOR_STD_SKETCH
 ) -> ForceGPCalculator:
     """A ForceGPCalculator for :func:`run_md`. monitor=True: the stds come with every evaluation,
-    which halves the cost of checking every step, from ``std_rank`` eigenpairs of the posterior
-    covariance (None: exact); the monitored std is then the upper bound, so a run stops no
-    later than the exact std would stop it. Pass one calculator to several runs of the same
+    which halves the cost of checking every step, estimated from a random projection with
+    ``std_sketch`` columns (None: exact). The run checks the std's upper bound, so it stops no
+    later than the exact std would stop it but with probability 1e-3 per force component
+    checked (ForceGPCalculator). Pass one calculator to several runs of the same
     model to compile its prediction once."""
     if not monitor:
         return ForceGPCalculator(model)
-    return _MonitoredCalculator(model, std_rank=std_rank)
+    return _MonitoredCalculator(model, std_sketch=std_sketch)
 
 
 def check_md_settings(
@@ -180,7 +181,7 @@ def run_md(
     friction: float = 0.01,
     interval: int = 1,
     max_force_std: float | None = None,
-    std_rank: int | None = MONITOR_STD_RANK,
+    std_sketch: int | None = MONITOR_STD_SKETCH,
     progress: Callable[[int], None] | None = None,
 ) -> MDSummary:
     """Run MD from ``atoms`` (not modified) and write every ``interval``-th frame to ``output``.
@@ -191,7 +192,7 @@ def run_md(
     rotation removed) and, for "langevin", of the bath. timestep (fs). friction (1/fs, Langevin).
     seed: of the start velocities and the Langevin noise. max_force_std (eV/Å): stop at the
     first step after the start whose largest force-component std exceeds it, the std's upper
-    bound from ``std_rank`` eigenpairs (make_calculator; None: exact). progress(step):
+    bound from a ``std_sketch``-column projection (make_calculator; None: exact). progress(step):
     called after every step. Frame 0 (the start) is always written. Returns an MDSummary;
     Ctrl-C raises MDInterrupted (its ``summary`` attached) after saving the frames run so far.
     """
@@ -200,7 +201,7 @@ def run_md(
         friction=friction, interval=interval, max_force_std=max_force_std,
     )  # fmt: skip
     output = Path(output)
-    atoms, calc = _prepared(model, atoms, monitor=max_force_std is not None, std_rank=std_rank)
+    atoms, calc = _prepared(model, atoms, monitor=max_force_std is not None, std_sketch=std_sketch)
     dyn = _dynamics(atoms, thermostat, temperature, timestep, friction, seed)
     started = time.perf_counter()
     with atomic_write(output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
@@ -233,13 +234,13 @@ def run_md(
     return summary
 
 
-def _prepared(model, atoms: Atoms, *, monitor: bool, std_rank) -> tuple[Atoms, ForceGPCalculator]:
+def _prepared(model, atoms: Atoms, *, monitor: bool, std_sketch) -> tuple[Atoms, ForceGPCalculator]:
     """A copy of the start atoms (custom masses kept, no periodicity) with the calculator
     attached; a wrong molecule or atom order fails here, before anything is written."""
     if isinstance(model, ForceGPCalculator):
         calc = model
     else:
-        calc = make_calculator(model, monitor=monitor, std_rank=std_rank)
+        calc = make_calculator(model, monitor=monitor, std_sketch=std_sketch)
     masses = atoms.arrays.get("masses")  # custom masses (e.g. deuterium) are kept
     atoms = Atoms(numbers=atoms.numbers, positions=atoms.positions, masses=masses, pbc=False)
     atoms.calc = calc
@@ -293,7 +294,7 @@ def _drive(dyn, atoms, calc, record: _Record, steps, interval, max_force_std, pr
             return "non-finite"
         record.step = step
         if step > 0 and max_force_std is not None:
-            std = float(np.max(calc.get_property("forces_std", atoms)))
+            std = float(np.max(calc.get_property("forces_std_upper", atoms)))
             record.saw(std)
             if std > max_force_std:
                 record.trigger, record.trigger_std = step, std

@@ -144,42 +144,48 @@ def test_folded_predictor_equals_the_whitened_posterior(variant, monkeypatch):
     assert predict_mod.predictor(model, with_std=False).cov is None
 
 
-def test_spectral_std_bounds_bracket_the_exact_std():
-    """predictor(rank=r) keeps r eigenpairs of the folded posterior covariance and bounds the
-    rest: the exact std lies between the lower and upper bounds, the bounds tighten as r grows
-    (the upper one falls, the lower one rises), and energies and forces are unchanged."""
+def test_sketched_variances_follow_their_stated_distribution():
+    """predictor(sketch=s) estimates each posterior variance from a Gaussian projection of the
+    covariance factor: over draws, the ratio to the exact variance has mean 1 and variance 2/s
+    (chi^2_s / s), and the exact variance exceeds the stated upper bound about SKETCH_MISS of
+    the time. Energies and forces do not depend on the sketch."""
+    import scipy.stats
     from synthetic import Problem
 
+    from forcegp.gp.basis import raw_rows
+
+    for dof in (30, 64, 128):
+        exact_q = scipy.stats.chi2.ppf(predict_mod.SKETCH_MISS, dof) / dof
+        assert predict_mod.chi2_lower_quantile(dof, predict_mod.SKETCH_MISS) == pytest.approx(
+            exact_q, rel=0.01
+        )
     pb = Problem(METHANOL_NUMBERS, METHANOL_REFERENCE, 10, seed=1,
                  **VARIANTS["invdist-polynomial-mlp-sym"])  # fmt: skip
     model = posterior.fit(pb.model, pb.x, pb.y, pb.g)
-    k = model.config.n_basis
-    folded = eqx.filter_jit(predict_mod.predict_folded)
-    xs = [jnp.asarray(np.asarray(x, dtype=np.float64).reshape(-1)) for x in pb.test_positions]
-    exact = [folded(predict_mod.predictor(model), x) for x in xs]
-    previous = None
-    for rank in (2, k // 4, k // 2, k - 1):
-        pred = predict_mod.predictor(model, rank=rank)
-        assert pred.cov is None and pred.spectrum[0].shape == (k, rank)
-        bounds = []
-        for x, (energy, forces, e_std, f_std) in zip(xs, exact, strict=True):
-            e, f, e_hi, f_hi, e_lo, f_lo = folded(pred, x, lower=True)
-            assert float(e) == float(energy)
-            np.testing.assert_array_equal(f, forces)
-            for lo, ex, hi in ((e_lo, e_std, e_hi), (f_lo, f_std, f_hi)):
-                lo, ex, hi = (np.ravel(np.asarray(a)) for a in (lo, ex, hi))
-                # up to the rounding of the eigendecomposition, about eps ||S|| ||rows||^2
-                assert np.all(lo <= ex * (1 + 1e-7)) and np.all(ex <= hi * (1 + 1e-7))
-            bounds.append(np.concatenate([np.ravel(a) for a in (e_lo, f_lo, e_hi, f_hi)]))
-        bounds = np.stack(bounds)
-        if previous is not None:
-            half = bounds.shape[1] // 2
-            assert np.all(bounds[:, :half] >= previous[:, :half] * (1 - 1e-9))  # lower rises
-            assert np.all(bounds[:, half:] <= previous[:, half:] * (1 + 1e-9))  # upper falls
-        previous = bounds
-    # Some rank strictly below K leaves a gap: the bounds are not trivially equal.
-    lo_hi = predict_mod.predict_folded(predict_mod.predictor(model, rank=2), xs[0], lower=True)
-    assert np.any(np.asarray(lo_hi[3]) > np.asarray(lo_hi[5]) * (1 + 1e-6))
+    cfg, s = model.config, 32
+    assert s < cfg.n_basis
+    rows = jnp.concatenate([raw_rows(cfg, model.stats, model.hyper, jnp.asarray(x.reshape(-1)))
+                            for x in np.asarray(pb.test_positions)])  # fmt: skip
+    exact = np.asarray(predict_mod.covariance_sq_norms(predict_mod.predictor(model), rows))
+    fold = eqx.filter_jit(predict_mod.predictor)
+    variances = eqx.filter_jit(predict_mod.posterior_variances)
+    ratios, misses = [], 0
+    for seed in range(200):
+        estimate, upper = variances(fold(model, True, s, seed), rows)
+        ratios.append(np.asarray(estimate) / exact)
+        misses += int(np.sum(exact > np.asarray(upper)))
+    ratios = np.stack(ratios)  # (draws, outputs): chi^2_s / s in every column
+    assert abs(ratios.mean() - 1) < 0.03
+    assert np.var(ratios, axis=0).mean() == pytest.approx(2 / s, rel=0.2)
+    assert misses / ratios.size < 5 * predict_mod.SKETCH_MISS
+    x = jnp.asarray(np.asarray(pb.test_positions[0]).reshape(-1))
+    sketched = predict_mod.predict_folded(fold(model, True, s, 0), x, upper=True)
+    exact_out = predict_mod.predict_folded(predict_mod.predictor(model), x, upper=True)
+    assert float(sketched[0]) == pytest.approx(float(exact_out[0]), rel=1e-12)
+    np.testing.assert_allclose(sketched[1], exact_out[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(exact_out[3], exact_out[5])  # exact: the bound is the std
+    assert np.all(np.asarray(sketched[5]) >= np.asarray(sketched[3]))
+    assert predict_mod.predictor(model, sketch=cfg.n_basis).sketch is None  # s >= K: exact
 
 
 def test_predictions_fit_the_training_data(small_problem, fitted_small):

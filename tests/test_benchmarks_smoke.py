@@ -113,6 +113,23 @@ def test_md_speed_quick(tmp_path):
     assert (
         r["energy_forces"]["calls"] == 20 and r["md"]["step_ms"] > 0 and r["md_with_std"]["step_ms"] > 0
     )
+    (sketch,) = r["sketched"]  # std_sketch 32 of a tiny model
+    assert sketch["sketch"] == 32 and 0.5 < sketch["ratio_median"] < 2
+    assert sketch["max_std_upper_over_exact_max"] >= sketch["max_std_upper_over_exact_min"] > 0
+
+
+@pytest.mark.slow
+@needs_data
+def test_uncertainty_quick(tmp_path):
+    """acac, trained at 300 K and tested at 300 K and 600 K, through the CLI: one row per test
+    set, each with the calibration report."""
+    rows = run_script("uncertainty", tmp_path, "--cases", "acac")["rows"]
+    assert [r["test_set"] for r in rows] == ["MD 300 K", "MD 600 K"]
+    for r in rows:
+        assert "error" not in r, r
+        assert 0 <= r["forces_coverage_68"] <= r["forces_coverage_95"] <= 1
+        assert r["forces_zms"] > 0 and np.isfinite(r["forces_nll"])
+        assert r["train_command"].startswith("train ") and "--json" in r["test_command"]
 
 
 @needs_data

@@ -58,9 +58,31 @@ def counting(calc):
 
 def test_properties_are_our_own_list():
     assert ForceGPCalculator.implemented_properties == [
-        "energy", "free_energy", "forces", "energy_std", "forces_std"
+        "energy", "free_energy", "forces", "energy_std", "forces_std", "energy_std_upper",
+        "forces_std_upper",
     ]  # fmt: skip
     assert ForceGPCalculator.implemented_properties is not Calculator.implemented_properties
+
+
+def test_sketched_stds_come_with_upper_bounds(trained, atoms):
+    """std_sketch: the same energy and forces, estimated stds near the exact ones (the noise is
+    part of them), upper bounds above the estimates; the exact calculator's bounds are its stds.
+    A sketch below 30 columns is refused."""
+    model, _, _ = trained
+    exact, sketched = ForceGPCalculator(model), ForceGPCalculator(model, std_sketch=32)
+    assert sketched.std_sketch == 32 and ForceGPCalculator(model, std_sketch=10**6).std_sketch is None
+    out = {}
+    for name, calc in (("exact", exact), ("sketched", sketched)):
+        atoms.calc = calc
+        out[name] = {p: np.copy(calc.get_property(p, atoms)) for p in
+                     ("energy", "forces", "forces_std", "forces_std_upper")}  # fmt: skip
+    e, s = out["exact"], out["sketched"]
+    np.testing.assert_allclose(s["forces"], e["forces"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(e["forces_std"], e["forces_std_upper"])
+    assert np.all(s["forces_std_upper"] > s["forces_std"])
+    np.testing.assert_allclose(s["forces_std"], e["forces_std"], rtol=0.5)
+    with pytest.raises(InputError, match="std_sketch"):
+        ForceGPCalculator(model, std_sketch=8)
 
 
 def test_results_types_units_and_caching(trained, atoms):

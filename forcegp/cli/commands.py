@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..gp.config import MONITOR_STD_RANK
+from ..gp.config import MONITOR_STD_SKETCH
 from .app import cli
 from .display import format_summary, metrics_table, model_summary
 from .options import check_output, reader_kwargs, reader_options
@@ -167,13 +167,13 @@ def info(model, as_json, plot) -> None:
     "it above the model's typical value (forcegp predict shows it).",
 )
 @click.option(
-    "--std-rank",
-    default=MONITOR_STD_RANK,
+    "--std-sketch",
+    default=MONITOR_STD_SKETCH,
     show_default=True,
     type=click.IntRange(min=0),
-    help="With --max-force-std: eigenpairs of the posterior covariance behind the checked std, "
-    "which is then an upper bound (never below the exact std, so the run stops no later); "
-    "0: the exact std, slower.",
+    help="With --max-force-std: columns of the random projection that estimates the checked "
+    "std; its upper bound is checked, which the exact std exceeds with probability 1e-3. "
+    "0: the exact std, several times slower.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of velocities and noise.")
 @click.option(
@@ -194,7 +194,9 @@ def md(model, start, output, frame, **opts) -> None:
     output = check_output(output)
     atoms = read_start(start, frame)
     steps = opts["steps"]
-    opts["std_rank"] = opts["std_rank"] or None
+    if opts["std_sketch"] and opts["std_sketch"] < 30:
+        raise click.BadParameter("must be 0 or at least 30", param_hint="--std-sketch")
+    opts["std_sketch"] = opts["std_sketch"] or None
     with click.progressbar(length=steps, label="md", file=sys.stderr, show_pos=True) as bar:
         summary = run_md(model, atoms, output, progress=lambda n: bar.update(n - bar.pos), **opts)
     click.echo(summary.message())

@@ -21,10 +21,10 @@ SCALE_FLOOR = 1e-6
 DESCRIPTORS = ("inverse-distance", "atomic", "cartesian")
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
 
-#: Eigenpairs of the posterior covariance behind a monitored force std (forcegp md
-#: --max-force-std): the std is bracketed (gp.predict.variance_bounds, docs/method.md §11) and
-#: its upper bound checked.
-MONITOR_STD_RANK = 512
+#: Columns of the random projection behind a monitored force std (forcegp md --max-force-std):
+#: the std is estimated (gp.predict.posterior_variances, docs/method.md §11) and its upper
+#: bound checked.
+MONITOR_STD_SKETCH = 128
 
 #: Config fields that training.initialise chooses from the training data when they are AUTO (and
 #: TrainSettings.epochs, which training.pipeline resolves from the initialised model).

@@ -2,13 +2,16 @@
 (docs/method.md §11).
 
 E = sigma phi^T mean + mu, F = -dE/dx (autodiff), Var = sigma^2 (||phi C||^2 + noise), with the
-whitening by L = chol(K_zz) folded into the posterior once (Predictor). With a rank r
-(Predictor.spectrum) the variance is bracketed instead of computed in full: the r leading
-eigenpairs of the posterior covariance exactly, the rest bounded by the next eigenvalue
-(docs/method.md §11), at O(r K) per output instead of O(K^2).
+whitening by L = chol(K_zz) folded into the posterior once (Predictor). With a sketch of s
+columns (Predictor.sketch) the posterior part of each variance is estimated from a Gaussian
+random projection of the covariance factor instead (docs/method.md §11): unbiased, its ratio to
+the exact value distributed as chi^2_s / s, at O(s K) per output instead of O(K^2).
 """
 
 from __future__ import annotations
+
+import math
+from statistics import NormalDist
 
 import equinox as eqx
 import jax
@@ -51,17 +54,18 @@ class Predictor(eqx.Module):
     hyper: Hyper
     mean: jax.Array  # (K,) [L m_w; m_e]
     # The nonzero blocks cov[:rows, lo:hi] of [L C_w; C_e] (cov_blocks); None for a predictor
-    # of energies and forces only, or one with a spectrum.
+    # of energies and forces only, or one with a sketch.
     cov: tuple[jax.Array, ...] | None
-    # (vectors (K, r), values (r,), tail ()) : the r largest eigenpairs of S = cov cov^T and the
-    # (r+1)-th eigenvalue, which bounds the rest (variance_bounds); None for the exact form.
-    spectrum: tuple[jax.Array, jax.Array, jax.Array] | None = None
+    # (K, s): [L C_w; C_e] G / sqrt(s), G a fixed standard normal (K, s) draw; None: exact.
+    sketch: jax.Array | None = None
 
 
-def predictor(model: ForceGP, with_std: bool = True, rank: int | None = None) -> Predictor:
-    """The Predictor of a fitted model (traceable: call it inside or outside jit). ``rank``
-    (static) keeps the posterior covariance as its ``rank`` leading eigenpairs and a bound on
-    the rest (variance_bounds) instead of the full factor; None or rank >= K: exact."""
+def predictor(
+    model: ForceGP, with_std: bool = True, sketch: int | None = None, seed: int = 0
+) -> Predictor:
+    """The Predictor of a fitted model (traceable: call it inside or outside jit). ``sketch``
+    (static) keeps a random projection of the covariance factor with that many columns, drawn
+    with ``seed``, instead of the factor itself (posterior_variances); None or >= K: exact."""
     cfg, h, post = model.config, model.hyper, model.posterior
     chol_zz = soft_cholesky(cfg, h)
     m = cfg.n_inducing
@@ -69,40 +73,40 @@ def predictor(model: ForceGP, with_std: bool = True, rank: int | None = None) ->
     def unwhiten(a):  # [L a_w; a_e] for a (K,) or (K, K): the whitening moved onto a
         return jnp.concatenate([chol_zz @ a[:m], a[m:]], axis=0)
 
-    cov = spectrum = None
+    cov = projected = None
     if with_std:
         full = unwhiten(post.inv_chol.T)
-        if rank is not None and rank < cfg.n_basis:
-            spectrum = leading_spectrum(full, rank)
+        if sketch is not None and sketch < cfg.n_basis:
+            draw = jax.random.normal(jax.random.key(seed), (cfg.n_basis, sketch), full.dtype)
+            projected = full @ draw / np.sqrt(sketch)
         else:
             cov = tuple(full[:rows, lo:hi] for lo, hi, rows in cov_blocks(cfg.n_basis, m))
-    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, spectrum)
+    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected)
 
 
-def leading_spectrum(factor: jax.Array, rank: int):
-    """(vectors (K, rank), values (rank,), tail ()): the ``rank`` largest eigenpairs of
-    S = factor factor^T and its (rank+1)-th eigenvalue, from one symmetric eigendecomposition
-    (O(K^3), once per predictor)."""
-    values, vectors = jnp.linalg.eigh(factor @ factor.T)  # ascending
-    values = jnp.maximum(values, 0.0)
-    k = values.shape[0]
-    return vectors[:, k - rank :], values[k - rank :], values[k - rank - 1]
+#: Probability that a sketched variance's upper bound (posterior_variances) lies below the exact
+#: posterior variance of one output.
+SKETCH_MISS = 1e-3
 
 
-def variance_bounds(pred: Predictor, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Lower and upper bounds on the posterior variances rows S rows^T of the outputs of rows
-    (R, K), noise excluded. Exact form: both are ||rows cov||^2. With a spectrum (U, lam, t):
-    with p = rows U, the leading part sum lam p^2 is a lower bound, and the rest, a sum over
-    the other eigenvectors of eigenvalues at most t times squared projections that add up to
-    ||rows||^2 - ||p||^2, is at most t (||rows||^2 - ||p||^2)."""
-    if pred.spectrum is None:
+def chi2_lower_quantile(dof: int, p: float) -> float:
+    """The p-quantile of chi^2_dof / dof (Wilson-Hilferty; within 1% of the exact quantile for
+    dof >= 30 and p >= 1e-4)."""
+    c = 2.0 / (9.0 * dof)
+    return max(1.0 - c + NormalDist().inv_cdf(p) * math.sqrt(c), 0.0) ** 3
+
+
+def posterior_variances(pred: Predictor, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(estimate, upper bound) of the posterior variances rows S rows^T of the outputs of rows
+    (R, K), noise excluded. Exact form: both are ||rows cov||^2. With a sketch B = Q G / sqrt(s):
+    the estimate ||rows B||^2 is unbiased, and for any one row its ratio to the exact variance
+    is distributed as chi^2_s / s over the draw of G, so dividing by that ratio's SKETCH_MISS
+    quantile gives a bound that the exact variance exceeds with probability SKETCH_MISS."""
+    if pred.sketch is None:
         var = covariance_sq_norms(pred, rows)
         return var, var
-    vectors, values, tail = pred.spectrum
-    p = rows @ vectors
-    lower = (p**2) @ values
-    rest = jnp.maximum(jnp.sum(rows**2, axis=1) - jnp.sum(p**2, axis=1), 0.0)
-    return lower, lower + tail * rest
+    estimate = jnp.sum((rows @ pred.sketch) ** 2, axis=1)
+    return estimate, estimate / chi2_lower_quantile(pred.sketch.shape[1], SKETCH_MISS)
 
 
 def covariance_sq_norms(pred: Predictor, rows: jax.Array) -> jax.Array:
@@ -111,20 +115,21 @@ def covariance_sq_norms(pred: Predictor, rows: jax.Array) -> jax.Array:
     return sum(jnp.sum((rows[:, : block.shape[0]] @ block) ** 2, axis=1) for block in pred.cov)
 
 
-def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True, lower: bool = False):
-    """Energy (eV), forces (N, 3, eV/Å) and, if asked (and pred has cov or a spectrum), their
-    standard deviations for x (D,). With a spectrum the stds are upper bounds (never below the
-    exact ones); ``lower`` appends the lower bounds (energy std, forces std) too."""
+def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True, upper: bool = False):
+    """Energy (eV), forces (N, 3, eV/Å) and, if asked (and pred has cov or a sketch), their
+    standard deviations for x (D,). ``upper`` appends the upper bounds of the stds (energy,
+    forces; posterior_variances): with a sketch, each exceeds the exact std but with
+    probability SKETCH_MISS; exact, they equal the stds."""
     stats, cfg, hyper = pred.stats, pred.config, pred.hyper
     e, grad = jax.value_and_grad(lambda y: raw_value(cfg, stats, hyper, y) @ pred.mean)(x)
     energy = stats.energy_scale * e + stats.energy_mean
     forces = (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
     if not with_std:
         return energy, forces
-    low, high = variance_bounds(pred, raw_rows(cfg, stats, hyper, x))
+    estimate, bound = posterior_variances(pred, raw_rows(cfg, stats, hyper, x))
     noise = noise_vector(cfg, hyper)
     out = (energy, forces)
-    for var in (high, low) if lower else (high,):
+    for var in (estimate, bound) if upper else (estimate,):
         std = stats.energy_scale * jnp.sqrt(var + noise)
         out = (*out, std[0], std[1:].reshape(cfg.n_atoms, 3))
     return out
