@@ -349,6 +349,31 @@ def results_dir(args) -> Path:
     return Path(args.out) if args.out else RESULTS / "tmp" if args.quick else RESULTS
 
 
+def cli_run_setup(args, quick_flags: list[str]) -> tuple[Path, list[str], dict]:
+    """For the scripts that run forcegp's command line: the results folder (created), the
+    extra train flags (--flags, plus quick_flags with --quick) and the machine's facts."""
+    import shlex
+
+    out = results_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    flags = shlex.split(args.flags) + (quick_flags if args.quick else [])
+    return out, flags, machine_info()
+
+
+def append_record(lines: Path, row: dict, machine: dict, quick: bool) -> list[dict]:
+    """Stamp a result row with the commit, the machine and the time, print it, append it to
+    the JSON-lines file ``lines``; returns every row of that file."""
+    import json
+
+    row.update(commit=machine["git_commit"], cpu=machine["cpu_model"],
+               gflops=machine["gemm_float64_gflops"], time_utc=machine["time_utc"],
+               quick=quick)  # fmt: skip
+    print(json.dumps(row), flush=True)
+    with open(lines, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return [json.loads(ln) for ln in lines.read_text().splitlines() if ln.strip()]
+
+
 def write_results(name: str, payload: dict, markdown: str, out: Path) -> Path:
     """Write <name>.json and <name>.md under ``out``, atomically."""
     out.mkdir(parents=True, exist_ok=True)

@@ -93,22 +93,13 @@ def main(argv=None) -> int:
     ap.add_argument("--flags", default="", help="extra forcegp train flags, one string")
     common.add_common_args(ap)
     args = ap.parse_args(argv)
-    out = common.results_dir(args)
-    out.mkdir(parents=True, exist_ok=True)
-    flags = shlex.split(args.flags) + (QUICK_FLAGS if args.quick else [])
-    machine = common.machine_info()
+    out, flags, machine = common.cli_run_setup(args, QUICK_FLAGS)
     lines = out / "flexible.jsonl"
     with tempfile.TemporaryDirectory() as work:
         for molecule in args.molecules:
             for variant in args.variants:
                 row = run_one(molecule, variant, flags, Path(work), args.quick)
-                row.update(commit=machine["git_commit"], cpu=machine["cpu_model"],
-                           gflops=machine["gemm_float64_gflops"], time_utc=machine["time_utc"],
-                           quick=args.quick)  # fmt: skip
-                print(json.dumps(row), flush=True)
-                with open(lines, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-    rows = [json.loads(ln) for ln in lines.read_text().splitlines() if ln.strip()]
+                rows = common.append_record(lines, row, machine, args.quick)
     table = common.md_table(rows, COLUMNS)
     common.write_results("flexible", {"quick": args.quick, "machine": machine, "rows": rows},
                          "# Flexible molecules (GFN2-xTB, independent test trajectory)\n\n" + table,

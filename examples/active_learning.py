@@ -24,7 +24,9 @@ works, otherwise ASE's EMT as a toy stand-in. The output says which.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +108,7 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, help="keep MD trajectories here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the rounds' rows to this JSON file")
     args = parser.parse_args()
 
     jax.config.update("jax_enable_x64", True)  # first thing: models are float64
@@ -232,6 +235,10 @@ def main() -> None:
             line += f"  {r['random']:12.1f}"
         print(line)
     print(f"total {time.perf_counter() - started:.0f} s; MD trajectories in {workdir}")
+    if args.json:
+        record = {"reference": reference, "seed": args.seed, "argv": sys.argv[1:], "rounds": rows,
+                  "seconds": time.perf_counter() - started}  # fmt: skip
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _row_text(r: dict) -> str:

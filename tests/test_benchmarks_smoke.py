@@ -129,7 +129,7 @@ def test_uncertainty_quick(tmp_path):
         assert "error" not in r, r
         assert 0 <= r["forces_coverage_68"] <= r["forces_coverage_95"] <= 1
         assert r["forces_zms"] > 0 and np.isfinite(r["forces_nll"])
-        assert r["train_command"].startswith("train ") and "--json" in r["test_command"]
+        assert r["train_command"].startswith("forcegp train ") and "--json" in r["test_command"]
 
 
 @needs_data
