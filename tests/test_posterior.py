@@ -279,6 +279,13 @@ def test_choose_chunk():
     config = tiny_config(5)
     with pytest.raises(ResourceError, match="max_memory"):
         resources.choose_chunk(config, 1000.0)
+    # The refusal names the settings that size K, largest part first: many pair powers of a
+    # 60-atom molecule outweigh the interpolation points.
+    big = dataclasses.replace(tiny_config(60), pair_powers=8, explicit="polynomial")
+    (first, k), *_ = big.basis_parts()
+    assert first == "pair_powers" and k == 8 * 60 * 59 // 2
+    with pytest.raises(ResourceError, match=r"K = 14160 \(`pair_powers`\) \+ .*lower `pair_powers`"):
+        resources.choose_chunk(big, 1000.0)
     assert resources.choose_chunk(config, None) == 64
     budget = resources.fit_memory_bytes(config, 8)
     chunk = resources.choose_chunk(config, budget)

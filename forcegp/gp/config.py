@@ -190,6 +190,13 @@ class Config:
     def n_basis(self) -> int:
         return self.n_inducing + self.n_explicit
 
+    def basis_parts(self) -> list[tuple[str, int]]:
+        """(the setting that sizes it, basis functions) for each part of K, largest first."""
+        pair = self.n_explicit_pair
+        rest = ("env_dim" if self.descriptor == "atomic" else "explicit_dim", self.n_explicit - pair)
+        parts = [("n_inducing", self.n_inducing), ("pair_powers", pair), rest]
+        return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -128,12 +128,15 @@ def choose_chunk(
         chunk = max(n_devices, (chunk // 2) - (chunk // 2) % n_devices)
     need = fit_memory_bytes(config, chunk, n_devices, n_copies)
     if need > limit:
+        sizes = config.basis_parts()
+        parts = " + ".join(f"{k} (`{name}`)" for name, k in sizes)
+        names = ", ".join(f"`{name}`" for name, _ in sizes)
         raise ResourceError(
             f"the posterior fit needs about {need / 2**30:.2f} GiB even in chunks of {chunk} "
             f"structures (K={config.n_basis} basis functions, {n_copies} permuted copies of "
             f"{config.descriptor_size} descriptor entries), more than {what} "
-            f"({limit / 2**30:.2f} GiB); lower `n_inducing`, `explicit_dim` or `n_permutations`, "
-            "or raise `max_memory`"
+            f"({limit / 2**30:.2f} GiB); K = {parts}: lower {names} or `n_permutations`, or "
+            "raise `max_memory`"
         )
     return chunk
 
