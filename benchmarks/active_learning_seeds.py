@@ -8,7 +8,7 @@ seed, as a user runs it, and the force MAE per round as mean and standard deviat
 Each seed draws its own initial structures, MD starts and random picks. Rows: one JSON line per
 seed in benchmarks/results/active_learning_seeds.jsonl (the example's rows, its command, the
 commit and the machine); the .md table gives, per round, the mean ± standard deviation over the
-seeds of that file's rows that share the newest row's arguments.
+seeds of that file's rows that share the newest row's arguments and commit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 import common
 
 EXAMPLE = common.ROOT / "examples" / "active_learning.py"
-QUICK = ["--initial", "10", "--rounds", "1", "--pick", "4", "--test", "5", "--batch-size", "4",
+QUICK = ["--initial", "10", "--rounds", "1", "--pick", "4", "--test", "5", "--valid", "5",
+         "--batch-size", "4",
          "--md-runs", "1", "--md-steps", "10", "--interval", "2", "--reference", "emt",
          "--inducing", "8", "--explicit-dim", "4", "--epochs", "1"]  # fmt: skip
 
@@ -30,8 +31,8 @@ QUICK = ["--initial", "10", "--rounds", "1", "--pick", "4", "--test", "5", "--ba
 def table(rows: list[dict]) -> str:
     import numpy as np
 
-    newest = rows[-1]["example_args"]
-    runs = [r for r in rows if r["example_args"] == newest and "rounds" in r]
+    newest, commit = rows[-1]["example_args"], rows[-1]["commit"]
+    runs = [r for r in rows if (r["example_args"], r["commit"]) == (newest, commit) and "rounds" in r]
     lines = [
         f"Seeds {sorted(r['seed'] for r in runs)}; reference {runs[-1]['reference']}; example "
         f"arguments `{' '.join(newest) or '(defaults)'}`; commit {runs[-1]['commit']}, "

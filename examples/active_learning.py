@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pick", type=int, default=20, help="structures labelled per round")
     parser.add_argument("--test", type=int, default=200, help="fixed test structures")
+    parser.add_argument(
+        "--valid", type=int, default=50, help="fixed validation structures (std calibration)"
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--inducing", type=int, default=64)
@@ -119,7 +122,7 @@ def main() -> None:
     from forcegp.errors import NumericalError
     from forcegp.md import make_calculator, run_md
     from forcegp.select import select_structures
-    from forcegp.training.evaluation import predict
+    from forcegp.training.evaluation import evaluate, predict
 
     started = time.perf_counter()
     calc, reference = reference_calculator(args.reference)
@@ -135,13 +138,16 @@ def main() -> None:
     order = rng.permutation(geometries.n_frames)
     initial = geometries.positions[np.sort(order[: args.initial])]
     typical = geometries.positions[order[args.initial : args.initial + 200]]  # never labelled
+    held = order[args.initial + 200 : args.initial + 200 + args.valid]
     data = labelled(initial, "initial")
+    valid = labelled(geometries.positions[np.sort(held)], "validation")
     test = labelled(test_geometries, "test")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="forcegp-al-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"reference: {reference}")
     print(
-        f"ethanol, {data.n_frames} initial structures, test set {test.n_frames} structures "
+        f"ethanol, {data.n_frames} initial structures, validation {valid.n_frames} and test set "
+        f"{test.n_frames} structures "
         f"(labelled in {time.perf_counter() - started:.0f} s); model M={args.inducing}, "
         f"{args.epochs} epochs of batches of {args.batch_size}; {args.md_runs} MD runs x "
         f"{args.md_steps} steps at "
@@ -149,16 +155,16 @@ def main() -> None:
     )
 
     def fit(train: Dataset):
-        # The test set as "validation": train_model only reports on it (no early stopping, no
-        # model choice), so its metrics are the test metrics and nothing leaks into training.
-        model, metadata = train_model(
+        # A fixed validation set of its own calibrates the std's amplitude (train_model uses
+        # validation for nothing else); the test set is only evaluated, so it never shapes a model.
+        model, _ = train_model(
             train,
             config_kwargs={"n_inducing": args.inducing, "explicit_dim": args.explicit_dim},
             settings=TrainSettings(epochs=args.epochs, batch_size=args.batch_size),
             seed=args.seed,
-            valid=test,
+            valid=valid,
         )
-        return model, metadata["metrics"]["validation"]
+        return model, evaluate(model, test)
 
     rows, baseline = [], data
     for round_ in range(args.rounds + 1):

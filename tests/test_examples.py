@@ -48,7 +48,7 @@ def test_train_then_md_examples(tmp_path):
 def test_active_learning_example(tmp_path):
     out = run(
         "active_learning.py", "--initial", 10, "--rounds", 1, "--pick", 4, "--test", 5,
-        "--batch-size", 4, "--md-runs", 1, "--md-steps", 10, "--interval", 2,
+        "--valid", 5, "--batch-size", 4, "--md-runs", 1, "--md-steps", 10, "--interval", 2,
         "--reference", "emt", "--no-baseline", "--workdir", tmp_path / "md", *TINY,
         cwd=tmp_path,
     )  # fmt: skip
