@@ -50,6 +50,20 @@ def kmeans(points: jax.Array, m: int, *, key: jax.Array, iterations: int = 15) -
     return centres
 
 
+def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tuple[Config, dict]:
+    """An atomic model's config (its elements counted, no permutations) and Stats fields: the
+    per-element environment projections and, with pair powers, the inverse distances' mean
+    and spread (params.atomic_stats)."""
+    config = dataclasses.replace(config, n_species=len(np.unique(numbers)), n_permutations=1)
+    projection = environment_projections(config, numbers, x[:ENV_SAMPLE])
+    pairs = None
+    if config.n_explicit_pair:
+        inv = np.asarray(jax.vmap(lambda xi: descriptors.raw_descriptor(
+            "inverse-distance", xi, config.n_atoms))(jnp.asarray(x[:2000])))  # fmt: skip
+        pairs = (inv.mean(0), np.maximum(inv.std(0), 1e-6 * inv.mean(0)))
+    return config, atomic_stats(config, numbers, projection, pairs)
+
+
 def initialize(
     config: Config,
     numbers: np.ndarray,
@@ -68,14 +82,7 @@ def initialize(
     energy_mean, energy_scale, force_rms = energy_statistics(energies, forces)
     atomic = {}
     if config.descriptor == "atomic":  # invariant by construction: no permutations
-        config = dataclasses.replace(config, n_species=len(np.unique(numbers)), n_permutations=1)
-        projection = environment_projections(config, numbers, x[: min(n, ENV_SAMPLE)])
-        pairs = None
-        if config.n_explicit_pair:
-            inv = np.asarray(jax.vmap(lambda xi: descriptors.raw_descriptor(
-                "inverse-distance", xi, config.n_atoms))(jnp.asarray(x[:2000])))  # fmt: skip
-            pairs = (inv.mean(0), np.maximum(inv.std(0), 1e-6 * inv.mean(0)))
-        atomic = atomic_stats(config, numbers, projection, pairs)
+        config, atomic = atomic_statistics(config, numbers, x)
     if config.n_permutations > 1:
         perms = molecular_permutations(numbers, x[0], limit=config.n_permutations)
     else:
