@@ -60,6 +60,9 @@ import common  # noqa: E402
 SCRIPT = Path(__file__).resolve()
 SIZES = (5000, 10000, 20000, 40000)
 MOLECULES = ("ethanol", "aspirin", "azobenzene", "ala3-synthetic", "chain56-synthetic")
+#: Larger systems for the atomic descriptor: m Ac-Ala3-NHMe molecules side by side, one system.
+CLUSTERS = {"ala3x2-synthetic": 2, "ala3x4-synthetic": 4, "ala3x9-synthetic": 9}
+CLUSTER_GAP = 3.0  # Å between the copies' bounding boxes
 MAX_MEMORY_GIB = (0.0, 0.05, 0.01)  # 0: no limit
 SECTIONS = ("n", "atoms", "memory", "step")
 STEP_MOLECULES = ("ethanol", "aspirin", "chain56-synthetic")
@@ -130,6 +133,27 @@ def aspirin(n: int, rng):
     return data, f"rMD17 aspirin, {m} distinct + {n - m} tiled copies (±{TILE_NOISE} Å noise)"
 
 
+def ala3_cluster(m: int, n: int, rng):
+    """n structures of m Ac-Ala3-NHMe molecules on a grid, CLUSTER_GAP Å between their bounding
+    boxes, each molecule an MD22 geometry (picked at random per structure) with ALA3_NOISE Å
+    noise, and SYNTHETIC harmonic labels (timing only). (Dataset, description)."""
+    from forcegp import Dataset
+
+    with np.load(common.DATA / "md22_Ac-Ala3-NHMe_first98_positions_only.npz") as f:
+        numbers, frames = np.asarray(f["z"]), np.asarray(f["R"], dtype=np.float64)
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    step = np.ptp(frames, axis=1).max(0) + CLUSTER_GAP
+    side = int(np.ceil(m ** (1 / 3)))
+    grid = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)][:m])
+    shift = grid * step  # (m, 3)
+    picks = rng.integers(0, len(frames), size=(n, m))
+    pos = frames[picks] + shift[None, :, None] + ALA3_NOISE * rng.standard_normal((n, m, *frames.shape[1:]))
+    pos = pos.reshape(n, -1, 3)
+    ref = (frames[0][None] + shift[:, None]).reshape(-1, 3)
+    desc = f"{m} x MD22 Ac-Ala3-NHMe ({m * len(numbers)} atoms, ±{ALA3_NOISE} Å), SYNTHETIC labels"
+    return Dataset(np.tile(numbers, m), pos, *harmonic_labels(pos, ref), ("synthetic",)), desc
+
+
 def make_dataset(name: str, n: int):
     """(Dataset, description) of n structures of ``name`` (see the module docstring)."""
     from forcegp import Dataset, read_dataset
@@ -148,6 +172,8 @@ def make_dataset(name: str, n: int):
         )
         desc = f"MD22 Ac-Ala3-NHMe, 98 geometries tiled (±{ALA3_NOISE} Å), SYNTHETIC labels"
         return Dataset(numbers, pos, *harmonic_labels(pos, frames[0]), ("synthetic",)), desc
+    if name in CLUSTERS:
+        return ala3_cluster(CLUSTERS[name], n, rng)
     if name == "chain56-synthetic":
         numbers, ref = random_chain(56)
         pos = ref + CHAIN_NOISE * rng.standard_normal((n, 56, 3))
@@ -230,6 +256,7 @@ def worker_train(spec: dict) -> dict:
         "n": data.n_frames,
         "n_atoms": data.n_atoms,
         "K": k,
+        "env_neighbours": config.env_neighbours if config.descriptor == "atomic" else None,
         "permuted_copies": model.n_copies,
         "rows_per_structure": rows,
         "chunk": chunk,
@@ -416,6 +443,7 @@ ATOM_COLUMNS = [
     ("rows_per_structure", "rows 1+3N"),
     ("permuted_copies", "copies"),
     ("K", "K"),
+    ("env_neighbours", "slots (0: all)"),
 ] + N_COLUMNS
 MEMORY_COLUMNS = [
     ("max_memory_gib", "--max-memory (GiB)"),
@@ -513,7 +541,10 @@ def main(argv=None) -> int:
         "--batches", nargs="+", type=int, default=None, help=f"batch sizes of the step section {BATCHES}"
     )
     p.add_argument("--sizes", nargs="+", type=int, default=None, help=f"aspirin n {SIZES}")
-    p.add_argument("--molecules", nargs="+", default=None, choices=MOLECULES, help="all five")
+    p.add_argument(
+        "--molecules", nargs="+", default=None, choices=[*MOLECULES, *CLUSTERS],
+        help=f"the atoms section's systems {MOLECULES}; larger: {tuple(CLUSTERS)}",
+    )  # fmt: skip
     p.add_argument(
         "--atoms-n",
         type=int,

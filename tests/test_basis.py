@@ -10,7 +10,7 @@ import pytest
 from synthetic import METHANOL_NUMBERS, METHANOL_REFERENCE, build_model, random_rotation
 
 from forcegp import symmetry
-from forcegp.gp import basis, deep_kernel, descriptors, posterior
+from forcegp.gp import basis, deep_kernel, descriptors, environment, posterior
 from forcegp.gp import predict as predict_mod
 from forcegp.gp.basis import basis_rows, basis_value, soft_cholesky
 from forcegp.training import evaluation
@@ -55,7 +55,8 @@ VARIANTS = {
     "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
     "atomic-polynomial-mlp": dict(descriptor="atomic", env_dim=6, explicit_dim=4),
     "atomic-none-nomlp": dict(descriptor="atomic", env_dim=5, explicit="none", n_features=0),
-    "atomic-polynomial-mlp-near": dict(descriptor="atomic", env_dim=6, env_neighbours=3, env_cutoff=3.0),
+    # Four of the five other atoms as slots: every atom's neighbours within 1.7 Å fit them.
+    "atomic-polynomial-mlp-near": dict(descriptor="atomic", env_dim=6, env_neighbours=4, env_cutoff=1.7),
 }
 
 
@@ -70,6 +71,8 @@ def test_gradient_rows_equal_autodiff(methanol_data, variant):
         assert (cfg.n_local > 0) == ("local_cutoff" not in VARIANTS[variant])
     # A training structure and a new one further from the reference.
     new = METHANOL_REFERENCE + 0.1 * np.random.default_rng(5).normal(size=(6, 3))
+    if cfg.env_neighbours:  # the slots must hold every atom within the cutoff (environment.py)
+        assert environment.max_neighbours(np.stack([positions[0], new]), cfg.env_cutoff) <= 4
     for x in (positions[0].reshape(-1), new.reshape(-1)):
         rows, value, jac = rows_and_autodiff(model, jnp.asarray(x))
         assert rows.shape == (1 + cfg.dim, cfg.n_basis)
@@ -419,3 +422,36 @@ def test_an_atomic_model_is_invariant_without_enumerating_permutations(methanol_
     phi = values(model, jnp.asarray(np.stack([x, swapped, moved]).reshape(3, -1)))
     np.testing.assert_allclose(phi[1], phi[0], rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(phi[2], phi[0], rtol=1e-10, atol=1e-11)
+
+
+def _carbon_chain(n_atoms: int) -> np.ndarray:
+    """A zigzag carbon chain (n_atoms, 3) Å with 1.5 Å bonds."""
+    a = np.arange(n_atoms)
+    return np.stack([1.25 * a, 0.85 * (a % 2), np.zeros(n_atoms)], axis=1)
+
+
+def test_a_large_molecule_gets_local_slots_and_exact_rows():
+    """Beyond environment.ALL_SLOTS_ATOMS atoms each atom takes its nearest atoms as slots, as
+    many as the training data put within the cutoff plus a margin, and the observation rows
+    (built per moved atom from the atoms' local blocks) still equal autodiff."""
+    from synthetic import make_data
+
+    n_atoms = environment.ALL_SLOTS_ATOMS + 6
+    numbers = np.full(n_atoms, 6)
+    positions, e, f = make_data(numbers, _carbon_chain(n_atoms), 6, seed=3)
+    model = build_model(numbers, positions, e, f, descriptor="atomic", env_dim=4, pair_powers=0,
+                        env_cutoff=3.0)  # fmt: skip
+    needed = environment.max_neighbours(positions, 3.0)
+    assert needed + 4 == model.config.env_neighbours < n_atoms - 1
+    rows, value, jac = rows_and_autodiff(model, jnp.asarray(positions[1].reshape(-1)))
+    np.testing.assert_allclose(rows[0], value, rtol=1e-12, atol=1e-14)
+    scale = float(jnp.max(jnp.abs(jac)))
+    np.testing.assert_allclose(rows[1:], jac.T, rtol=1e-9, atol=1e-11 * scale)
+
+
+def test_too_few_neighbour_slots_are_refused(methanol_data):
+    from forcegp.errors import InputError
+
+    positions, e, f = methanol_data
+    with pytest.raises(InputError, match="env_neighbours=2 is fewer than the 5 atoms"):
+        build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_neighbours=2)

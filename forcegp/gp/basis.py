@@ -28,23 +28,25 @@ def soft_cholesky(config: Config, hyper: Hyper) -> jax.Array:
     return soft_ki.jittered_cholesky(k, config.jitter)
 
 
-def _soft_rows(hyper: Hyper, v: jax.Array, tangents: jax.Array) -> jax.Array:
+def _soft_rows(hyper: Hyper, v: jax.Array, jac) -> jax.Array:
     """Unwhitened DSoftKI rows (1+D, M): interpolation weights and their gradients, averaged over
-    the copies v (n, P). tangents: the rows (n, D, width) of the deep kernel's first product
-    W v, or without an MLP those (n, D, P) of dv/dx."""
+    the copies v (n, P). The deep kernel's first product W v starts from the Jacobian's tangent
+    rows (n, D', width) (without an MLP those of v itself), D' = D or, for an atom, its slots'
+    coordinates; jac.contract sums the copies' gradients into the structure's D rows."""
+    w0 = hyper.mlp.first_weight().T if hyper.mlp is not None else None
+    tangents = jac.local_tangents(w0)
 
     def one(vc, tc):
         if hyper.mlp is not None:
-            u, du = hyper.mlp.after_first_product(vc, tc)  # (du/dx)^T (D, p), forward mode
+            u, du = hyper.mlp.after_first_product(vc, tc)  # (du/dx)^T (D', p), forward mode
         else:
             u, du = vc, tc
         w, dw_du = soft_ki.weights_and_jacobian(u, hyper.z, hyper.temperature)
         return w, du, dw_du
 
-    # Tangents as rows (n, D, .): the MLP's layer products then need no transposes.
-    w, du, dw_du = jax.vmap(one)(v, tangents)  # (n, M), (n, D, p), (n, M, p)
-    n = v.shape[0]
-    grad = jnp.einsum("cdp,cmp->dm", du, dw_du) / n  # one contraction over copies and features
+    # Tangents as rows (n, D', .): the MLP's layer products then need no transposes.
+    w, du, dw_du = jax.vmap(one)(v, tangents)  # (n, M), (n, D', p), (n, M, p)
+    grad = jac.contract(du, dw_du) / v.shape[0]
     return jnp.concatenate([jnp.mean(w, axis=0)[None], grad], axis=0)
 
 
@@ -53,14 +55,11 @@ def raw_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Ar
 
     On inverse distances dv/dx (P x 3N per copy, six nonzero entries a row) is not formed: the
     deep kernel's tangents start from the sparse pair Jacobian (O(N^2) per copy and feature)
-    and the explicit block's terms are scatters of pair gradients (_PairJacobian). Without an
-    MLP, the DSoftKI block needs dv/dx itself."""
+    and the explicit block's terms are scatters of pair gradients (PairJacobian); on atomic
+    environments from each atom's local blocks (AtomJacobian). Without an MLP, the DSoftKI
+    block of the global descriptors needs dv/dx itself."""
     v, jac = copies_and_jacobian(config, stats, x, dense=hyper.mlp is None)
-    if hyper.mlp is not None:
-        tangents = jac.project(hyper.mlp.first_weight().T)  # (C, D, width) of W v
-        rows = _soft_rows(hyper, v, tangents)
-    else:
-        rows = _soft_rows(hyper, v, jnp.swapaxes(jac.dv_dx, 1, 2))
+    rows = _soft_rows(hyper, v, jac)
     if config.explicit != "none":
         rows = jnp.concatenate([rows, explicit_block_rows(config, stats, hyper, v, jac, x)], axis=1)
     return rows

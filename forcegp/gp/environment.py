@@ -36,6 +36,40 @@ def element_index(numbers) -> np.ndarray:
     return np.searchsorted(np.unique(numbers), numbers).astype(np.int32)
 
 
+#: Up to this many atoms every other atom is a neighbour slot (env_neighbours = 0); beyond it
+#: each atom takes the k nearest, k chosen from the training data (neighbour_slots).
+ALL_SLOTS_ATOMS = 64
+
+
+def max_neighbours(positions: np.ndarray, cutoff: float) -> int:
+    """The most other atoms within ``cutoff`` of one atom over structures (n, N, 3)."""
+    most = 0
+    for r in np.asarray(positions, dtype=np.float64):
+        d2 = np.sum((r[:, None] - r[None]) ** 2, axis=-1)
+        most = max(most, int(np.max(np.sum(d2 < cutoff * cutoff, axis=1))) - 1)
+    return most
+
+
+def neighbour_slots(requested: int, n_atoms: int, needed: int) -> int:
+    """The env_neighbours setting of a model: every other atom (0) when requested is 0 and the
+    molecule has at most ALL_SLOTS_ATOMS atoms; else the requested k, or, for 0, the most
+    neighbours within the cutoff seen in the training data plus a quarter (at least 4) for
+    compressed structures. A requested k below ``needed`` would drop atoms inside the cutoff,
+    making the energy jump when neighbours swap places: ValueError naming both."""
+    if requested == 0 and n_atoms <= ALL_SLOTS_ATOMS:
+        return 0
+    if requested == 0:
+        k = needed + max(4, needed // 4)
+        return 0 if k >= n_atoms - 1 else k
+    if requested < min(needed, n_atoms - 1):
+        raise ValueError(
+            f"env_neighbours={requested} is fewer than the {needed} atoms found within the "
+            "environment cutoff of one atom in the training data; use at least that many, "
+            "0 (automatic) or a smaller env_cutoff"
+        )
+    return requested
+
+
 def power_spectrum_size(n_channels: int, l_max: int) -> int:
     return (l_max + 1) * n_channels * (n_channels + 1) // 2
 
@@ -206,12 +240,14 @@ def spectra(x, element: np.ndarray, env: EnvSettings) -> jax.Array:
 
 
 def descriptors(x, element: np.ndarray, projections, env: EnvSettings, *, jacobian: bool):
-    """Every atom's projected descriptor q (N, d) and, with ``jacobian``, dq/dx (N, d, 3N).
+    """Every atom's projected descriptor q (N, d) and, with ``jacobian``, its derivatives kept
+    local: blocks (N, k+1, 3, d), block [a, s] = dq_a/d(position of atom idx[a, s]), and idx
+    (N, k+1), each atom itself and then its neighbour slots (None, None without).
 
     element (N,) numpy ints (static): each atom's element index; projections (S, P, d): each
     element's directions. Atoms are grouped by element so each group uses its projection
-    without gathering it per atom; the per-atom derivative blocks are scattered into the
-    structure's coordinates."""
+    without gathering it per atom. Nothing of size N x 3N is formed: the blocks cost
+    N (k+1) 3 d, linear in the atoms at a fixed number of slots."""
     n = len(element)
     idx = slots(x, element, env.k)
     local = x.reshape(n, 3)[idx]  # (N, k+1, 3)
@@ -237,8 +273,23 @@ def descriptors(x, element: np.ndarray, projections, env: EnvSettings, *, jacobi
         q = q.at[atoms].set(qe.astype(dtype))
         if jacobian:
             blocks = blocks.at[atoms].set(de.astype(dtype))
-    if not jacobian:
-        return q, None
-    dense = jnp.zeros((n, n, 3, q.shape[1]), dtype)
+    return q, ((blocks, idx) if jacobian else (None, None))
+
+
+def reverse_slots(idx: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For each atom m and each slot s of m's own list, the atom a = idx[m, s] and the place of
+    m in a's list: then block [a, place] is dq_a/dr_m. Where the lists are symmetric (every
+    other atom, or k nearest with every atom's neighbours within the cutoff fitting its k
+    slots) these are all the atoms whose descriptor moves with m. Returns (atom, place, found)
+    each (N, k+1); found is False where m is not in a's list (that block is then zero)."""
+    atom = idx
+    match = idx[atom] == jnp.arange(idx.shape[0])[:, None, None]  # (N, k+1, k+1)
+    return atom, jnp.argmax(match, axis=-1), jnp.any(match, axis=-1)
+
+
+def dense_jacobian(blocks: jax.Array, idx: jax.Array) -> jax.Array:
+    """The dense dq/dx (N, d, 3N) of local blocks (for tests and small molecules)."""
+    n = idx.shape[0]
+    dense = jnp.zeros((n, n, 3, blocks.shape[-1]), blocks.dtype)
     dense = dense.at[jnp.arange(n)[:, None], idx].add(blocks)  # (atom, moved atom, xyz, d)
-    return q, jnp.transpose(dense.reshape(n, 3 * n, -1), (0, 2, 1))
+    return jnp.transpose(dense.reshape(n, 3 * n, -1), (0, 2, 1))

@@ -107,7 +107,7 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     of the dot-product kernel (b . b')^2.
     b are the projected spectra themselves, not standardised: the kernel then weighs each
     direction by its variance. v (N, P): the standardised atom descriptors, environment first;
-    jac: their DenseJacobian."""
+    jac: their AtomJacobian."""
     n, d, c = v.shape[0], config.env_dim, config.explicit_q
     element = np.asarray(stats.elements)
     std = stats.desc_std[:d]
@@ -127,11 +127,14 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     ]
     if jac is None:
         return jnp.concatenate(values), None
-    db = jac.dv_dx[:, :d] * std[None, :, None]  # (N, d, D)
+    # Gradients per moved atom, over the atoms whose environments hold it (AtomJacobian):
+    # the environment components b move as std * v.
+    jac = jac.scaled(jnp.concatenate([std, jnp.ones(v.shape[1] - d, v.dtype)]))
     grads = [] if pairs is None else [pairs[1]]
-    grads += [hyper.scale_linear * jnp.einsum("a,aid->id", m, db) / n for m in masks]
+    grads += [hyper.scale_linear * jac.gather_sum(jnp.broadcast_to(m[:, None], (n, d)), np.arange(d)) / n
+              for m in masks]  # fmt: skip
     for m in masks:
-        g2 = jnp.einsum("ai,ajd->ijd", b[:, :c] * m[:, None], db[:, :c]) / n  # (c, c, D)
+        g2 = jac.outer_sum(b[:, :c] * m[:, None], np.arange(c)) / n  # (c, c, D)
         grads.append(hyper.scale_quadratic * pair[:, None] * (g2[iu, ju] + g2[ju, iu]))
     return jnp.concatenate(values), jnp.concatenate(grads, axis=0)
 

@@ -27,17 +27,68 @@ def features(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Ar
 
 def atomic_raw(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
     """Raw "atomic" descriptors (N, P) of every atom, its projected environment and its
-    element's one-hot code, and with ``jacobian`` their derivatives (N, P, D)."""
+    element's one-hot code, and with ``jacobian`` their AtomJacobian (else None)."""
     element = np.asarray(stats.elements)
     env = environment.EnvSettings(config)
-    q, dq = environment.descriptors(x, element, stats.env_projection, env, jacobian=jacobian)
+    q, (blocks, idx) = environment.descriptors(x, element, stats.env_projection, env, jacobian=jacobian)
     onehot = jnp.asarray(np.eye(config.n_species)[element], dtype=q.dtype)
     raw = jnp.concatenate([q, onehot], axis=1)
     if not jacobian:
         return raw, None
-    return raw, jnp.concatenate(
-        [dq, jnp.zeros((len(element), config.n_species, x.shape[0]), q.dtype)], 1
-    )
+    pad = jnp.zeros((*blocks.shape[:3], config.n_species), q.dtype)  # the one-hot does not move
+    return raw, AtomJacobian(jnp.concatenate([blocks, pad], axis=-1), idx)
+
+
+class AtomJacobian:
+    """dv_a/dx of an "atomic" model's atoms (the copies), kept local: atom a's descriptor moves
+    only with itself and its k neighbour slots, so each atom carries blocks (k+1, 3, P) and the
+    structure's rows are scatters (sums over atoms) or gathers (per moved atom) of them; every
+    cost is linear in the atoms at a fixed number of slots (docs/method.md §14)."""
+
+    def __init__(self, blocks: jax.Array, idx: jax.Array):
+        self.blocks, self.idx = blocks, idx  # (N, k+1, 3, P), (N, k+1)
+
+    def scaled(self, factor: jax.Array) -> AtomJacobian:
+        """The Jacobian of v * factor (P,) (standardisation)."""
+        return AtomJacobian(self.blocks * factor, self.idx)
+
+    def local_tangents(self, weight: jax.Array | None = None) -> jax.Array:
+        """Tangent rows (N, 3(k+1), q) of each atom's v_a @ weight (P, q) (v_a itself without
+        weight) with respect to its own slots' coordinates."""
+        b = self.blocks if weight is None else self.blocks @ weight
+        return b.reshape(b.shape[0], -1, b.shape[-1])
+
+    def scatter(self, local: jax.Array) -> jax.Array:
+        """(3N, X): the sum over atoms of local rows (N, 3(k+1), X), each sent to its slots."""
+        n, x = local.shape[0], local.shape[-1]
+        out = jnp.zeros((n, 3, x), local.dtype).at[self.idx].add(local.reshape(n, -1, 3, x))
+        return out.reshape(3 * n, x)
+
+    def gather_sum(self, coef: jax.Array, cols) -> jax.Array:
+        """(T, 3N): rows sum_a coef[a, t] * (dv_a/dx)[cols[t]] for coef (N, T), taken per moved
+        atom over the atoms whose slots hold it (environment.reverse_slots)."""
+        atom, place, found = environment.reverse_slots(self.idx)
+        rev = self.blocks[atom, place][..., cols]  # (N moved, k+1, 3, T)
+        c = coef[atom] * found[..., None].astype(coef.dtype)  # (N moved, k+1, T)
+        out = jnp.einsum("mst,msxt->tmx", c, rev)
+        return out.reshape(coef.shape[1], -1)
+
+    def outer_sum(self, coef: jax.Array, cols) -> jax.Array:
+        """(C, c, 3N): sum_a coef[a, i] * (dv_a/dx)[cols[j]] for coef (N, C), per moved atom."""
+        atom, place, found = environment.reverse_slots(self.idx)
+        rev = self.blocks[atom, place][..., cols]  # (N moved, k+1, 3, c)
+        c = coef[atom] * found[..., None].astype(coef.dtype)
+        out = jnp.einsum("msi,msxj->ijmx", c, rev)
+        return out.reshape(coef.shape[1], len(cols), -1)
+
+    def contract(self, du: jax.Array, dw_du: jax.Array) -> jax.Array:
+        """(3N, M): sum over atoms of du_a (3(k+1), p) @ dw_du_a (M, p)^T, scattered."""
+        return self.scatter(jnp.einsum("cdp,cmp->cdm", du, dw_du))
+
+    @property
+    def dv_dx(self) -> jax.Array:
+        """The dense (N, P, 3N) (tests only: quadratic in the atoms)."""
+        return environment.dense_jacobian(self.blocks, self.idx)
 
 
 class DenseJacobian:
@@ -55,6 +106,14 @@ class DenseJacobian:
     def project(self, weight: jax.Array) -> jax.Array:
         """Tangent rows (C, D, q) of v_c @ weight for weight (P, q)."""
         return jnp.einsum("cpd,pq->cdq", self.dv_dx, weight)
+
+    def local_tangents(self, weight: jax.Array | None = None) -> jax.Array:
+        """Tangent rows (C, D, q) of v_c @ weight (dv_c/dx itself without weight)."""
+        return jnp.swapaxes(self.dv_dx, 1, 2) if weight is None else self.project(weight)
+
+    def contract(self, du: jax.Array, dw_du: jax.Array) -> jax.Array:
+        """(D, M): sum over copies of du_c (D, p) @ dw_du_c (M, p)^T, one contraction."""
+        return jnp.einsum("cdp,cmp->dm", du, dw_du)
 
 
 class PairJacobian:
@@ -88,10 +147,17 @@ class PairJacobian:
         w = (weight / self.std[:, None]).T
         return descriptors.inverse_distance_tangents(self.x, self.n_atoms, w, self.perms)
 
+    local_tangents = project
+    contract = DenseJacobian.contract
+
 
 def copies_and_jacobian(config: Config, stats: Stats, x: jax.Array, *, dense: bool):
-    """The copies v (C, P) and their Jacobian: PairJacobian for inverse distances unless
-    ``dense`` asks for dv/dx itself (the DSoftKI block without an MLP)."""
+    """The copies v (C, P) and their Jacobian: AtomJacobian for the atomic descriptor,
+    PairJacobian for inverse distances unless ``dense`` asks for dv/dx itself (the DSoftKI
+    block without an MLP)."""
+    if config.descriptor == "atomic":
+        raw, jac = atomic_raw(config, stats, x, jacobian=True)
+        return (raw - stats.desc_mean) / stats.desc_std, jac.scaled(1.0 / stats.desc_std)
     pairs = config.descriptor == "inverse-distance"
     v, dv_dx = copies(config, stats, x, jacobian=dense or not pairs)
     return v, (DenseJacobian(dv_dx) if dv_dx is not None else PairJacobian(config, stats, x))
@@ -107,9 +173,10 @@ def copies(config: Config, stats: Stats, x: jax.Array, *, jacobian: bool):
     """
 
     if config.descriptor == "atomic":  # the atoms are the copies; no permutations
-        raw, draw = atomic_raw(config, stats, x, jacobian=jacobian)
-        v = (raw - stats.desc_mean) / stats.desc_std
-        return v, (draw / stats.desc_std[:, None] if jacobian else None)
+        if jacobian:
+            raise ValueError("an atomic model's Jacobian is local: use copies_and_jacobian")
+        raw, _ = atomic_raw(config, stats, x, jacobian=False)
+        return (raw - stats.desc_mean) / stats.desc_std, None
 
     def raw_of(y):
         return descriptors.raw_descriptor(config.descriptor, y, config.n_atoms)

@@ -54,7 +54,15 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
     """An atomic model's config (its elements counted, no permutations) and Stats fields: the
     per-element environment projections and, with pair powers, the inverse distances' mean
     and spread (params.atomic_stats)."""
-    config = dataclasses.replace(config, n_species=len(np.unique(numbers)), n_permutations=1)
+    n_atoms = config.n_atoms
+    needed = environment.max_neighbours(x[:ENV_SAMPLE].reshape(-1, n_atoms, 3), config.env_cutoff)
+    try:
+        k = environment.neighbour_slots(config.env_neighbours, n_atoms, needed)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    config = dataclasses.replace(
+        config, n_species=len(np.unique(numbers)), n_permutations=1, env_neighbours=k
+    )
     projection = environment_projections(config, numbers, x[:ENV_SAMPLE])
     pairs = None
     if config.n_explicit_pair:

@@ -30,13 +30,15 @@ AVAILABLE_SHARE = 0.7
 def structure_bytes(config, n_copies: int = 1) -> int:
     """Bytes one structure's observation rows take while they are computed: the rows themselves
     (1 + D, K) with two temporaries of their size, and the feature map's intermediates per
-    permuted copy. On inverse distances with a deep kernel (model._PairJacobian) those are the
+    permuted copy. On inverse distances with a deep kernel (features.PairJacobian) those are the
     tangent rows (D, width) through the MLP's layers, the pair gradients and N x N pair
     matrices, and for the explicit block the PCA tangents (D, q) and the scattered pair terms;
     otherwise the dense descriptor Jacobian (P, D), the pair powers' product-rule terms of that
-    shape and (n_local, D) for the local products. Each counted as if materialised (XLA fuses
-    some): an upper estimate."""
+    shape and (n_local, D) for the local products. Atomic environments: atom_bytes. Each
+    counted as if materialised (XLA fuses some): an upper estimate."""
     d, k, p, n = config.dim, config.n_basis, config.descriptor_size, config.n_atoms
+    if config.descriptor == "atomic":
+        return BYTES * (3 * (1 + d) * k) + n * atom_bytes(config)
     pairs = config.descriptor == "inverse-distance"
     n_local = config.n_local if config.explicit == "polynomial" else 0
     if pairs and config.n_features > 0:
@@ -46,14 +48,27 @@ def structure_bytes(config, n_copies: int = 1) -> int:
     if config.explicit != "none":
         per_copy += d * 2 * config.explicit_q
         per_copy += 8 * (p + 2 * n_local) if pairs else d * 2 * n_local
-    per_copy *= config.n_descriptor_copies
-    if config.descriptor == "atomic":  # each atom's neighbour terms and dq/d(density)
-        lm = (config.env_lmax + 1) ** 2
-        per_copy += n * (
-            n * config.env_radial * lm * 4
-            + config.env_dim * config.n_species * config.env_radial * lm * 2
-        )
     return BYTES * (3 * (1 + d) * k + n_copies * per_copy)
+
+
+def atom_bytes(config) -> int:
+    """One atom's share of an atomic structure's intermediates (features.AtomJacobian): its
+    3(k+1) local tangent rows through the MLP and against the M interpolation weights, its
+    local blocks (k+1, 3, P) and their per-moved-atom gathers, its neighbour terms and
+    dq/d(density)."""
+    slots = (
+        config.n_atoms if config.env_neighbours <= 0 else min(config.env_neighbours + 1, config.n_atoms)
+    )
+    local = 3 * slots
+    lm = (config.env_lmax + 1) ** 2
+    terms = local * (4 * max(config.width, 128) + config.n_inducing + 4 * config.descriptor_size)
+    if config.explicit != "none":
+        terms += 3 * config.explicit_q * (config.explicit_q + local)
+    density = (
+        slots * config.env_radial * lm * 4
+        + config.env_dim * config.n_species * config.env_radial * lm * 2
+    )
+    return BYTES * (terms + density)
 
 
 def fit_memory_bytes(config, chunk: int, n_devices: int = 1, n_copies: int = 1) -> int:
