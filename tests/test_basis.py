@@ -455,3 +455,34 @@ def test_too_few_neighbour_slots_are_refused(methanol_data):
     positions, e, f = methanol_data
     with pytest.raises(InputError, match="env_neighbours=2 is fewer than the 5 atoms"):
         build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_neighbours=2)
+
+
+def test_size_defaults_choose_the_atomic_descriptor_for_large_molecules():
+    """Left to the user-level defaults (absent, "auto" or AUTO), a molecule of more than
+    LARGE_MOLECULE_ATOMS atoms gets the atomic descriptor without pair powers, a smaller one
+    the global descriptor with them; what the user sets is kept."""
+    from forcegp.gp.config import AUTO, LARGE_MOLECULE_ATOMS, PAIR_POWERS
+    from forcegp.training.budget import size_defaults
+
+    small, large = LARGE_MOLECULE_ATOMS, LARGE_MOLECULE_ATOMS + 1
+    assert size_defaults(small, {}) == {"descriptor": "inverse-distance", "pair_powers": PAIR_POWERS}
+    assert size_defaults(large, {"descriptor": "auto", "pair_powers": AUTO}) == {
+        "descriptor": "atomic", "pair_powers": 0}  # fmt: skip
+    kept = {"descriptor": "inverse-distance", "pair_powers": 1, "width": 8}
+    assert size_defaults(large, kept) == kept
+    assert size_defaults(small, {"descriptor": "atomic"})["pair_powers"] == PAIR_POWERS
+
+
+def test_pca_with_more_entries_than_samples_uses_the_gram_matrix():
+    """With P > n the principal directions come from the n x n Gram matrix: the same
+    directions (up to sign) and unit-variance components as from the P x P covariance."""
+    from forcegp.training.initialise import pca_projection
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(30, 5)) @ rng.normal(size=(5, 80)) + 0.01 * rng.normal(size=(30, 80))
+    v = (v - v.mean(0)) / v.std(0)
+    wide = pca_projection(v, 4)
+    evals, evecs = np.linalg.eigh(np.cov(v, rowvar=False))
+    order = np.argsort(evals)[::-1][:4]
+    np.testing.assert_allclose(np.abs(wide), np.abs(evecs[:, order] / np.sqrt(evals[order])), atol=1e-10)
+    np.testing.assert_allclose(np.var(v @ wide, axis=0, ddof=1), 1.0, rtol=1e-10)

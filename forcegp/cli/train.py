@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from ..gp.config import AUTO, DESCRIPTORS, EXPLICIT_BLOCKS, Config
+from ..gp.config import (
+    AUTO,
+    AUTO_DESCRIPTOR,
+    DESCRIPTORS,
+    EXPLICIT_BLOCKS,
+    LARGE_MOLECULE_ATOMS,
+    PAIR_POWERS,
+    Config,
+)
 from ..training.settings import PRECISIONS, TrainSettings
 from .app import cli
 from .display import TrainProgress, metrics_table
@@ -72,12 +80,13 @@ def _shown(name: str, fields: dict = CONFIG):
 )
 @click.option(
     "--descriptor",
-    default=CONFIG["descriptor"],
+    default=AUTO_DESCRIPTOR,
     show_default=True,
-    type=click.Choice(DESCRIPTORS),
+    type=click.Choice([AUTO_DESCRIPTOR, *DESCRIPTORS]),
     help="Invariant descriptor: 'inverse-distance' (every atom pair, one per structure), "
     "'atomic' (each atom's environment within --env-cutoff; the model is a sum over atoms) or "
-    "'cartesian' (not invariant).",
+    f"'cartesian' (not invariant); auto: inverse-distance up to {LARGE_MOLECULE_ATOMS} atoms, "
+    "atomic beyond.",
 )
 @click.option(
     "--explicit",
@@ -112,11 +121,12 @@ def _shown(name: str, fields: dict = CONFIG):
 )
 @click.option(
     "--pair-powers",
-    default=CONFIG["pair_powers"],
+    default="auto",
     show_default=True,
-    type=click.IntRange(min=0, max=8),
-    help="Polynomial block: powers v, v^2, ... of every atom pair's inverse distance (0: none). "
-    "These terms grow with the number of atom pairs: lower it for molecules beyond about 50 atoms.",
+    type=AutoInt(minimum=0),
+    help="Polynomial block: powers v, v^2, ... of every atom pair's inverse distance (0: none; "
+    f"auto: {PAIR_POWERS} up to {LARGE_MOLECULE_ATOMS} atoms, none beyond). These terms grow "
+    "with the number of atom pairs.",
 )
 @click.option(
     "--env-cutoff",
@@ -151,7 +161,8 @@ def _shown(name: str, fields: dict = CONFIG):
     default=CONFIG["env_neighbours"],
     show_default=True,
     type=click.IntRange(min=0),
-    help="Atomic descriptor: neighbour slots per atom, its nearest atoms (0: every other atom).",
+    help="Atomic descriptor: neighbour slots per atom, its nearest atoms (0: every other atom "
+    "up to 64 atoms, beyond that the most atoms found within the cutoff plus a margin).",
 )
 @click.option(
     "--symmetrize/--no-symmetrize",

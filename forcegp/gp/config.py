@@ -31,6 +31,16 @@ MONITOR_STD_SKETCH = 128
 AUTO = -1
 AUTO_FIELDS = ("width", "explicit_cubic")
 
+#: Beyond this many atoms a molecule is "large": the user-level defaults (descriptor "auto",
+#: pair_powers AUTO; training.budget.size_defaults) choose the atomic descriptor without the
+#: global pair powers, whose N(N-1)/2 terms each would pass the explicit block's budget, and an
+#: atomic model's atoms take their nearest atoms as neighbour slots (gp.environment).
+LARGE_MOLECULE_ATOMS = 64
+#: Pair powers of a Config, and of the user-level default up to LARGE_MOLECULE_ATOMS atoms.
+PAIR_POWERS = 3
+#: The descriptor a user may ask for: one of DESCRIPTORS, or "auto" (by the molecule's size).
+AUTO_DESCRIPTOR = "auto"
+
 # Sanity limits: far above any real model, low enough to refuse absurd shapes from a file.
 MAX_ATOMS = 10_000
 MAX_INDUCING = 100_000
@@ -102,7 +112,7 @@ class Config:
     # Leading PCA components in the cubic terms ("polynomial"); AUTO: training.budget chooses
     # it from the number of training structures and atoms.
     explicit_cubic: int = AUTO
-    pair_powers: int = 3  # powers of each descriptor entry ("atomic": of each inverse distance)
+    pair_powers: int = PAIR_POWERS  # powers of each descriptor entry ("atomic": of inverse distances)
     local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
     n_local: int = 0  # local product terms; set by training.initialise from the geometries
     # Atom permutations (graph automorphisms) the model is averaged over, at most; 1 = none.

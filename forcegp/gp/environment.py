@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .config import LARGE_MOLECULE_ATOMS
+
 #: The radial transform starts here (Å): 1/r is mapped linearly from [1/cutoff, 1/R_INNER] onto
 #: [-1, 1], so the Chebyshev functions resolve short distances (bonds) most finely.
 R_INNER = 0.7
@@ -38,7 +40,7 @@ def element_index(numbers) -> np.ndarray:
 
 #: Up to this many atoms every other atom is a neighbour slot (env_neighbours = 0); beyond it
 #: each atom takes the k nearest, k chosen from the training data (neighbour_slots).
-ALL_SLOTS_ATOMS = 64
+ALL_SLOTS_ATOMS = LARGE_MOLECULE_ATOMS
 
 
 def max_neighbours(positions: np.ndarray, cutoff: float) -> int:

@@ -174,8 +174,16 @@ def environment_projections(config: Config, numbers, x: np.ndarray) -> np.ndarra
 
 def pca_projection(v: np.ndarray, q: int) -> np.ndarray:
     """The leading q principal directions (P, q) of standardised descriptors v (n, P), scaled so
-    the projected components have unit variance."""
-    evals, evecs = np.linalg.eigh(np.cov(v, rowvar=False) + 1e-12 * np.eye(v.shape[1]))
+    the projected components have unit variance. With more entries than samples (P > n: the
+    inverse distances of a large molecule) from the n x n Gram matrix, never the P x P
+    covariance (68,000 entries at 370 atoms would be a 37 GB matrix)."""
+    n, p = v.shape
+    centred = v - v.mean(axis=0)
+    if p <= n:
+        evals, evecs = np.linalg.eigh(np.cov(v, rowvar=False) + 1e-12 * np.eye(p))
+    else:
+        evals, u = np.linalg.eigh(centred @ centred.T / max(n - 1, 1))
+        evecs = centred.T @ u / np.sqrt(np.maximum(evals, 1e-300) * max(n - 1, 1))[None]
     order = np.argsort(evals)[::-1][:q]
     return evecs[:, order] / np.sqrt(np.maximum(evals[order], 1e-10))[None]
 

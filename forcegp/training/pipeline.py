@@ -26,7 +26,7 @@ from ..gp.config import AUTO, Config, ConfigError, validate
 from ..gp.params import ForceGP, all_finite, strong_types, with_hyper
 from ..modelfile import CHECKPOINT_FORMAT, read_header
 from . import loop
-from .budget import budgeted_epochs
+from .budget import budgeted_epochs, size_defaults
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluation import amplified, calibrate, predict, prediction_metrics
 from .initialise import initialize, match_prior_scale, standardise_targets
@@ -50,12 +50,15 @@ class TrainingInterrupted(ForceGPError):
 
 
 def make_config(n_atoms: int, config_kwargs: dict | None) -> Config:
-    """A Config for ``n_atoms`` from user options, checked by the one validator (InputError)."""
+    """A Config for ``n_atoms`` from user options, checked by the one validator (InputError);
+    the descriptor and the pair powers, where not given (or "auto"), by the molecule's size
+    (budget.size_defaults)."""
     kwargs = dict(config_kwargs or {})
     if "n_atoms" in kwargs:
         raise InputError("unknown model option(s) ['n_atoms']: it comes from the data")
     if n_atoms < 2:
         raise InputError(f"a molecule needs at least 2 atoms, the data has {n_atoms}")
+    kwargs = size_defaults(n_atoms, kwargs)
     try:
         return validate({**kwargs, "n_atoms": n_atoms}, resolved=False)
     except ConfigError as err:
