@@ -144,21 +144,3 @@ def test_batch_loss_gradient_matches_finite_differences(small_problem, name):
         float(loss_jit(shifted(h), model, x, y, g)) - float(loss_jit(shifted(-h), model, x, y, g))
     ) / (2 * h)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
-
-
-def test_a_large_atomic_model_forms_its_rows_in_rematerialised_groups(methanol_data, monkeypatch):
-    """Beyond LARGE_MOLECULE_ATOMS atoms an atomic model's training step forms its rows a few
-    structures at a time under jax.checkpoint: the same loss and gradients as all at once."""
-    from synthetic import METHANOL_NUMBERS, build_model, standardised
-
-    positions, e, f = methanol_data
-    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=5, pair_powers=0)
-    y, g = standardised(model, e[:6], f[:6])
-    args = (model, jnp.asarray(positions[:6].reshape(6, -1)), jnp.asarray(y), jnp.asarray(g))
-    whole = eqx.filter_value_and_grad(likelihood.batch_loss)(model.hyper, *args)
-    monkeypatch.setattr(likelihood, "LARGE_MOLECULE_ATOMS", 2)
-    monkeypatch.setattr(likelihood, "ROW_GROUP", 4)  # 6 structures: a group and a remainder
-    grouped = eqx.filter_value_and_grad(likelihood.batch_loss)(model.hyper, *args)
-    np.testing.assert_allclose(grouped[0], whole[0], rtol=1e-12)
-    for a, b in zip(jax.tree_util.tree_leaves(grouped[1]), jax.tree_util.tree_leaves(whole[1]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 
 from .basis import noise_vector, raw_rows, soft_cholesky, whiten
-from .config import LARGE_MOLECULE_ATOMS
 from .params import ForceGP, Hyper
 
 
@@ -42,11 +41,6 @@ def dense_nll(phi: jax.Array, lam: jax.Array, t: jax.Array) -> jax.Array:
     return 0.5 * (a @ a + 2.0 * jnp.sum(jnp.log(jnp.diag(chol))) + n * jnp.log(2 * jnp.pi)) / n
 
 
-#: Structures of a large atomic model (more than LARGE_MOLECULE_ATOMS atoms) whose rows a
-#: training step forms at once (batch_rows).
-ROW_GROUP = 4
-
-
 def batch_rows(model: ForceGP, hyper: Hyper, x: jax.Array, rows_dtype=None) -> jax.Array:
     """Rows (B, 1+D, K) for a batch of structures x (B, D).
 
@@ -60,16 +54,7 @@ def batch_rows(model: ForceGP, hyper: Hyper, x: jax.Array, rows_dtype=None) -> j
     cfg = model.config
     dtype = x.dtype if rows_dtype is None else rows_dtype
     stats, low = cast(model.stats, dtype), cast(hyper, dtype)
-
-    def one(xi):
-        return raw_rows(cfg, stats, low, xi)
-
-    if cfg.descriptor == "atomic" and cfg.n_atoms > LARGE_MOLECULE_ATOMS:
-        # Every atom's tangents through the deep kernel would be kept for the backward pass of
-        # the whole batch; instead ROW_GROUP structures at a time, recomputed when differentiated.
-        raw = jax.lax.map(jax.checkpoint(one), x.astype(dtype), batch_size=ROW_GROUP)
-    else:
-        raw = jax.vmap(one)(x.astype(dtype))
+    raw = jax.vmap(lambda xi: raw_rows(cfg, stats, low, xi))(x.astype(dtype))
     return whiten(cfg, soft_cholesky(cfg, hyper), raw.astype(x.dtype))
 
 
