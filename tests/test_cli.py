@@ -17,8 +17,9 @@ from forcegp.cli import cli
 from forcegp.cli.options import AutoInt, ByteSize, defaults
 from forcegp.data import read_dataset
 from forcegp.files import write_extxyz_atomic
-from forcegp.gp.config import Config
+from forcegp.gp.config import LARGE_MOLECULE_ATOMS, Config
 from forcegp.training import evaluation, pipeline
+from forcegp.training.budget import size_defaults
 from forcegp.training.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,7 +234,11 @@ def test_defaults_come_from_the_dataclasses():
     assert params["inducing"].default == config["n_inducing"]
     assert params["features"].default == config["n_features"]
     assert params["explicit_dim"].default == config["explicit_dim"]
-    assert params["pair_powers"].default == config["pair_powers"]
+    # The descriptor and pair powers depend on the molecule's size ('auto', budget.size_defaults):
+    # up to LARGE_MOLECULE_ATOMS atoms they are Config's own.
+    assert params["pair_powers"].default == params["descriptor"].default == "auto"
+    small = size_defaults(LARGE_MOLECULE_ATOMS, {})
+    assert small == {"descriptor": config["descriptor"], "pair_powers": config["pair_powers"]}
     # Config's -1 is the library's own choice, shown and accepted as 'auto'.
     assert config["width"] == config["explicit_cubic"] == -1
     assert params["width"].default == params["explicit_cubic"].default == "auto"
