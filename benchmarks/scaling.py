@@ -147,7 +147,8 @@ def ala3_cluster(m: int, n: int, rng):
     grid = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)][:m])
     shift = grid * step  # (m, 3)
     picks = rng.integers(0, len(frames), size=(n, m))
-    pos = frames[picks] + shift[None, :, None] + ALA3_NOISE * rng.standard_normal((n, m, *frames.shape[1:]))
+    noise = ALA3_NOISE * rng.standard_normal((n, m, *frames.shape[1:]))
+    pos = frames[picks] + shift[None, :, None] + noise
     pos = pos.reshape(n, -1, 3)
     ref = (frames[0][None] + shift[:, None]).reshape(-1, 3)
     desc = f"{m} x MD22 Ac-Ala3-NHMe ({m * len(numbers)} atoms, ±{ALA3_NOISE} Å), SYNTHETIC labels"
