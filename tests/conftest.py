@@ -23,8 +23,6 @@ if os.environ.get("FORCEGP_TEST_JAX_CACHE", "1") != "0":
 
 # --------------------------------------------------------------------------------------------
 # Shared fixtures (tiny synthetic problems from tests/synthetic.py).
-# NOTE: an earlier version of this file was overwritten by mistake; these fixtures are a
-# reconstruction from what the tests use (small_problem, fitted_small, methanol_data).
 
 import pytest  # noqa: E402
 
