@@ -305,6 +305,32 @@ def versions() -> dict:
     return out
 
 
+def row_head(code: str, args, train: dict, test: dict) -> dict:
+    """The keys every peers row starts with: the code, the data and its sizes."""
+    return {
+        "code": code,
+        "name": args.name or args.train.stem,
+        "train_file": str(args.train),
+        "test_file": str(args.test),
+        "energy_unit_in": train["energy_unit"],
+        "n_train": len(train["positions"]),
+        "n_test": len(test["positions"]),
+        "n_atoms": int(train["numbers"].shape[1]),
+    }
+
+
+def record(out: Path, row: dict, command: str) -> None:
+    """Stamp ``row`` with the machine, the commit, the command and the time, append it to
+    ``out`` and print its scalar entries."""
+    info = common.machine_info()
+    info["processor"] = platform.processor()
+    row.update(machine=info, git_commit=info["git_commit"], command=command,
+               date_utc=info["time_utc"])  # fmt: skip
+    append_row(out, row)
+    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}, indent=1))
+    print(f"appended to {out}", file=sys.stderr)
+
+
 def append_row(out: Path, row: dict) -> None:
     """Old rows plus the new one, written to a temporary file beside ``out`` and moved over it."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -383,20 +409,8 @@ def main(argv=None) -> dict:
     from apax.md import ASECalculator
 
     calc = ASECalculator(model_dir)
-    row = {
-        "code": "apax",
-        "name": args.name or args.train.stem,
-        "train_file": str(args.train),
-        "test_file": str(args.test),
-        "energy_unit_in": train["energy_unit"],
-        "n_train": n,
-        "n_train_fit": n - n_valid,
-        "n_valid": n_valid,
-        "n_test": len(test["positions"]),
-        "n_atoms": int(train["numbers"].shape[1]),
-        "epochs": args.epochs,
-        "seed": args.seed,
-    }
+    row = row_head("apax", args, train, test)
+    row.update(n_train_fit=n - n_valid, n_valid=n_valid, epochs=args.epochs, seed=args.seed)
     row.update(evaluate(calc, test))
     row["train_seconds"] = run["wall_s"]
     row["train_peak_rss_bytes"] = run["peak_rss_bytes"]
@@ -415,16 +429,8 @@ def main(argv=None) -> dict:
         "settings": "apax template train + code defaults; only data, n_epochs, seed set",
     }
     row["versions"] = versions()
-    info = common.machine_info()
-    info["processor"] = platform.processor()
-    row["machine"] = info
-    row["git_commit"] = info["git_commit"]
-    row["command"] = command
-    row["date_utc"] = info["time_utc"]
     row["workdir"] = str(workdir)
-    append_row(args.out, row)
-    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}, indent=1))
-    print(f"appended to {args.out}", file=sys.stderr)
+    record(args.out, row, command)
     return row
 
 

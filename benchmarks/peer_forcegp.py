@@ -128,16 +128,8 @@ def main(argv=None) -> dict | None:
         m = json.loads(metrics.read_text())
         atoms = peer_apax.to_atoms(test, labelled=False)[0]
         md = md_times(model, atoms, args.md_steps, args.md_warmup)
-    n = len(train["positions"])
-    row = {
-        "code": "forcegp",
-        "name": args.name or args.train.stem,
-        "train_file": str(args.train),
-        "test_file": str(args.test),
-        "energy_unit_in": train["energy_unit"],
-        "n_train": n,
-        "n_test": len(test["positions"]),
-        "n_atoms": int(train["numbers"].shape[1]),
+    row = peer_apax.row_head("forcegp", args, train, test)
+    row |= {
         "settings": "forcegp train defaults" + (f" {args.flags}" if flags else ""),
         "energy_mae_mev": 1e3 * m["energy_mae"],
         "energy_rmse_mev": 1e3 * m["energy_rmse"],
@@ -150,14 +142,8 @@ def main(argv=None) -> dict | None:
         "test_seconds": tested["wall_s"],
         **md,
     }
-    info = common.machine_info()
-    row["machine"] = info
-    row["git_commit"] = info["git_commit"]
-    row["command"] = command
-    row["date_utc"] = info["time_utc"]
-    peer_apax.append_row(args.out, row)
+    peer_apax.record(args.out, row, command)
     write_table(args.out)
-    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}, indent=1))
     return row
 
 
