@@ -35,7 +35,10 @@ from .gp.params import ForceGP, all_finite, template
 
 MODEL_FORMAT = "forcegp-model"
 CHECKPOINT_FORMAT = "forcegp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1 files have no pair-power prior scale (Hyper.raw_scale_pair): an "atomic" model's
+#: pair powers shared scale_linear then, so loading gives them that value.
+PAIR_SCALE_VERSION = 2
 MAX_HEADER_BYTES = 1 << 20
 UNITS = {"energy": "eV", "length": "Ang", "forces": "eV/Ang"}
 
@@ -252,6 +255,10 @@ def _skeleton(path, header: dict, *, with_posterior: bool) -> ForceGP:
     if not is_int(n_perm) or not 1 <= n_perm <= config.n_permutations:
         raise file_error(path, "truncated or corrupted (bad n_permutations)")
     skeleton = eqx.filter_eval_shape(lambda: template(config, numbers, with_posterior=with_posterior))
+    if header.get("format_version") < PAIR_SCALE_VERSION:
+        skeleton = eqx.tree_at(
+            lambda m: m.hyper.raw_scale_pair, skeleton, None, is_leaf=lambda v: v is None
+        )
     # The symmetry search may find fewer permutations than the configured maximum.
     perms = jax.ShapeDtypeStruct((n_perm, config.n_atoms), skeleton.stats.permutations.dtype)
     return eqx.tree_at(lambda m: m.stats.permutations, skeleton, perms)
@@ -278,6 +285,13 @@ def load_model(path, *, numbers=None) -> tuple[ForceGP, dict]:
     like = _skeleton(path, header, with_posterior=has_posterior)
     check_numbers(like.numbers, numbers, f"model {path}")
     model = deserialise(path, payload, like)
+    if model.config.pair_scaled and model.hyper.raw_scale_pair is None:
+        model = eqx.tree_at(
+            lambda m: m.hyper.raw_scale_pair,
+            model,
+            model.hyper.raw_scale_linear,
+            is_leaf=lambda v: v is None,
+        )
     if not all_finite(model):
         raise file_error(path, "corrupted: the model has non-finite parameters")
     return model, header

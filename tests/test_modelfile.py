@@ -94,7 +94,7 @@ def test_round_trip_gives_identical_predictions(problem, saved):
     b = evaluation.predict(loaded, data.positions[:3])
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    assert header["format"] == "forcegp-model" and header["format_version"] == 1
+    assert header["format"] == "forcegp-model" and header["format_version"] == modelfile.FORMAT_VERSION
     assert header["units"] == {"energy": "eV", "length": "Ang", "forces": "eV/Ang"}
     assert header["dtype"] == "float64" and header["numbers"] == [6, 6, 8, 1, 1, 1, 1, 1, 1]
     assert header["training"]["fingerprint"] == "abc" and header["history"][0]["loss"] == 1.5
@@ -138,7 +138,7 @@ def test_payload_that_does_not_match_a_consistent_header(tmp_path, saved):
 def test_newer_format_version(tmp_path, saved):
     header, payload = split(saved)
     bad = tmp_path / "new.fgp"
-    rewrite(bad, {**header, "format_version": 2}, payload)
+    rewrite(bad, {**header, "format_version": modelfile.FORMAT_VERSION + 1}, payload)
     with pytest.raises(ModelFileError, match="made by a newer forcegp"):
         modelfile.load_model(bad)
 
@@ -345,3 +345,17 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     after = evaluation.predict(loaded, data.positions[:3])
     for key in ("energy", "forces", "energy_std", "forces_std"):
         np.testing.assert_array_equal(after[key], before[key])
+    # The pair powers have their own prior scale; a file of the format before it (no such
+    # leaf; the pair powers scaled as the linear terms) loads with the linear terms' scale.
+    assert model.config.pair_scaled and model.hyper.raw_scale_pair is not None
+    h = model.hyper
+    assert float(h.scale_pair) != float(h.scale_linear)
+    old = eqx.tree_at(lambda m: m.hyper.raw_scale_pair, model, None, is_leaf=lambda v: v is None)
+    header, _ = split(path)
+    rewrite(path, {**header, "format_version": 1}, modelfile.payload_of(old))
+    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
+    assert loaded.hyper.raw_scale_pair is not None
+    np.testing.assert_array_equal(loaded.hyper.raw_scale_pair, h.raw_scale_linear)
+    same = eqx.tree_at(lambda m: m.hyper.raw_scale_pair, model, h.raw_scale_linear)
+    for a, b in zip(arrays(loaded), arrays(same), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -112,6 +112,7 @@ def model_summary(gp, header: dict) -> dict:
             "scale": float(hyper.scale),
             "scale_linear": float(hyper.scale_linear),
             "scale_quadratic": float(hyper.scale_quadratic),
+            "scale_pair": None if hyper.raw_scale_pair is None else float(hyper.scale_pair),
             "temperature_mean": float(np.mean(np.asarray(hyper.temperature))),
             "lengthscale_min": float(lengthscale.min()),
             "lengthscale_median": float(np.median(lengthscale)),
@@ -144,6 +145,12 @@ def _environment(cfg: dict) -> str:
             f"{cfg['env_dim']} components per element, neighbours {slots})")  # fmt: skip
 
 
+def _explicit_scales(h: dict) -> str:
+    """linear / products, then the pair powers' own scale where the model has one."""
+    out = f"{h['scale_linear']:.4g} / {h['scale_quadratic']:.4g}"
+    return out if h.get("scale_pair") is None else f"{out} / pair powers {h['scale_pair']:.4g}"
+
+
 def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
@@ -171,7 +178,7 @@ def format_summary(path, s: dict) -> str:
         ("noise forces", f"{h['noise_forces_eV_per_Ang'] * 1e3:.3f}", "meV/Å"),
         ("energy mean / scale", f"{h['energy_mean_eV']:.4f} / {h['energy_scale_eV']:.4f}", "eV"),
         ("kernel scale", f"{h['scale']:.4g}", ""),
-        ("explicit scales", f"{h['scale_linear']:.4g} / {h['scale_quadratic']:.4g}", ""),
+        ("explicit scales", _explicit_scales(h), ""),
         ("mean temperature", f"{h['temperature_mean']:.4g}", ""),
         (
             "lengthscales",

@@ -168,12 +168,19 @@ class Config:
 
     @property
     def n_explicit_linear(self) -> int:
-        """The explicit block's leading columns that scale_linear scales (the rest are products)."""
+        """The explicit block's columns that scale_linear scales: the leading ones, after the pair
+        powers of an "atomic" model (which scale_pair scales); the rest are products."""
         if self.explicit == "none":
             return 0
         if self.descriptor == "atomic":
-            return self.n_explicit_pair + self.n_species * self.env_dim
+            return self.n_species * self.env_dim
         return self.n_explicit_pair if self.explicit == "polynomial" else self.explicit_q
+
+    @property
+    def pair_scaled(self) -> bool:
+        """Whether the explicit block leads with global pair powers of their own prior scale
+        (an "atomic" model with pair powers; a global model's pair powers are its linear terms)."""
+        return self.descriptor == "atomic" and self.n_explicit_pair > 0
 
     @property
     def n_explicit_pair(self) -> int:

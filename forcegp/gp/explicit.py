@@ -86,7 +86,7 @@ def _pair_powers(config, stats, hyper, x, with_grad: bool):
     first, second, grad = descriptors.inverse_distance_pairs(x, n, jnp.arange(n)[None])
     vp = (descriptors.raw_descriptor("inverse-distance", x, n) - stats.pair_mean) / stats.pair_std
     ks = range(1, config.pair_powers + 1)
-    value = hyper.scale_linear * jnp.concatenate([vp**k for k in ks])
+    value = hyper.scale_pair * jnp.concatenate([vp**k for k in ks])
     if not with_grad:
         return value, None
     g = grad[0] / stats.pair_std[:, None]  # (P, 3)
@@ -96,7 +96,7 @@ def _pair_powers(config, stats, hyper, x, with_grad: bool):
     out = jnp.zeros((coef.shape[0], n, 3), x.dtype)
     part = coef[:, None] * g[cols]
     out = out.at[rows, first[0][cols]].add(part).at[rows, second[0][cols]].add(-part)
-    return value, hyper.scale_linear * out.reshape(coef.shape[0], 3 * n)
+    return value, hyper.scale_pair * out.reshape(coef.shape[0], 3 * n)
 
 
 def atomic_terms(config, stats, hyper, v, jac=None, x=None):
@@ -117,8 +117,8 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     masks = [
         jnp.asarray((element == e).astype(np.float64), dtype=v.dtype) for e in range(config.n_species)
     ]
-    # All linear columns first (pair powers, then each element's components), then all
-    # products: the two scale groups (posterior.basis_groups).
+    # The pair powers first, then each element's components, then all products: three scale
+    # groups (posterior.basis_groups).
     pairs = _pair_powers(config, stats, hyper, x, jac is not None) if config.n_explicit_pair else None
     values = [] if pairs is None else [pairs[0]]
     values += [hyper.scale_linear * jnp.sum(b * m[:, None], 0) / n for m in masks]

@@ -54,6 +54,8 @@ class Hyper(eqx.Module):
     raw_scale_quadratic: jax.Array  # () explicit block, product terms
     raw_noise_energy: jax.Array  # () std of energy noise, standardised units
     raw_noise_force: jax.Array  # () std of gradient-component noise, standardised units
+    # () the global pair powers beside an "atomic" model (Config.pair_scaled); None otherwise.
+    raw_scale_pair: jax.Array | None = None
 
     @property
     def temperature(self):
@@ -74,6 +76,10 @@ class Hyper(eqx.Module):
     @property
     def scale_quadratic(self):
         return SCALE_FLOOR + jax.nn.softplus(self.raw_scale_quadratic)
+
+    @property
+    def scale_pair(self):
+        return SCALE_FLOOR + jax.nn.softplus(self.raw_scale_pair)
 
     @property
     def noise_energy(self):
@@ -116,7 +122,8 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
     mlp = None
     if config.n_features > 0:
         mlp = DeepKernel(pd, config.n_features, config.width, config.depth, key=jax.random.key(0))
-    hyper = Hyper(mlp, z((m, p)), z((m, p)), z((p,)), z(()), z(()), z(()), z(()), z(()))
+    pair = z(()) if config.pair_scaled else None
+    hyper = Hyper(mlp, z((m, p)), z((m, p)), z((p,)), z(()), z(()), z(()), z(()), z(()), pair)
     stats = Stats(
         z((pd,)),
         z((pd,)),

@@ -63,12 +63,16 @@ def refine_noise(suff: Sufficient, model: ForceGP):
 
 
 def basis_groups(config) -> np.ndarray:
-    """Group of every basis column: 0 DSoftKI, 1 explicit pair/linear terms, 2 explicit products."""
-    n_lin = config.n_explicit_linear
+    """Group of every basis column: 0 DSoftKI, 1 explicit pair/linear terms, 2 explicit products,
+    3 the global pair powers of an "atomic" model (Config.pair_scaled), which lead its block."""
+    start = config.n_inducing
     groups = np.full(config.n_basis, 2, dtype=np.int64)
-    groups[: config.n_inducing] = 0
+    groups[:start] = 0
+    if config.pair_scaled:
+        groups[start : start + config.n_explicit_pair] = 3
+        start += config.n_explicit_pair
     if config.explicit != "none":
-        groups[config.n_inducing : config.n_inducing + n_lin] = 1
+        groups[start : start + config.n_explicit_linear] = 1
     return groups
 
 
@@ -101,29 +105,32 @@ def refined(suff: Sufficient, model: ForceGP) -> tuple[ForceGP, Sufficient]:
 
 
 def with_multipliers(model: ForceGP, mult, noise_e: float, noise_f: float) -> ForceGP:
-    """Fold per-block basis multipliers (DSoftKI, explicit pair, explicit product) and new noise
-    levels into the raw hyperparameters.
+    """Fold per-block basis multipliers (the groups of basis_groups: DSoftKI, explicit linear,
+    explicit product, atomic pair powers) and new noise levels into the raw hyperparameters.
 
     Each new leaf keeps the dtype, shape and weak-typedness of the leaf it replaces, so what was
     compiled for the trained model (or a model loaded from file) is reused for the result.
     """
-    mult = [float(v) for v in mult] + [1.0] * (3 - len(mult))
+    mult = [float(v) for v in mult] + [1.0] * (4 - len(mult))
     h = model.hyper
     inv = softplus_inv
-    names = (
+    names = [
         "raw_scale",
         "raw_scale_linear",
         "raw_scale_quadratic",
         "raw_noise_energy",
         "raw_noise_force",
-    )
-    values = (
+    ]
+    values = [
         inv(max(float(h.scale) * mult[0] ** 2 - SCALE_FLOOR, 1e-12)),
         inv(max(float(h.scale_linear) * mult[1] - SCALE_FLOOR, 1e-12)),
         inv(max(float(h.scale_quadratic) * mult[2] - SCALE_FLOOR, 1e-12)),
         inv(max(noise_e - NOISE_FLOOR, 1e-12)),
         inv(max(noise_f - NOISE_FLOOR, 1e-12)),
-    )
+    ]
+    if h.raw_scale_pair is not None:
+        names.append("raw_scale_pair")
+        values.append(inv(max(float(h.scale_pair) * mult[3] - SCALE_FLOOR, 1e-12)))
     h = eqx.tree_at(
         lambda t: tuple(getattr(t, name) for name in names),
         h,
@@ -142,7 +149,7 @@ def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
     kappa = float(kappa)
     h = model.hyper
     out = with_multipliers(
-        model, (kappa,) * 3, kappa * float(h.noise_energy), kappa * float(h.noise_force)
+        model, (kappa,) * 4, kappa * float(h.noise_energy), kappa * float(h.noise_force)
     )
     post = Posterior(model.posterior.mean / kappa, model.posterior.inv_chol)
     return eqx.tree_at(lambda m: m.posterior, out, post)
@@ -150,7 +157,7 @@ def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
 
 def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
     """One output-scale multiplier for every block (see with_multipliers)."""
-    return with_multipliers(model, (scale, scale, scale), noise_e, noise_f)
+    return with_multipliers(model, (scale,) * 4, noise_e, noise_f)
 
 
 def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:

@@ -17,6 +17,7 @@ from ..gp.config import is_int
 from ..gp.params import ForceGP, Hyper, all_finite
 from ..modelfile import (
     CHECKPOINT_FORMAT,
+    PAIR_SCALE_VERSION,
     base_header,
     check_config,
     checked_numbers,
@@ -94,6 +95,10 @@ def load_checkpoint(
     )
     if config != template_model.config or numbers != tuple(template_model.numbers):
         raise refuse
+    if config.pair_scaled and header.get("format_version") < PAIR_SCALE_VERSION:  # other hyperparameters
+        raise ModelFileError(
+            f"checkpoint {path} was written by another forcegp version; remove it or do not resume"
+        )
     if fingerprint is not None and header.get("fingerprint") != fingerprint:
         raise refuse
     if settings is not None and header.get("settings") != json_safe(settings):

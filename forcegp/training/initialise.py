@@ -215,8 +215,10 @@ def starting_hyper(config: Config, mlp, z, lengthscale: float, g_rms: float) -> 
     """Starting hyperparameters: temperatures 1, unit DSoftKI scale, explicit scales that
     spread unit variance over the terms of each group, noise 5% of the data's spread."""
     m, p = config.n_inducing, config.feature_size
-    n_quad = max(config.n_explicit - config.n_explicit_linear, 1)
+    n_pair = config.n_explicit_pair if config.pair_scaled else 0
+    n_quad = max(config.n_explicit - config.n_explicit_linear - n_pair, 1)
     n_lin = max(config.n_explicit_linear, 1)
+    pair = jnp.asarray(softplus_inv(max(1.0 / np.sqrt(max(n_pair, 1)), 2 * SCALE_FLOOR)))
     return Hyper(
         mlp=mlp,
         z=z,
@@ -227,6 +229,7 @@ def starting_hyper(config: Config, mlp, z, lengthscale: float, g_rms: float) -> 
         raw_scale_quadratic=jnp.asarray(softplus_inv(max(0.3 / np.sqrt(n_quad), 2 * SCALE_FLOOR))),
         raw_noise_energy=jnp.asarray(softplus_inv(0.05)),
         raw_noise_force=jnp.asarray(softplus_inv(max(0.05 * g_rms, 2 * NOISE_FLOOR))),
+        raw_scale_pair=pair if n_pair else None,
     )
 
 

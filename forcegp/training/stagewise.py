@@ -21,8 +21,7 @@ import numpy as np
 
 from ..gp import evidence, posterior
 from ..gp.basis import explicit_rows
-from ..gp.config import SCALE_FLOOR
-from ..gp.params import ForceGP, softplus_inv
+from ..gp.params import ForceGP
 from ..gp.statistics import Sufficient
 
 
@@ -62,23 +61,21 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
             suff.n_e + keep,
             suff.n_f + keep * vf.shape[1],
         )
-    # The explicit columns' groups (pair/linear terms, products) as the final refinement sees them;
-    # their two scales and both noise levels by the exact evidence of all data.
+    # The explicit columns' groups (linear terms, products, atomic pair powers) as the final
+    # refinement sees them; their scales and both noise levels by the exact evidence of all data.
     groups = posterior.basis_groups(model.config)[model.config.n_inducing :] - 1
     h = model.hyper
     mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
-    mult_lin, mult_quad = (list(mult) + [1.0, 1.0])[:2]
+    mult = np.concatenate([mult, np.ones(3 - len(mult))])
     # Only the explicit block's scales change; DSoftKI keeps its own output scale.
-    inv = softplus_inv
+    new = posterior.with_multipliers(model, [1.0, *mult], float(h.noise_energy), float(h.noise_force))
     model = eqx.tree_at(
-        lambda m: (m.hyper.raw_scale_linear, m.hyper.raw_scale_quadratic),
+        lambda m: (m.hyper.raw_scale_linear, m.hyper.raw_scale_quadratic, m.hyper.raw_scale_pair),
         model,
-        (
-            jnp.asarray(inv(max(float(h.scale_linear) * mult_lin - SCALE_FLOOR, 1e-12))),
-            jnp.asarray(inv(max(float(h.scale_quadratic) * mult_quad - SCALE_FLOOR, 1e-12))),
-        ),
+        (new.hyper.raw_scale_linear, new.hyper.raw_scale_quadratic, new.hyper.raw_scale_pair),
+        is_leaf=lambda v: v is None,
     )
-    columns = np.array([mult_lin, mult_quad])[groups]
+    columns = mult[groups]
     post = posterior.solve(posterior.scaled_statistics(suff, columns), noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
     for start, keep, rows in _rows_in_chunks(model, x, chunk):
