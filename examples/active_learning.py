@@ -1,13 +1,16 @@
-"""Active learning for ethanol: train, explore with MD until unsure, pick, label, retrain.
+"""Active learning: train, explore with MD until unsure, pick, label, retrain.
 
-    python examples/active_learning.py                 # 5-10 minutes on 2 CPU cores
+    python examples/active_learning.py                 # ethanol, 5-10 minutes on 2 CPU cores
     python examples/active_learning.py --no-baseline   # without the random-picks comparison
+    python examples/active_learning.py --reference xtb \
+        --geometries data/xtb/ala3_train.npz --test-geometries data/xtb/ala3_test.npz
 
-Round 0 trains on 50 structures (rMD17 ethanol geometries). Each round then
+Round 0 trains on 50 structures drawn from --geometries (by default rMD17 ethanol; only their
+positions are used). Each round then
 
 1. runs a few Langevin MD trajectories with the current model from training structures, each
    stopping when the largest predicted force std exceeds a threshold (forcegp.md.run_md): twice
-   the median such std over typical ethanol geometries (200 unlabelled rMD17 frames), so "unsure"
+   the median such std over typical geometries (200 unlabelled frames of --geometries), so "unsure"
    means "less sure than on the structures it should know";
 2. picks the most informative MD frames, greedily and batch-aware (forcegp.select);
 3. labels them with the reference calculator and retrains on everything labelled so far.
@@ -80,6 +83,18 @@ def label(calc, numbers, positions):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--geometries",
+        type=Path,
+        default=DATA / "ethanol_train.extxyz",
+        help="structures of one molecule to start from (their labels are not used)",
+    )
+    parser.add_argument(
+        "--test-geometries",
+        type=Path,
+        default=DATA / "ethanol_test.extxyz",
+        help="structures of the same molecule for the fixed test set (relabelled)",
+    )
     parser.add_argument("--initial", type=int, default=50, help="structures of round 0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pick", type=int, default=20, help="structures labelled per round")
@@ -118,7 +133,7 @@ def main() -> None:
     import ase.io
 
     from forcegp import Dataset, TrainSettings, read_dataset, train_model
-    from forcegp.data import concatenate
+    from forcegp.data import concatenate, formula
     from forcegp.errors import NumericalError
     from forcegp.md import make_calculator, run_md
     from forcegp.select import select_structures
@@ -127,9 +142,15 @@ def main() -> None:
     started = time.perf_counter()
     calc, reference = reference_calculator(args.reference)
     rng = np.random.default_rng(args.seed)
-    geometries = read_dataset(DATA / "ethanol_train.extxyz")  # rMD17 geometries; labels unused
+    geometries = read_dataset(args.geometries)  # positions only; every label is the reference's
     numbers = geometries.numbers
-    test_geometries = read_dataset(DATA / "ethanol_test.extxyz").positions[: args.test]
+    test_set = read_dataset(args.test_geometries)
+    if not np.array_equal(test_set.numbers, numbers):
+        raise SystemExit(
+            f"{args.test_geometries}: atoms {formula(test_set.numbers)}, but {args.geometries} "
+            f"has {formula(numbers)}"
+        )
+    test_geometries = test_set.positions[: args.test]
 
     def labelled(positions, source: str) -> Dataset:
         keep, energies, forces = label(calc, numbers, positions)
@@ -146,7 +167,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"reference: {reference}")
     print(
-        f"ethanol, {data.n_frames} initial structures, validation {valid.n_frames} and test set "
+        f"{formula(numbers).split()[0]}, {data.n_frames} initial structures, validation "
+        f"{valid.n_frames} and test set "
         f"{test.n_frames} structures "
         f"(labelled in {time.perf_counter() - started:.0f} s); model M={args.inducing}, "
         f"{args.epochs} epochs of batches of {args.batch_size}; {args.md_runs} MD runs x "

@@ -57,3 +57,17 @@ def test_active_learning_example(tmp_path):
     # Round 1 adds the picks (up to 4: as many as the MD run left candidate frames).
     assert [r[0] for r in rows] == ["0", "1"] and rows[0][1] == "10", out
     assert 10 < int(rows[1][1]) <= 14, out
+
+
+def test_active_learning_refuses_a_test_set_of_another_molecule(tmp_path):
+    """--test-geometries must hold the atoms of --geometries, in the same order: one line naming
+    the file, before any labelling or training."""
+    data = EXAMPLES.parent / "data"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "active_learning.py"), "--reference", "emt",
+         "--geometries", str(data / "ethanol_test.extxyz"),
+         "--test-geometries", str(data / "xtb" / "ala3_test.npz")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "ala3_test.npz: atoms C12H22N4O4" in proc.stderr and "Traceback" not in proc.stderr
