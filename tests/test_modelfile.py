@@ -28,7 +28,7 @@ from forcegp.gp.config import (
 from forcegp.gp.params import ForceGP
 from forcegp.training import checkpoint, evaluation
 from forcegp.training.initialise import initialize, standardise_targets
-from forcegp.training.loop import optimizer, run
+from forcegp.training.loop import TrainState, optimizer, run
 from forcegp.training.pipeline import make_config
 from forcegp.training.settings import TrainSettings
 
@@ -359,3 +359,15 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     same = eqx.tree_at(lambda m: m.hyper.raw_scale_pair, model, h.raw_scale_linear)
     for a, b in zip(arrays(loaded), arrays(same), strict=True):
         np.testing.assert_array_equal(a, b)
+    # A checkpoint of that format cannot resume such a model (its optimiser state lacks the scale).
+    settings = TrainSettings(epochs=1, batch_size=6)
+    opt = optimizer(settings, model.hyper, 12)
+    state = TrainState(model.hyper, opt.init(eqx.filter(model.hyper, eqx.is_array)), 0, [])
+    ckpt = tmp_path / "atomic.ckpt"
+    checkpoint.save_checkpoint(ckpt, model, state, key=jax.random.key(1), epoch=0, fingerprint="fp",
+                               settings={})  # fmt: skip
+    assert checkpoint.load_checkpoint(ckpt, model, opt).state.epoch == 0
+    header, payload = split(ckpt)
+    rewrite(ckpt, {**header, "format_version": 1}, payload)
+    with pytest.raises(ModelFileError, match="written by another forcegp version"):
+        checkpoint.load_checkpoint(ckpt, model, opt)

@@ -85,8 +85,11 @@ def test_cli_test_and_info_plot(fitted_small, small_problem, tmp_path):
     )
     assert result.exit_code == 0, result.output
     written = {
-        "parity_energy.png", "parity_forces.png", "calibration_forces.png",
-        "calibration_structures.png", "reliability.png",
+        "parity_energy.png",
+        "parity_forces.png",
+        "calibration_forces.png",
+        "calibration_structures.png",
+        "reliability.png",
     }
     assert result.output.count("wrote ") == len(written)
     assert {p.name for p in (tmp_path / "p").glob("*.png")} == written
