@@ -218,7 +218,6 @@ def starting_hyper(config: Config, mlp, z, lengthscale: float, g_rms: float) -> 
     n_pair = config.n_explicit_pair if config.pair_scaled else 0
     n_quad = max(config.n_explicit - config.n_explicit_linear - n_pair, 1)
     n_lin = max(config.n_explicit_linear, 1)
-    pair = jnp.asarray(softplus_inv(max(1.0 / np.sqrt(max(n_pair, 1)), 2 * SCALE_FLOOR)))
     return Hyper(
         mlp=mlp,
         z=z,
@@ -229,7 +228,9 @@ def starting_hyper(config: Config, mlp, z, lengthscale: float, g_rms: float) -> 
         raw_scale_quadratic=jnp.asarray(softplus_inv(max(0.3 / np.sqrt(n_quad), 2 * SCALE_FLOOR))),
         raw_noise_energy=jnp.asarray(softplus_inv(0.05)),
         raw_noise_force=jnp.asarray(softplus_inv(max(0.05 * g_rms, 2 * NOISE_FLOOR))),
-        raw_scale_pair=pair if n_pair else None,
+        raw_scale_pair=(
+            jnp.asarray(softplus_inv(max(1.0 / np.sqrt(n_pair), 2 * SCALE_FLOOR))) if n_pair else None
+        ),
     )
 
 

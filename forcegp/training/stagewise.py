@@ -66,7 +66,6 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
     groups = posterior.basis_groups(model.config)[model.config.n_inducing :] - 1
     h = model.hyper
     mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
-    mult = np.concatenate([mult, np.ones(3 - len(mult))])
     # Only the explicit block's scales change; DSoftKI keeps its own output scale.
     new = posterior.with_multipliers(model, [1.0, *mult], float(h.noise_energy), float(h.noise_force))
     model = eqx.tree_at(
