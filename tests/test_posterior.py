@@ -136,6 +136,40 @@ def test_evidence_search_stops_within_its_tolerance(small_problem, monkeypatch):
     assert loose > tight + 0.1
 
 
+def test_evidence_search_leaves_the_noise_plateau(monkeypatch):
+    """A block whose columns start small against a large noise has a vanishing gradient: a
+    search from there keeps the block off and explains the data as noise. The second start
+    (noise levels NOISE_RESTART times smaller) finds the optimum: the block on, the noise
+    near the 0.01 the data were made with."""
+    from forcegp.gp.statistics import Sufficient
+
+    rng = np.random.default_rng(0)
+    k, n_e, n_f = 30, 200, 2000
+    theta = np.concatenate([0.1 * rng.normal(size=k), rng.normal(size=k)])
+    scale = np.concatenate([np.ones(k), np.full(k, 1e-3)])  # the second block starts off
+    stats = []
+    for n in (n_e, n_f):
+        phi = rng.normal(size=(n, 2 * k))
+        y = phi @ theta + 0.01 * rng.normal(size=n)
+        stats.append((phi * scale, y))
+    (pe, ye), (pf, yf) = stats
+    suff = Sufficient(*(jnp.asarray(v, dtype=jnp.float64) for v in (
+        pe.T @ pe, pf.T @ pf, pe.T @ ye, pf.T @ yf, ye @ ye, yf @ yf, n_e, n_f)))  # fmt: skip
+    groups = np.repeat([0, 1], k)
+    st = evidence.Statistics(suff)
+
+    def nll(result):
+        mult, ne, nf = result
+        return evidence.nll_and_grad(np.log([*mult, ne, nf]), st, groups)[0]
+
+    found = evidence.maximise(suff, groups, 1.0, 1.0)
+    assert found[0][1] > 100 and found[2] < 0.02, found
+    monkeypatch.setattr(evidence, "NOISE_RESTART", 1.0)  # the search from the given start only
+    stuck = evidence.maximise(suff, groups, 1.0, 1.0)
+    assert stuck[2] > 1.0, stuck
+    assert nll(found) < nll(stuck) - 1.0
+
+
 def avals(tree):
     return [(v.dtype, v.shape, v.weak_type) for v in jax.tree_util.tree_leaves(tree) if eqx.is_array(v)]
 
