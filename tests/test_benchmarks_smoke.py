@@ -166,6 +166,15 @@ def test_evidence_tolerance_quick(tmp_path):
     assert loose["nll_total_above_best"] > 0 and tight["forces_mae_mev"] > 0
 
 
+@needs_data
+def test_evidence_starts_quick(tmp_path):
+    """Both searches run on one set of statistics; the second start never ends worse."""
+    one, two = run_script("evidence_starts", tmp_path)["rows"]
+    assert one["starts"].startswith("one") and two["starts"].startswith("two")
+    assert one["K"] == two["K"] and two["nll_per_obs"] <= one["nll_per_obs"] + 1e-9
+    assert np.isfinite(two["forces_mae_mev"]) and two["forces_mae_mev"] > 0
+
+
 @pytest.mark.slow
 @needs_data
 def test_vs_sgdml_quick_only_forcegp_keeps_the_stored_sgdml_rows(tmp_path):
