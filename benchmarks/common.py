@@ -390,6 +390,20 @@ def write_results(name: str, payload: dict, markdown: str, out: Path) -> Path:
     return out / f"{name}.json"
 
 
+def config_options(pairs: list[str]) -> dict:
+    """--config KEY=VALUE ... as Config keyword arguments (values parsed as JSON, else strings)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--config takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test setting (seconds)")
     parser.add_argument(

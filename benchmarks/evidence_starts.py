@@ -28,19 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-KCAL = 0.0433641043  # eV per kcal/mol
+KCAL = common.KCAL_MOL
 QUICK = {"env_dim": 6, "env_radial": 3, "env_lmax": 2}
-
-
-def parse_config(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def run(molecule: str, n: int, overrides: dict, quick: bool) -> list[dict]:
@@ -118,7 +107,7 @@ def main() -> None:
     common.add_common_args(ap)
     args = ap.parse_args()
     common.enable_x64()
-    overrides = parse_config(args.config) | (QUICK if args.quick else {})
+    overrides = common.config_options(args.config) | (QUICK if args.quick else {})
     n = 60 if args.quick else args.n
     machine = common.machine_info()
     rows = [row for m in args.molecules for row in run(m, n, overrides, args.quick)]

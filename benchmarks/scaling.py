@@ -385,20 +385,6 @@ def measure(spec: dict, timeout) -> dict:
     return r
 
 
-def config_options(pairs: list[str]) -> dict:
-    """--config KEY=VALUE ... as Config keyword arguments (values parsed as JSON, else strings)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--config takes KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def run_sections(args) -> dict:
     config = (QUICK_CONFIG if args.quick else {}) | args.config or None
     results: dict = {"n": [], "atoms": [], "memory": [], "step": []}
@@ -571,7 +557,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--name", default="scaling", help="results file name (scaling)")
     args = p.parse_args(argv)
-    args.config = config_options(args.config)
+    args.config = common.config_options(args.config)
     if args.worker:
         spec = json.loads(args.worker)
         common.emit_result(WORKERS[spec["kind"]](spec))
