@@ -113,8 +113,9 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['case']} | {r.get('test_set', '–')} | failed: {r['error'][-80:]} |")
             continue
+        case = f"{r['case']} `{r['flags']}`" if r.get("flags") else r["case"]
         lines.append(
-            f"| {r['case']} | {r['test_set']} | {1e3 * r['forces_mae']:.1f} | "
+            f"| {case} | {r['test_set']} | {1e3 * r['forces_mae']:.1f} | "
             f"{r['forces_coverage_68']:.3f} / {r['forces_coverage_95']:.3f} | "
             f"{r['forces_zms']:.2f} | {r['forces_nll']:.2f} | "
             f"{r['forces_miscalibration_area']:.3f} | {r['forces_sparsification_ause']:.3f} | "
