@@ -32,7 +32,12 @@ KCAL = common.KCAL_MOL
 QUICK = {"env_dim": 6, "env_radial": 3, "env_lmax": 2}
 
 
-def run(molecule: str, n: int, overrides: dict, quick: bool) -> list[dict]:
+SEARCHES = {"one": ("one (initial noise)", 1.0), "two": ("two (library)", None)}
+
+
+def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "two")) -> list[dict]:
+    """One row per search in `searches` ("one": from the initial noise only; "two": the
+    library's search) on one accumulation of the --config model's statistics."""
     import equinox as eqx
     import jax
 
@@ -56,7 +61,8 @@ def run(molecule: str, n: int, overrides: dict, quick: bool) -> list[dict]:
     st = evidence.Statistics(suff)
     h, real_restart = model.hyper, evidence.NOISE_RESTART
     rows = []
-    for starts, restart in (("one (initial noise)", 1.0), ("two (library)", real_restart)):
+    for starts, restart in (SEARCHES[k] for k in searches):
+        restart = real_restart if restart is None else restart
         evidence.NOISE_RESTART = restart
         try:
             t0 = time.perf_counter()

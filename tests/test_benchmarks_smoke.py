@@ -175,6 +175,17 @@ def test_evidence_starts_quick(tmp_path):
     assert np.isfinite(two["forces_mae_mev"]) and two["forces_mae_mev"] > 0
 
 
+@needs_data
+def test_env_sweep_quick(tmp_path):
+    """One row per variant, each with its own basis size, searched and tested."""
+    rows = run_script("env_sweep", tmp_path, "--variants", "", "env_lmax=1")["rows"]
+    base, small = rows
+    assert base["variant"] == "(base)" and small["variant"] == "env_lmax=1"
+    assert base["K"] == small["K"] and base["starts"].startswith("two")
+    assert all(np.isfinite(r["forces_mae_mev"]) and r["forces_mae_mev"] > 0 for r in rows)
+    assert base["forces_mae_mev"] != small["forces_mae_mev"]
+
+
 @pytest.mark.slow
 @needs_data
 def test_vs_sgdml_quick_only_forcegp_keeps_the_stored_sgdml_rows(tmp_path):
