@@ -39,6 +39,9 @@ FORMAT_VERSION = 2
 #: Version 1 files have no pair-power prior scale (Hyper.raw_scale_pair): an "atomic" model's
 #: pair powers shared scale_linear then, so loading gives them that value.
 PAIR_SCALE_VERSION = 2
+#: Config fields newer than some files, with the value that reproduces those files' models:
+#: an "atomic" model took the products of all env_dim environment components.
+ADDED_FIELDS = {"env_products": lambda raw: raw.get("env_dim")}
 MAX_HEADER_BYTES = 1 << 20
 UNITS = {"energy": "eV", "length": "Ang", "forces": "eV/Ang"}
 
@@ -223,6 +226,7 @@ def check_config(path, raw) -> Config:
     (gp.config.validate) that user options pass too."""
     if not isinstance(raw, dict):
         raise file_error(path, "truncated or corrupted (config is not an object)")
+    raw = {**{k: fill(raw) for k, fill in ADDED_FIELDS.items() if k not in raw}, **raw}
     unknown, missing = set(raw) - set(FIELDS), set(FIELDS) - set(raw)
     if unknown or missing:
         raise file_error(

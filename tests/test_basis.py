@@ -54,6 +54,7 @@ VARIANTS = {
     "invdist-polynomial-nolocal": dict(local_cutoff=0.5),  # no local products (as at 56 atoms)
     "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
     "atomic-polynomial-mlp": dict(descriptor="atomic", env_dim=6, explicit_dim=4),
+    "atomic-polynomial-products": dict(descriptor="atomic", env_dim=6, env_products=3, n_features=0),
     "atomic-none-nomlp": dict(descriptor="atomic", env_dim=5, explicit="none", n_features=0),
     # Four of the five other atoms as slots: every atom's neighbours within 1.7 Å fit them.
     "atomic-polynomial-mlp-near": dict(descriptor="atomic", env_dim=6, env_neighbours=4, env_cutoff=1.7),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -345,6 +346,15 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     after = evaluation.predict(loaded, data.positions[:3])
     for key in ("energy", "forces", "energy_std", "forces_std"):
         np.testing.assert_array_equal(after[key], before[key])
+    # A file from before the env_products setting took products of all env_dim components.
+    header, payload = split(path)
+    rewrite(path, {**header, "config": {k: v for k, v in header["config"].items()
+                                        if k != "env_products"}}, payload)  # fmt: skip
+    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
+    assert loaded.config == dataclasses.replace(model.config, env_products=model.config.env_dim)
+    assert loaded.config.n_basis == model.config.n_basis
+    for a, b in zip(arrays(loaded), arrays(model), strict=True):
+        np.testing.assert_array_equal(a, b)
     # The pair powers have their own prior scale; a file of the format before it (no such
     # leaf; the pair powers scaled as the linear terms) loads with the linear terms' scale.
     assert model.config.pair_scaled and model.hyper.raw_scale_pair is not None

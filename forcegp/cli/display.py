@@ -142,7 +142,8 @@ def _environment(cfg: dict) -> str:
         return ""
     slots = cfg["env_neighbours"] or "all"
     return (f" (cutoff {cfg['env_cutoff']:g} Å, {cfg['env_radial']} radial, l <= {cfg['env_lmax']}, "
-            f"{cfg['env_dim']} components per element, neighbours {slots})")  # fmt: skip
+            f"{cfg['env_dim']} components per element, products of "
+            f"{min(cfg['env_products'], cfg['env_dim'])}, neighbours {slots})")  # fmt: skip
 
 
 def _explicit_scales(h: dict) -> str:

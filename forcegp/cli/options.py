@@ -26,6 +26,7 @@ FLAGS = {
     "n_permutations": "--no-symmetrize",
     "env_cutoff": "--env-cutoff",
     "env_dim": "--env-dim",
+    "env_products": "--env-products",
     "env_radial": "--env-radial",
     "env_lmax": "--env-lmax",
     "env_neighbours": "--env-neighbours",

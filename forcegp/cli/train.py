@@ -143,6 +143,14 @@ def _shown(name: str, fields: dict = CONFIG):
     help="Atomic descriptor: components of each atom's power spectrum kept (per element).",
 )
 @click.option(
+    "--env-products",
+    default=CONFIG["env_products"],
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Atomic descriptor: leading components whose pairwise products enter the explicit "
+    "block (at most --env-dim; the products grow as its square).",
+)
+@click.option(
     "--env-radial",
     default=CONFIG["env_radial"],
     show_default=True,
@@ -265,6 +273,7 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "pair_powers": opts["pair_powers"],
         "env_cutoff": opts["env_cutoff"],
         "env_dim": opts["env_dim"],
+        "env_products": opts["env_products"],
         "env_radial": opts["env_radial"],
         "env_lmax": opts["env_lmax"],
         "env_neighbours": opts["env_neighbours"],

@@ -72,6 +72,7 @@ INT_FIELDS = {
     "env_radial": (2, MAX_RADIAL),
     "env_lmax": (0, MAX_LMAX),
     "env_dim": (1, MAX_EXPLICIT_DIM),
+    "env_products": (1, MAX_EXPLICIT_DIM),
     "env_neighbours": (0, MAX_ATOMS),
 }
 CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
@@ -120,13 +121,15 @@ class Config:
     jitter: float = 1e-6
     # "atomic" descriptor (docs/method.md §14): each atom's environment within env_cutoff (Å),
     # env_radial radial functions per neighbour element, harmonics up to env_lmax, the power
-    # spectrum projected on env_dim directions per element; env_neighbours slots per atom
-    # (0: every other atom). n_species is set by training.initialise from the molecule.
+    # spectrum projected on env_dim directions per element, of which the leading env_products
+    # enter the explicit block's products; env_neighbours slots per atom (0: every other atom).
+    # n_species is set by training.initialise from the molecule.
     n_species: int = 0
     env_cutoff: float = 5.0
     env_radial: int = 8
     env_lmax: int = 4
     env_dim: int = 48
+    env_products: int = 48
     env_neighbours: int = 0
 
     @property
@@ -199,8 +202,8 @@ class Config:
 
     @property
     def explicit_q(self) -> int:
-        if self.descriptor == "atomic":  # every environment component is in the products
-            return self.env_dim
+        if self.descriptor == "atomic":  # the leading environment components are in the products
+            return min(self.env_products, self.env_dim)
         return min(self.explicit_dim, self.descriptor_size)
 
     @property
