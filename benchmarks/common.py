@@ -390,6 +390,16 @@ def write_results(name: str, payload: dict, markdown: str, out: Path) -> Path:
     return out / f"{name}.json"
 
 
+def write_table(name: str, args, machine: dict, title: str, intro: str, rows, columns) -> Path:
+    """One table of ``rows`` as <name>.md (title, the command that made it, ``intro``, the
+    machine) and <name>.json (the rows with the command and machine), under results_dir(args)."""
+    command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    markdown = "\n".join([f"# {title}", "", f"Command: `{command}`; {intro}", "",
+                          machine_markdown(machine), "", md_table(rows, columns)])  # fmt: skip
+    payload = {"command": command, "quick": args.quick, "machine": machine, "rows": rows}
+    return write_results(name, payload, markdown, results_dir(args))
+
+
 def config_options(pairs: list[str]) -> dict:
     """--config KEY=VALUE ... as Config keyword arguments (values parsed as JSON, else strings)."""
     out = {}

@@ -67,19 +67,10 @@ def main() -> None:
         for m in args.molecules:
             for row in evidence_starts.run(m, n, overrides, args.quick, searches=("two",)):
                 rows.append(row | {"variant": variant or "(base)"})
-    command = "python benchmarks/env_sweep.py " + " ".join(sys.argv[1:])
-    markdown = "\n".join([
-        "# Atomic explicit block: descriptor settings under the exact evidence",
-        "",
-        f"Command: `{command}`; base {base}; explicit block alone (a one-point DSoftKI block "
-        "without MLP), block scales and noise levels from the exact evidence (two starts).",
-        "",
-        common.machine_markdown(machine),
-        "",
-        common.md_table(rows, COLUMNS),
-    ])  # fmt: skip
-    payload = {"command": command, "quick": args.quick, "machine": machine, "rows": rows}
-    common.write_results(args.name, payload, markdown, common.results_dir(args))
+    intro = (f"base {base}; explicit block alone (a one-point DSoftKI block without MLP), block "
+             "scales and noise levels from the exact evidence (two starts).")  # fmt: skip
+    title = "Atomic explicit block: descriptor settings under the exact evidence"
+    common.write_table(args.name, args, machine, title, intro, rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -119,19 +119,10 @@ def main() -> None:
     rows = [row for m in args.molecules for row in run(m, n, overrides, args.quick)]
     for row in rows:
         row["multipliers"] = " ".join(f"{v:.3g}" for v in row["multipliers"])
-    command = "python benchmarks/evidence_starts.py " + " ".join(sys.argv[1:])
-    markdown = "\n".join([
-        "# The evidence search from one start and from two",
-        "",
-        f"Command: `{command}`; config {overrides}; explicit block alone (a one-point DSoftKI "
-        "block without MLP), at its initial hyperparameters.",
-        "",
-        common.machine_markdown(machine),
-        "",
-        common.md_table(rows, COLUMNS),
-    ])  # fmt: skip
-    payload = {"command": command, "quick": args.quick, "machine": machine, "rows": rows}
-    common.write_results(args.name, payload, markdown, common.results_dir(args))
+    intro = (f"config {overrides}; explicit block alone (a one-point DSoftKI block without MLP), "
+             "at its initial hyperparameters.")  # fmt: skip
+    title = "The evidence search from one start and from two"
+    common.write_table(args.name, args, machine, title, intro, rows, COLUMNS)
 
 
 if __name__ == "__main__":
