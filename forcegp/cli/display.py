@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from ..gp.config import Config
+
 
 class TrainProgress:
     """progress(event, info) callback of forcegp.training.pipeline.train_model, drawn on stderr.
@@ -143,7 +145,7 @@ def _environment(cfg: dict) -> str:
     slots = cfg["env_neighbours"] or "all"
     return (f" (cutoff {cfg['env_cutoff']:g} Å, {cfg['env_radial']} radial, l <= {cfg['env_lmax']}, "
             f"{cfg['env_dim']} components per element, products of "
-            f"{min(cfg['env_products'], cfg['env_dim'])}, neighbours {slots})")  # fmt: skip
+            f"{Config(**cfg).explicit_q}, neighbours {slots})")  # fmt: skip
 
 
 def _explicit_scales(h: dict) -> str:
