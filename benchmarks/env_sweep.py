@@ -15,7 +15,6 @@ Results: benchmarks/results/env_sweep.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,33 +31,19 @@ VARIANTS = [
     "env_cutoff=4.0",
 ]
 
-COLUMNS = [
-    ("molecule", "molecule"),
-    ("n", "structures"),
-    ("variant", "settings"),
-    ("K", "K"),
-    ("nll_per_obs", "NLL per observation"),
-    ("noise_force", "force noise (std. units)"),
-    ("accumulate_s", "statistics (s)"),
-    ("search_s", "search (s)"),
-    ("forces_mae_mev", "test F MAE (meV/Å)"),
-    ("energy_mae_mev", "test E MAE (meV)"),
-]
+COLUMNS = [("molecule", "molecule"), ("n", "structures"), ("variant", "settings"), ("K", "K"),
+           ("accumulate_s", "statistics (s)"), *evidence_starts.RESULT_COLUMNS]  # fmt: skip
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--molecules", nargs="+", default=["ethanol"])
-    ap.add_argument("--n", type=int, default=500, help="training structures (first of train_01)")
-    ap.add_argument("--base", nargs="*", default=["descriptor=atomic", "pair_powers=0"])
+    ap = evidence_starts.harness_args(__doc__, "env_sweep")
+    ap.add_argument("--base", nargs="*", default=evidence_starts.BASE_CONFIG)
     ap.add_argument("--variants", nargs="+", default=VARIANTS,
                     help='each one string of KEY=VALUE settings ("" for the base alone)')  # fmt: skip
-    ap.add_argument("--name", default="env_sweep")
-    common.add_common_args(ap)
     args = ap.parse_args()
     common.enable_x64()
     base = common.config_options(args.base)
-    n = 60 if args.quick else args.n
+    n = evidence_starts.structures(args)
     machine = common.machine_info()
     rows = []
     for variant in args.variants:

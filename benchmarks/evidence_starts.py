@@ -90,31 +90,41 @@ def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "t
     return rows
 
 
-COLUMNS = [
-    ("molecule", "molecule"),
-    ("n", "structures"),
-    ("K", "K"),
-    ("starts", "search starts"),
+#: The columns of run's rows after the ones that name the row (here and in env_sweep.py).
+RESULT_COLUMNS = [
     ("nll_per_obs", "NLL per observation"),
-    ("multipliers", "block multipliers"),
     ("noise_force", "force noise (std. units)"),
     ("search_s", "search (s)"),
     ("forces_mae_mev", "test F MAE (meV/Å)"),
     ("energy_mae_mev", "test E MAE (meV)"),
 ]
+COLUMNS = [("molecule", "molecule"), ("n", "structures"), ("K", "K"), ("starts", "search starts"),
+           ("multipliers", "block multipliers"), *RESULT_COLUMNS]  # fmt: skip
+BASE_CONFIG = ["descriptor=atomic", "pair_powers=0"]
+
+
+def harness_args(description: str, name: str) -> argparse.ArgumentParser:
+    """The options of run's harness (--molecules, --n, --name and the common ones)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--molecules", nargs="+", default=["ethanol"])
+    ap.add_argument("--n", type=int, default=500, help="training structures (first of train_01)")
+    ap.add_argument("--name", default=name)
+    common.add_common_args(ap)
+    return ap
+
+
+def structures(args) -> int:
+    """Training structures of the harness: --n, or 60 with --quick."""
+    return 60 if args.quick else args.n
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--molecules", nargs="+", default=["ethanol"])
-    ap.add_argument("--n", type=int, default=500, help="training structures (first of train_01)")
-    ap.add_argument("--config", nargs="*", default=["descriptor=atomic", "pair_powers=0"])
-    ap.add_argument("--name", default="evidence_starts")
-    common.add_common_args(ap)
+    ap = harness_args(__doc__, "evidence_starts")
+    ap.add_argument("--config", nargs="*", default=BASE_CONFIG)
     args = ap.parse_args()
     common.enable_x64()
     overrides = common.config_options(args.config) | (QUICK if args.quick else {})
-    n = 60 if args.quick else args.n
+    n = structures(args)
     machine = common.machine_info()
     rows = [row for m in args.molecules for row in run(m, n, overrides, args.quick)]
     for row in rows:
