@@ -35,7 +35,7 @@ from .gp.params import ForceGP, all_finite, template
 
 MODEL_FORMAT = "forcegp-model"
 CHECKPOINT_FORMAT = "forcegp-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Version 1 files have no pair-power prior scale (Hyper.raw_scale_pair): an "atomic" model's
 #: pair powers shared scale_linear then, so loading gives them that value.
 PAIR_SCALE_VERSION = 2
@@ -43,6 +43,8 @@ PAIR_SCALE_VERSION = 2
 #: an "atomic" model took the products of all env_dim environment components.
 ADDED_FIELDS = {"env_products": lambda raw: raw.get("env_dim")}
 MAX_HEADER_BYTES = 1 << 20
+#: Most columns a model file's input-dependent noise may have (gp.misfit.COLUMNS is the default).
+MAX_MISFIT_COLUMNS = 4096
 UNITS = {"energy": "eV", "length": "Ang", "forces": "eV/Ang"}
 
 
@@ -112,6 +114,12 @@ def base_header(fmt: str, model: ForceGP) -> dict:
     }
 
 
+def misfit_columns(model: ForceGP) -> int:
+    """Columns of the posterior's input-dependent noise (gp.misfit); 0 without one."""
+    post = model.posterior
+    return 0 if post is None or post.misfit is None else int(post.misfit.shape[1])
+
+
 def _check_dtype(model: ForceGP, path) -> None:
     for leaf in jax.tree_util.tree_leaves(model):
         if eqx.is_inexact_array(leaf) and leaf.dtype != np.float64:
@@ -136,6 +144,7 @@ def save_model(path, model: ForceGP, *, metadata: dict) -> None:
     _check_dtype(model, path)
     header = base_header(MODEL_FORMAT, model)
     header["has_posterior"] = model.posterior is not None
+    header["misfit_columns"] = misfit_columns(model)
     extra = {"training": {}, "history": [], "metrics": {}, **(metadata or {})}
     header.update({k: v for k, v in extra.items() if k not in header})
     header["versions"] = library_versions()
@@ -258,7 +267,13 @@ def _skeleton(path, header: dict, *, with_posterior: bool) -> ForceGP:
     n_perm = header.get("n_permutations")
     if not is_int(n_perm) or not 1 <= n_perm <= config.n_permutations:
         raise file_error(path, "truncated or corrupted (bad n_permutations)")
-    skeleton = eqx.filter_eval_shape(lambda: template(config, numbers, with_posterior=with_posterior))
+    # Files before format version 3 have no input-dependent noise.
+    columns = header.get("misfit_columns", 0)
+    if not is_int(columns) or not 0 <= columns <= MAX_MISFIT_COLUMNS or (columns and not with_posterior):
+        raise file_error(path, "truncated or corrupted (bad misfit_columns)")
+    skeleton = eqx.filter_eval_shape(
+        lambda: template(config, numbers, with_posterior=with_posterior, misfit_columns=columns)
+    )
     if header.get("format_version") < PAIR_SCALE_VERSION:
         skeleton = eqx.tree_at(
             lambda m: m.hyper.raw_scale_pair, skeleton, None, is_leaf=lambda v: v is None

@@ -167,14 +167,41 @@ def test_absurd_config_is_refused_before_allocation(tmp_path, saved, change, mat
 
 @pytest.mark.parametrize(
     "change",
-    [{"numbers": [6] * 8}, {"numbers": [0] * 9}, {"n_permutations": 5}, {"dtype": "float32"}],
-)
+    [{"numbers": [6] * 8}, {"numbers": [0] * 9}, {"n_permutations": 5}, {"dtype": "float32"},
+     {"misfit_columns": -1}, {"misfit_columns": 3}, {"misfit_columns": "8"}],
+)  # fmt: skip
 def test_other_bad_header_fields(tmp_path, saved, change):
     header, payload = split(saved)
     bad = tmp_path / "bad.fgp"
     rewrite(bad, {**header, **change}, payload)
     with pytest.raises(ModelFileError):
         modelfile.load_model(bad)
+
+
+def test_a_model_with_input_dependent_noise_round_trips(tmp_path, problem):
+    """Posterior.misfit (gp.misfit) is saved and loaded; files without one load with None."""
+    from forcegp.gp import misfit
+
+    data, model, (x, y, g) = problem
+    proj = misfit.projection(model, columns=8)
+    p, b = misfit.systems(model, proj, (10.0,), x, y, g)
+    noisy = misfit.with_misfit(model, posterior.solve_system(p[0], b[0]), proj, 10.0)
+    path = tmp_path / "misfit.fgp"
+    modelfile.save_model(path, noisy, metadata=METADATA)
+    loaded, header = modelfile.load_model(path)
+    assert header["misfit_columns"] == 8 and loaded.posterior.misfit.shape == (model.config.n_basis, 8)
+    a = evaluation.predict(noisy, data.positions[:3])
+    for key, value in evaluation.predict(loaded, data.positions[:3]).items():
+        np.testing.assert_array_equal(value, a[key])
+    # The noise really is input-dependent: the stds differ from the constant-noise model's.
+    assert np.all(a["forces_std"] > evaluation.predict(model, data.positions[:3])["forces_std"])
+    # A file of the previous format version has no such field.
+    plain = tmp_path / "plain.fgp"
+    modelfile.save_model(plain, model, metadata=METADATA)
+    header, payload = split(plain)
+    del header["misfit_columns"]
+    rewrite(plain, {**header, "format_version": 2}, payload)
+    assert modelfile.load_model(plain)[0].posterior.misfit is None
 
 
 def test_not_a_model_file(tmp_path):

@@ -14,7 +14,7 @@ from forcegp import calibration
 from forcegp.data import read_dataset
 from forcegp.errors import InputError, ModelFileError, ResourceError
 from forcegp.files import write_extxyz_atomic
-from forcegp.gp import evidence
+from forcegp.gp import evidence, misfit
 from forcegp.modelfile import read_header
 from forcegp.training import evaluation, loop, pipeline, resources
 from forcegp.training import settings as settings_mod
@@ -89,6 +89,43 @@ def test_train_and_evaluate(ethanol, trained):
     again = evaluation.evaluate(model, valid)
     for key, value in meta["metrics"]["validation"].items():
         assert_close(value, again[key], key)
+
+
+def test_the_input_dependent_noise_is_chosen_on_the_validation_data(ethanol, trained):
+    """gamma is the candidate (or 0) with the lowest held-out NLL; the saved model holds the
+    misfit of that gamma (or none for 0), and its NLL on the validation data is that value."""
+    model, meta, events = trained
+    cal = meta["training"]["calibration"]
+    nll = cal["misfit_valid_nll"]
+    assert set(nll) == {"0", *(f"{g:g}" for g in misfit.GRID)}
+    assert f"{cal['misfit_gamma']:g}" == min(nll, key=nll.get)
+    assert (model.posterior.misfit is None) == (cal["misfit_gamma"] == 0.0)
+    # Calibration multiplies every std by one factor, which held_out_nll profiles out.
+    valid = ethanol.split(0.2, seed=0)[1]
+    again = evaluation.held_out_nll(evaluation.predict(model, valid.positions), valid)
+    assert again == pytest.approx(min(nll.values()), abs=2e-5)
+    assert ("message", {"text": "fitting the input-dependent noise"}) in events
+
+
+def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(ethanol, monkeypatch):
+    model, meta = train(ethanol, epochs=1, settings=TrainSettings(epochs=1, misfit_noise=False))
+    assert model.posterior.misfit is None and meta["training"]["calibration"]["misfit_gamma"] == 0.0
+    monkeypatch.setattr(pipeline, "misfit_gammas_per_pass", lambda *a: 0)
+    events = []
+    model, meta = train(ethanol, epochs=1, progress=lambda e, i: events.append(i.get("text")))
+    assert model.posterior.misfit is None
+    assert meta["training"]["calibration"]["misfit_skipped"] == "memory"
+    assert any(t and "skipped" in t for t in events)
+
+
+def test_misfit_candidates_per_pass_follow_the_memory(ethanol, trained):
+    model = trained[0]
+    one = resources.misfit_pass_bytes(model.config, 8, 1, 1, model.n_copies)
+    two = resources.misfit_pass_bytes(model.config, 8, 1, 2, model.n_copies)
+    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, one) == 1
+    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, two) == 2
+    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, one - 1) == 0
+    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, 1e15) == 4
 
 
 def assert_close(a, b, what: str) -> None:

@@ -433,6 +433,11 @@ MULTI_DEVICE = textwrap.dedent(
     four = posterior.fit(*data, chunk=8, mesh=mesh4)
     close(four.hyper, one.hyper, 1e-6)
     close(four.posterior, one.posterior, 1e-6)
+    # The pass of the input-dependent noise (gp.misfit) is sharded the same way.
+    from forcegp.gp import misfit
+    proj = misfit.projection(one, columns=4)
+    close(misfit.systems(one, proj, (1.0, 10.0), pb.x, pb.y, pb.g, chunk=8, mesh=mesh4),
+          misfit.systems(one, proj, (1.0, 10.0), pb.x, pb.y, pb.g, chunk=8, mesh=mesh1), 1e-8)
 
     # float64 rows: the sharded step is the single-device step. float32 rows (the default)
     # differ by float32 rounding, as each device compiles its own share of the batch.

@@ -36,6 +36,7 @@ FLAGS = {
     "lr_mlp": "--lr-mlp",
     "train_permutations": "--train-permutations",
     "precision": "--precision",
+    "misfit_noise": "--misfit-noise/--constant-noise",
     "max_memory": "--max-memory",
     "devices": "--devices",
     "resume": "--resume",

@@ -206,6 +206,15 @@ def _shown(name: str, fields: dict = CONFIG):
     "whitening by K_zz, the likelihood, the posterior fit and predictions are float64 either way.",
 )
 @click.option(
+    "--misfit-noise/--constant-noise",
+    default=SETTINGS["misfit_noise"],
+    show_default=True,
+    help="After the fit, let the noise grow where the training data constrain the model less "
+    "(its posterior variance there), if that makes the validation data more likely: stds then "
+    "grow with the error off the training distribution. --constant-noise: one noise level "
+    "for energies and one for forces.",
+)
+@click.option(
     "--batch-size",
     default=SETTINGS["batch_size"],
     show_default=True,
@@ -286,6 +295,7 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         lr_mlp=opts["lr_mlp"],
         train_permutations=opts["train_permutations"],
         precision=opts["precision"],
+        misfit_noise=opts["misfit_noise"],
     )
     model, metadata = train_model(
         train_data,

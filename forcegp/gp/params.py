@@ -91,10 +91,16 @@ class Hyper(eqx.Module):
 
 
 class Posterior(eqx.Module):
-    """theta's posterior N(mean, P^-1): mean (K,), inv_chol = chol(P)^-1 (K, K) lower."""
+    """theta's posterior N(mean, P^-1): mean (K,), inv_chol = chol(P)^-1 (K, K) lower.
+
+    misfit (K, s) or None: the input-dependent part of the noise (gp.misfit): an output with
+    basis row phi has noise variance lam + ||phi misfit||^2 (lam: noise_vector), in the fit that
+    gave this posterior and in every prediction. None: the noise is lam alone.
+    """
 
     mean: jax.Array
     inv_chol: jax.Array
+    misfit: jax.Array | None = None
 
 
 class ForceGP(eqx.Module):
@@ -114,8 +120,11 @@ class ForceGP(eqx.Module):
         return int(self.stats.permutations.shape[0])
 
 
-def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP:
-    """A model of the right shapes filled with zeros: the skeleton model files are loaded into."""
+def template(
+    config: Config, numbers, *, with_posterior: bool = True, misfit_columns: int = 0
+) -> ForceGP:
+    """A model of the right shapes filled with zeros: the skeleton model files are loaded into
+    (``misfit_columns``: the columns of Posterior.misfit, 0 for none)."""
     m, p, q, pd = config.n_inducing, config.feature_size, config.explicit_q, config.descriptor_size
     k = config.n_basis
     z = jnp.zeros
@@ -134,7 +143,8 @@ def template(config: Config, numbers, *, with_posterior: bool = True) -> ForceGP
         jnp.zeros((config.n_local, 2), dtype=jnp.int32),
         **atomic_stats(config, numbers),
     )
-    post = Posterior(z((k,)), z((k, k))) if with_posterior else None
+    misfit = z((k, misfit_columns)) if misfit_columns else None
+    post = Posterior(z((k,)), z((k, k)), misfit) if with_posterior else None
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
 
 

@@ -28,6 +28,11 @@ def solve(
 ) -> Posterior:
     """Posterior of theta (prior N(0, I), basis scaled by ``scale``); raises jitter on failure."""
     p, b = evidence.system(suff, scale, noise_e, noise_f)
+    return solve_system(p, b, jitter_steps=jitter_steps)
+
+
+def solve_system(p, b, *, jitter_steps=(0.0, 1e-10, 1e-8, 1e-6)) -> Posterior:
+    """theta's posterior N(P^-1 b, P^-1) from the capacitance matrix P (K, K) and b (K,)."""
     eye = jnp.eye(p.shape[0], dtype=p.dtype)
     for i, jitter in enumerate(jitter_steps):
         chol = jnp.linalg.cholesky(p + jitter * jnp.mean(jnp.diag(p)) * eye)
@@ -151,7 +156,8 @@ def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
     out = with_multipliers(
         model, (kappa,) * 4, kappa * float(h.noise_energy), kappa * float(h.noise_force)
     )
-    post = Posterior(model.posterior.mean / kappa, model.posterior.inv_chol)
+    # The misfit variance ||phi misfit||^2 scales with the rows, by kappa^2 like the rest.
+    post = Posterior(model.posterior.mean / kappa, model.posterior.inv_chol, model.posterior.misfit)
     return eqx.tree_at(lambda m: m.posterior, out, post)
 
 

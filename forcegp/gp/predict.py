@@ -58,6 +58,8 @@ class Predictor(eqx.Module):
     cov: tuple[jax.Array, ...] | None
     # (K, s): [L C_w; C_e] G / sqrt(s), G a fixed standard normal (K, s) draw; None: exact.
     sketch: jax.Array | None = None
+    # (K, s'): the posterior's misfit (gp.misfit) folded the same way; None: constant noise.
+    misfit: jax.Array | None = None
 
 
 def predictor(
@@ -81,7 +83,8 @@ def predictor(
             projected = full @ draw / np.sqrt(sketch)
         else:
             cov = tuple(full[:rows, lo:hi] for lo, hi, rows in cov_blocks(cfg.n_basis, m))
-    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected)
+    misfit = unwhiten(post.misfit) if with_std and post.misfit is not None else None
+    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected, misfit)
 
 
 #: Probability that a sketched variance's upper bound (posterior_variances) lies below the exact
@@ -126,8 +129,11 @@ def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True, upper: 
     forces = (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
     if not with_std:
         return energy, forces
-    estimate, bound = posterior_variances(pred, raw_rows(cfg, stats, hyper, x))
+    rows = raw_rows(cfg, stats, hyper, x)
+    estimate, bound = posterior_variances(pred, rows)
     noise = noise_vector(cfg, hyper)
+    if pred.misfit is not None:  # the input-dependent part of the noise (gp.misfit)
+        noise = noise + jnp.sum((rows @ pred.misfit) ** 2, axis=1)
     out = (energy, forces)
     for var in (estimate, bound) if upper else (estimate,):
         std = stats.energy_scale * jnp.sqrt(var + noise)

@@ -80,20 +80,34 @@ def accumulate(
     progress: Callable[[int], None] | None = None,
 ) -> Sufficient:
     """Stream the sufficient statistics over structures x (n, D), y (n,), g (n, D) (standardised)."""
+    k = model.config.n_basis
+
+    def zeros(n_dev):
+        return Sufficient(
+            jnp.zeros((n_dev, k, k)),
+            jnp.zeros((n_dev, k, k)),
+            jnp.zeros((n_dev, k)),
+            jnp.zeros((n_dev, k)),
+            *(jnp.zeros((n_dev,)) for _ in range(4)),
+        )
+
+    chol_zz = soft_cholesky(model.config, model.hyper)
+    step = lambda acc, xc, tc, mc: _accumulate(model, chol_zz, acc, xc, tc, mc)  # noqa: E731
+    return stream(zeros, step, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
+
+
+def stream(zeros, step, x, y, g, *, chunk: int, mesh: Mesh | None, progress=None):
+    """Sum ``step``'s additions over the structures in chunks, each chunk sharded over the mesh.
+
+    zeros(n_dev): the accumulator, every leaf with a leading device axis; step(acc, x, t, mask)
+    adds one chunk (x (C, D), t (C, 1+D) standardised energies and gradients, mask (C,) 0 for
+    the padding of the last chunk). Returns the accumulator summed over devices (one reduction).
+    """
     mesh = mesh or device_mesh(jax.devices()[:1])
     n_dev = mesh.devices.size
     chunk = max(n_dev, chunk - chunk % n_dev)
-    k = model.config.n_basis
     dev_sharding = NamedSharding(mesh, P(AXIS))
-    zeros = Sufficient(
-        jnp.zeros((n_dev, k, k)),
-        jnp.zeros((n_dev, k, k)),
-        jnp.zeros((n_dev, k)),
-        jnp.zeros((n_dev, k)),
-        *(jnp.zeros((n_dev,)) for _ in range(4)),
-    )
-    acc = jax.device_put(zeros, dev_sharding)
-    chol_zz = soft_cholesky(model.config, model.hyper)
+    acc = jax.device_put(zeros(n_dev), dev_sharding)
     t_all = np.concatenate([y[:, None], g], axis=1)
     n = len(x)
     for start in range(0, n, chunk):
@@ -101,7 +115,7 @@ def accumulate(
         idx = np.arange(start, start + chunk) % n  # pad the last chunk with masked repeats
         mask = (np.arange(start, start + chunk) < stop).astype(np.float64)
         xc, tc, mc = (jax.device_put(a, dev_sharding) for a in (x[idx], t_all[idx], mask))
-        acc = _accumulate(model, chol_zz, acc, xc, tc, mc)
+        acc = step(acc, xc, tc, mc)
         if progress is not None:
             progress(stop - start)
     # The one reduction over devices.

@@ -61,6 +61,17 @@ def calibrate(model: ForceGP, valid: Dataset, pred: dict | None = None) -> tuple
     }
 
 
+def held_out_nll(pred: dict, data: Dataset) -> float:
+    """Gaussian negative log-likelihood per value of ``data``'s energies and force components
+    under a prediction with stds, at the overall amplitude that maximises it (every std times
+    kappa, kappa^2 the mean squared z-score), without the constant 0.5 log(2 pi e)."""
+    errors = np.concatenate([(pred["energy"] - data.energies).ravel(),
+                             (pred["forces"] - data.forces).ravel()])  # fmt: skip
+    stds = np.concatenate([pred["energy_std"].ravel(), pred["forces_std"].ravel()])
+    kappa2 = np.mean((errors / stds) ** 2)
+    return float(np.mean(np.log(stds)) + 0.5 * np.log(kappa2))
+
+
 def amplified(pred: dict, kappa: float) -> dict:
     """A prediction with stds as with_amplitude(model, kappa) would give it: the same
     means, every std multiplied by kappa."""

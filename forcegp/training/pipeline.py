@@ -21,17 +21,17 @@ from jax.sharding import Mesh
 from ..data import Dataset, formula, require_labels
 from ..errors import ForceGPError, InputError, NumericalError
 from ..files import json_safe
-from ..gp import posterior
+from ..gp import misfit, posterior
 from ..gp.config import AUTO, Config, ConfigError, validate
 from ..gp.params import ForceGP, all_finite, strong_types, with_hyper
 from ..modelfile import CHECKPOINT_FORMAT, read_header
 from . import loop
 from .budget import budgeted_epochs, size_defaults
 from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluation import amplified, calibrate, predict, prediction_metrics
+from .evaluation import amplified, calibrate, held_out_nll, predict, prediction_metrics
 from .initialise import initialize, match_prior_scale, standardise_targets
 from .loop import TrainState, optimizer
-from .resources import check_step_memory, chunk_for, make_mesh
+from .resources import check_step_memory, chunk_for, make_mesh, misfit_gammas_per_pass
 from .settings import TrainSettings, check_settings
 from .stagewise import explicit_prefit, soft_only
 
@@ -87,6 +87,7 @@ class Run:
     g: np.ndarray  # (n, D) standardised energy gradients
     mesh: Mesh  # devices of the fit
     chunk: int  # structures per chunk of the prefit, the fit and predictions
+    max_memory: float | None  # bytes the fit may use (None: what the machine has)
     key: jax.Array  # the training key (batch order, permutation subsets)
     fingerprint: str  # of the training data
     run_settings: dict  # what a checkpoint must match
@@ -126,8 +127,8 @@ def prepare(train, valid, valid_fraction, config_kwargs, settings, seed, devices
     n_dev = int(mesh.devices.size)
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
     x, y, g = standardised(model, train)
-    prepared = Run(train, valid, split, model, settings, x, y, g, mesh, chunk, key_train,
-                   train.fingerprint(), run_settings)  # fmt: skip
+    prepared = Run(train, valid, split, model, settings, x, y, g, mesh, chunk, max_memory,
+                   key_train, train.fingerprint(), run_settings)  # fmt: skip
     # Planned from the compiled step, which training then reuses.
     check_step_memory(
         soft_only(model), x, y, g, settings, mesh=prepared.train_mesh, max_memory=max_memory
@@ -210,12 +211,51 @@ def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, f
     return model, time.perf_counter() - started
 
 
+def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict]:
+    """The input-dependent noise (gp.misfit, docs/method.md §12): gamma from misfit.GRID, or 0
+    (the constant noise of the fit), whichever gives the validation data the highest Gaussian
+    likelihood with the overall amplitude profiled out (evaluation.held_out_nll); the model
+    with the posterior refitted for it. One pass over the training data serves as many
+    candidates as fit in memory (all of them, unless K is large); where not even one fits, the
+    noise stays constant."""
+    if not run.settings.misfit_noise:
+        return model, {"misfit_gamma": 0.0}
+    n_dev = int(run.mesh.devices.size)
+    per_pass = misfit_gammas_per_pass(model, run.chunk, n_dev, len(misfit.GRID), run.max_memory)
+    if per_pass == 0:
+        say("message", {"text": "input-dependent noise skipped: too little memory for its pass"})
+        return model, {"misfit_gamma": 0.0, "misfit_skipped": "memory"}
+    say("message", {"text": "fitting the input-dependent noise"})
+    started = time.perf_counter()
+    proj = misfit.projection(model)
+    nll = {0.0: held_out_nll(predict(model, run.valid.positions), run.valid)}
+    best = model
+    for first in range(0, len(misfit.GRID), per_pass):
+        gammas = misfit.GRID[first : first + per_pass]
+        p, b = misfit.systems(model, proj, gammas, run.x, run.y, run.g, chunk=run.chunk,
+                              mesh=run.mesh)  # fmt: skip
+        for i, gamma in enumerate(gammas):
+            candidate = misfit.with_misfit(model, posterior.solve_system(p[i], b[i]), proj, gamma)
+            nll[gamma] = held_out_nll(predict(candidate, run.valid.positions), run.valid)
+            if nll[gamma] < min(v for key, v in nll.items() if key != gamma):
+                best = candidate
+        del p, b
+    gamma = min(nll, key=nll.get)
+    return best, {
+        "misfit_gamma": gamma,
+        "misfit_valid_nll": {f"{key:g}": round(value, 5) for key, value in nll.items()},
+        "misfit_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def finish(run: Run, model: ForceGP, state: TrainState, seconds: dict, say: Progress):
     """Calibrate the amplitude on the validation data (§10) and describe the run: (model,
     metadata) ready for forcegp.modelfile.save_model."""
+    model, noise = misfit_noise(run, model, say)
     say("evaluate", {})
     pred = predict(model, run.valid.positions, with_std=True)
     model, calibration = calibrate(model, run.valid, pred)
+    calibration.update(noise)
     metrics = prediction_metrics(amplified(pred, calibration["kappa"]), run.valid)
     training = {
         "fingerprint": run.fingerprint,

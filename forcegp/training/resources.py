@@ -78,6 +78,30 @@ def fit_memory_bytes(config, chunk: int, n_devices: int = 1, n_copies: int = 1) 
     return chunk * structure_bytes(config, n_copies) + BYTES * (n_devices + 3) * k * k
 
 
+def misfit_pass_bytes(config, chunk: int, n_devices: int, n_gammas: int, n_copies: int = 1) -> int:
+    """Peak bytes of a pass of the input-dependent noise (gp.misfit.systems) for n_gammas
+    candidates: a chunk's rows, and per candidate a K x K block per device, as many for a
+    chunk's additions and their sum, and two for a solve."""
+    k = config.n_basis
+    blocks = (2 * n_devices + 1) * n_gammas + 2
+    return chunk * structure_bytes(config, n_copies) + BYTES * blocks * k * k
+
+
+def misfit_gammas_per_pass(
+    model: ForceGP, chunk: int, n_devices: int, n_gammas: int, max_memory: float | None
+) -> int:
+    """Most candidates of the input-dependent noise one pass can take within max_memory (or
+    the memory available, as memory_limit); 0 where not even one fits."""
+    limit, _ = memory_limit(max_memory, n_devices)
+    if limit is None:
+        return n_gammas
+
+    def need(g):
+        return misfit_pass_bytes(model.config, chunk, n_devices, g, model.n_copies)
+
+    return max((g for g in range(1, n_gammas + 1) if need(g) <= limit), default=0)
+
+
 def available_memory_bytes() -> int | None:
     """MemAvailable of /proc/meminfo (Linux), None where it cannot be read."""
     try:

@@ -30,6 +30,9 @@ class TrainSettings:
     # batch likelihood itself, the optimiser, the checkpoints, the posterior fit and
     # predictions are float64 either way.
     precision: str = "float32"
+    # After the fit, an input-dependent noise (gp.misfit) where it makes the validation data
+    # more likely; False: the constant noise levels alone.
+    misfit_noise: bool = True
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -46,6 +49,8 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"train_permutations must be an integer >= 0 (0: all), got {k!r}")
     if settings.precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
+    if not isinstance(settings.misfit_noise, bool):
+        raise InputError(f"misfit_noise must be True or False, got {settings.misfit_noise!r}")
     for name in ("lr", "lr_mlp", "clip"):
         value = getattr(settings, name)
         if not np.isfinite(value) or value <= 0:
