@@ -95,9 +95,9 @@ def systems(
     mesh = mesh or device_mesh(jax.devices()[:1])
     base = eqx.tree_at(lambda m: m.posterior, model, None, is_leaf=lambda v: v is None)
     chol_zz = soft_cholesky(model.config, model.hyper)
-    base, chol_zz, proj, gammas = jax.device_put(
-        (base, chol_zz, proj, gammas), NamedSharding(mesh, PartitionSpec())
-    )
+    arrays, rest = eqx.partition((base, chol_zz, proj, gammas), eqx.is_array)
+    arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
+    base, chol_zz, proj, gammas = eqx.combine(arrays, rest)
 
     def step(acc, xc, tc, mc):
         return _add_chunk(base, chol_zz, proj, gammas, acc, xc, tc, mc)
