@@ -7,7 +7,8 @@ latent covariance phi C phi^T = S S^T with S = phi A^T, so each candidate is sum
 S_f S_f^T over the D gradient rows (scaled to eV^2/Å^2).
 
 Batch awareness: after picking candidate j, C is conditioned on its energy and forces as if they
-had been observed with the model's noise Lambda (the labels themselves are not needed for a
+had been observed with the model's noise Lambda (with an input-dependent noise, gp.misfit, the
+noise of that candidate's rows) (the labels themselves are not needed for a
 variance), C' = C - C phi_j^T (phi_j C phi_j^T + Lambda)^-1 phi_j C. In square-root form this is
 C' = A^T F F^T A with the rank-(1+D) factor (Andrews 1968)
 
@@ -67,6 +68,17 @@ class Selection:
 def _whitened_rows(model: ForceGP, x: jax.Array) -> jax.Array:
     """S = phi A^T for structures x (C, D): (C, 1+D, K), in standardised units."""
     return batch_rows(model, model.hyper, x) @ model.posterior.inv_chol.T
+
+
+@eqx.filter_jit
+def _pick_noise(model: ForceGP, x: jax.Array) -> jax.Array:
+    """Noise variances (1+D,) of one structure x (D,): the constant levels plus, for a model
+    with an input-dependent noise (gp.misfit), its misfit ||phi misfit||^2 per row."""
+    noise = noise_vector(model.config, model.hyper)
+    if model.posterior.misfit is None:
+        return noise
+    rows = batch_rows(model, model.hyper, x[None])[0]
+    return noise + jnp.sum((rows @ model.posterior.misfit) ** 2, axis=1)
 
 
 @jax.jit
@@ -134,7 +146,7 @@ def select_structures(
     scale2 = float(model.stats.energy_scale) ** 2
     scores = gather([_force_variance(s) for s in chunks])
     initial = scores * scale2
-    noise = noise_vector(model.config, model.hyper)
+    flat = positions.reshape(n, -1)
     available = np.ones(n, dtype=bool)
     picked, picked_scores = [], []
     for t in range(int(k)):
@@ -145,7 +157,7 @@ def select_structures(
         if not batch_aware or t == k - 1:
             continue
         u = chunks[j // chunk][j % chunk]  # a copy: the chunk itself is donated below
-        v = _gain(u, noise)
+        v = _gain(u, _pick_noise(model, jnp.asarray(flat[j])))
         new = []
         for c, s in enumerate(chunks):
             chunks[c], sc = _condition(s, u, v)

@@ -2,6 +2,7 @@
 update equals dense GP conditioning, duplicates are not picked twice, the CLI writes the picks."""
 
 import ase.io
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -9,7 +10,9 @@ from click.testing import CliRunner
 
 from forcegp.cli import cli
 from forcegp.errors import InputError
+from forcegp.gp import misfit
 from forcegp.gp.basis import noise_vector
+from forcegp.gp.likelihood import batch_rows
 from forcegp.modelfile import save_model
 from forcegp.select import _whitened_rows, select_structures
 from forcegp.training import evaluation
@@ -41,19 +44,30 @@ def test_first_pick_has_the_largest_force_variance(fitted_small, pool, initial):
     assert np.all(sel.rms_force_std() > 0)
 
 
-def test_square_root_update_equals_dense_conditioning(fitted_small, pool):
-    sel = select_structures(fitted_small, pool, 5, chunk=4)
-    s = np.asarray(_whitened_rows(fitted_small, pool.reshape(len(pool), -1)))  # (n, 1+D, K)
-    noise = np.asarray(noise_vector(fitted_small.config, fitted_small.hyper))
+@pytest.mark.parametrize("with_misfit", [False, True])
+def test_square_root_update_equals_dense_conditioning(fitted_small, pool, with_misfit):
+    """With an input-dependent noise (gp.misfit) a pick is conditioned on its own noise."""
+    model = fitted_small
+    if with_misfit:
+        model = misfit.with_misfit(model, model.posterior, misfit.projection(model, 8), 30.0)
+    sel = select_structures(model, pool, 5, chunk=4)
+    x = pool.reshape(len(pool), -1)
+    s = np.asarray(_whitened_rows(model, x))  # (n, 1+D, K)
+    noise = np.tile(np.asarray(noise_vector(model.config, model.hyper)), (len(pool), 1))
+    if with_misfit:
+        rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
+        extra = np.sum((rows @ np.asarray(model.posterior.misfit)) ** 2, axis=2)
+        assert np.all(extra > 0.01 * noise)  # large enough to change the picks' conditioning
+        noise = noise + extra
     cov = np.eye(s.shape[2])  # covariance of the whitened weights
-    scale2 = float(fitted_small.stats.energy_scale) ** 2
+    scale2 = float(model.stats.energy_scale) ** 2
     for t, j in enumerate(sel.indices):
         scores = np.einsum("nrk,kl,nrl->n", s[:, 1:], cov, s[:, 1:]) * scale2
         scores[sel.indices[:t]] = -np.inf
         assert j == np.argmax(scores)
         np.testing.assert_allclose(sel.scores[t], scores[j], rtol=1e-8)
         u = s[j]
-        cov = cov - cov @ u.T @ np.linalg.solve(u @ cov @ u.T + np.diag(noise), u @ cov)
+        cov = cov - cov @ u.T @ np.linalg.solve(u @ cov @ u.T + np.diag(noise[j]), u @ cov)
 
 
 def test_batch_aware_skips_duplicates(fitted_small, pool, initial):
