@@ -115,7 +115,8 @@ def test_predict(workdir, model):
 def test_info(model):
     result = invoke("info", model[0])
     assert result.exit_code == 0, result.output
-    for text in ("C2H6O", "noise energy", "meV/Å", "lengthscales", "fingerprint", "jax"):
+    for text in ("C2H6O", "noise energy", "misfit noise", "meV/Å", "lengthscales", "fingerprint",
+                 "jax"):  # fmt: skip
         assert text in result.stdout
     assert "MLP width 8, explicit polynomial (PCA 4, cubic " in result.stdout  # resolved sizes
     result = invoke("info", model[0], "--json")
@@ -123,6 +124,8 @@ def test_info(model):
     assert summary["numbers"] == [6, 6, 8, 1, 1, 1, 1, 1, 1]
     assert summary["training"]["n_structures"] == 32
     assert summary["hyperparameters"]["noise_forces_eV_per_Ang"] > 0
+    gamma = summary["training"]["calibration"]["misfit_gamma"]
+    assert summary["hyperparameters"]["misfit_gamma"] == gamma
     assert summary["history"]["epochs"] == 2
     assert summary["config"]["pair_powers"] == 2  # --pair-powers reaches the model
 
