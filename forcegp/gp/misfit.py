@@ -1,5 +1,5 @@
 """Input-dependent noise: the misfit of a finite basis, larger where the training data constrain
-the model less (docs/method.md §12).
+the model less (docs/method.md §15).
 
 A model of K basis functions fits its training data only up to a misfit, which the noise levels
 absorb. A constant noise level gives the same misfit to a structure like the training ones and

@@ -2,10 +2,12 @@
 (docs/method.md §11).
 
 E = sigma phi^T mean + mu, F = -dE/dx (autodiff), Var = sigma^2 (||phi C||^2 + noise), with the
-whitening by L = chol(K_zz) folded into the posterior once (Predictor). With a sketch of s
-columns (Predictor.sketch) the posterior part of each variance is estimated from a Gaussian
-random projection of the covariance factor instead (docs/method.md §11): unbiased, its ratio to
-the exact value distributed as chi^2_s / s, at O(s K) per output instead of O(K^2).
+whitening by L = chol(K_zz) folded into the posterior once (Predictor); the noise is the constant
+level plus, where the posterior has one, the input-dependent misfit ||phi misfit||^2 (gp.misfit).
+With a sketch of s columns (Predictor.sketch) the posterior part of each variance is estimated
+from a Gaussian random projection of the covariance factor instead (docs/method.md §11):
+unbiased, its ratio to the exact value distributed as chi^2_s / s, at O(s K) per output instead
+of O(K^2).
 """
 
 from __future__ import annotations

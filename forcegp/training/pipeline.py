@@ -212,7 +212,7 @@ def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, f
 
 
 def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict]:
-    """The input-dependent noise (gp.misfit, docs/method.md §12): gamma from misfit.GRID, or 0
+    """The input-dependent noise (gp.misfit, docs/method.md §15): gamma from misfit.GRID, or 0
     (the constant noise of the fit), whichever gives the validation data the highest Gaussian
     likelihood with the overall amplitude profiled out (evaluation.held_out_nll); the model
     with the posterior refitted for it. One pass over the training data serves as many
