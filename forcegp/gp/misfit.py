@@ -34,7 +34,7 @@ from .params import ForceGP, Posterior
 from .statistics import device_mesh, stream
 
 #: The candidate values of gamma (besides 0), one capacitance matrix each in the pass.
-GRID = (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+GRID = (10.0, 30.0, 100.0, 300.0)
 #: Columns s of the projection B.
 COLUMNS = 128
 
