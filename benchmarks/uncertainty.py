@@ -81,6 +81,7 @@ def run_case(case: str, flags: list[str], work: Path, quick: bool) -> list[dict]
             "train_s": round(trained["wall_s"], 1), "rc": trained["rc"]}  # fmt: skip
     if trained["rc"] != 0:
         return [base | {"error": (trained["stderr"] or trained["stdout"]).strip()[-300:]}]
+    base |= noise_choice(model)
     rows = []
     for name, path in tests.items():
         metrics = work / f"{case}_{name.replace(' ', '_')}.json"
@@ -96,6 +97,16 @@ def run_case(case: str, flags: list[str], work: Path, quick: bool) -> list[dict]
         row["forces_mean_abs"] = m["forces_mean_abs"]
         rows.append(row)
     return rows
+
+
+def noise_choice(model: Path) -> dict:
+    """gamma of the model's input-dependent noise (0: constant) and the seconds its choice took,
+    from the model file's header line (forcegp.modelfile)."""
+    with open(model, "rb") as f:
+        header = json.loads(f.readline())
+    calibration = header.get("training", {}).get("calibration", {})
+    return {"misfit_gamma": calibration.get("misfit_gamma", 0.0),
+            "misfit_s": calibration.get("misfit_seconds")}  # fmt: skip
 
 
 def _words(cmd) -> str:
