@@ -163,7 +163,7 @@ def info(model, as_json, plot) -> None:
     "--max-force-std",
     type=click.FloatRange(min=0, min_open=True),
     help="Stop when a force component's predicted std exceeds this (eV/Å); the frame that "
-    "did it is written last, with info trigger=True. The std includes the learned noise, so set "
+    "did it is written last, with info trigger=True. The std includes the noise, so set "
     "it above the model's typical value (forcegp predict shows it).",
 )
 @click.option(
