@@ -27,6 +27,15 @@ if os.environ.get("FORCEGP_TEST_JAX_CACHE", "1") != "0":
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test module: one long pytest process
+    otherwise keeps every program of every tiny model it ever compiled (a later module recompiles
+    what it needs, from the on-disk cache where there is one)."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def small_problem():
     """CH2-OH fragment: 12 training structures, an untrained tiny model, 3 test structures."""
