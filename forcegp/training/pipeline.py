@@ -211,38 +211,41 @@ def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, f
     return model, time.perf_counter() - started
 
 
-def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict]:
+def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict | None, dict]:
     """The input-dependent noise (gp.misfit, docs/method.md §15): gamma from misfit.GRID, or 0
     (the constant noise of the fit), whichever gives the validation data the highest Gaussian
     likelihood with the overall amplitude profiled out (evaluation.held_out_nll); the model
     with the posterior refitted for it. One pass over the training data serves as many
     candidates as fit in memory (all of them, unless K is large); where not even one fits, the
-    noise stays constant."""
+    noise stays constant. Returns (model, its prediction with stds on the validation data or
+    None where none was made, what was chosen)."""
     if not run.settings.misfit_noise:
-        return model, {"misfit_gamma": 0.0}
+        return model, None, {"misfit_gamma": 0.0}
     n_dev = int(run.mesh.devices.size)
     per_pass = misfit_gammas_per_pass(model, run.chunk, n_dev, len(misfit.GRID), run.max_memory)
     if per_pass == 0:
         say("message", {"text": "input-dependent noise skipped: too little memory for its pass"})
-        return model, {"misfit_gamma": 0.0, "misfit_skipped": "memory"}
+        return model, None, {"misfit_gamma": 0.0, "misfit_skipped": "memory"}
     say("message", {"text": "fitting the input-dependent noise"})
     started = time.perf_counter()
     proj = misfit.projection(model)
-    nll = {0.0: held_out_nll(predict(model, run.valid.positions), run.valid)}
-    best = model
+    pred = predict(model, run.valid.positions)
+    nll = {0.0: held_out_nll(pred, run.valid)}
+    best = (model, pred)
     for first in range(0, len(misfit.GRID), per_pass):
         gammas = misfit.GRID[first : first + per_pass]
         p, b = misfit.systems(model, proj, gammas, run.x, run.y, run.g, chunk=run.chunk,
                               mesh=run.mesh)  # fmt: skip
         for i, gamma in enumerate(gammas):
             candidate = misfit.with_misfit(model, posterior.solve_system(p[i], b[i]), proj, gamma)
-            nll[gamma] = held_out_nll(predict(candidate, run.valid.positions), run.valid)
-            if nll[gamma] < min(v for key, v in nll.items() if key != gamma):
-                best = candidate
+            pred = predict(candidate, run.valid.positions)
+            value = held_out_nll(pred, run.valid)
+            if value < min(nll.values()):
+                best = (candidate, pred)
+            nll[gamma] = value
         del p, b
-    gamma = min(nll, key=nll.get)
-    return best, {
-        "misfit_gamma": gamma,
+    return *best, {
+        "misfit_gamma": min(nll, key=nll.get),
         "misfit_valid_nll": {f"{key:g}": round(value, 5) for key, value in nll.items()},
         "misfit_seconds": round(time.perf_counter() - started, 3),
     }
@@ -251,9 +254,10 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
 def finish(run: Run, model: ForceGP, state: TrainState, seconds: dict, say: Progress):
     """Calibrate the amplitude on the validation data (§10) and describe the run: (model,
     metadata) ready for forcegp.modelfile.save_model."""
-    model, noise = misfit_noise(run, model, say)
+    model, pred, noise = misfit_noise(run, model, say)
     say("evaluate", {})
-    pred = predict(model, run.valid.positions, with_std=True)
+    if pred is None:
+        pred = predict(model, run.valid.positions, with_std=True)
     model, calibration = calibrate(model, run.valid, pred)
     calibration.update(noise)
     metrics = prediction_metrics(amplified(pred, calibration["kappa"]), run.valid)
