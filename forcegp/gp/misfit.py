@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .basis import basis_rows, noise_vector, soft_cholesky
 from .params import ForceGP, Posterior
+from .predict import random_projection
 from .statistics import device_mesh, stream
 
 #: The candidate values of gamma (besides 0), one capacitance matrix each in the pass.
@@ -41,9 +42,7 @@ COLUMNS = 128
 
 def projection(model: ForceGP, columns: int = COLUMNS, seed: int = 0) -> jax.Array:
     """B = C0 G / sqrt(s) (K, s) of the model's (constant-noise) posterior, C0 = inv_chol^T."""
-    post = model.posterior
-    draw = jax.random.normal(jax.random.key(seed), (post.inv_chol.shape[0], columns), post.mean.dtype)
-    return post.inv_chol.T @ draw / np.sqrt(columns)
+    return random_projection(model.posterior.inv_chol.T, columns, seed)
 
 
 @eqx.filter_jit

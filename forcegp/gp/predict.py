@@ -81,12 +81,18 @@ def predictor(
     if with_std:
         full = unwhiten(post.inv_chol.T)
         if sketch is not None and sketch < cfg.n_basis:
-            draw = jax.random.normal(jax.random.key(seed), (cfg.n_basis, sketch), full.dtype)
-            projected = full @ draw / np.sqrt(sketch)
+            projected = random_projection(full, sketch, seed)
         else:
             cov = tuple(full[:rows, lo:hi] for lo, hi, rows in cov_blocks(cfg.n_basis, m))
     misfit = unwhiten(post.misfit) if with_std and post.misfit is not None else None
     return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected, misfit)
+
+
+def random_projection(factor: jax.Array, columns: int, seed: int = 0) -> jax.Array:
+    """factor G / sqrt(s) for factor (K, K'), G a (K', s) standard normal draw from ``seed``:
+    for any row a, ||a factor G||^2 / s is an unbiased estimate of ||a factor||^2."""
+    draw = jax.random.normal(jax.random.key(seed), (factor.shape[1], columns), factor.dtype)
+    return factor @ draw / np.sqrt(columns)
 
 
 #: Probability that a sketched variance's upper bound (posterior_variances) lies below the exact
