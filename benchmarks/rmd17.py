@@ -47,11 +47,19 @@ PUBLISHED = {
 
 
 def run_one(molecule: str, split: str, args) -> dict:
+    from common import machine_info
+
     from forcegp.data import read_dataset
     from forcegp.training.evaluation import evaluate
     from forcegp.training.pipeline import train_model
     from forcegp.training.settings import TrainSettings
 
+    # Commit, load, GEMM rate: this machine's speed varies, so each row says what it ran on.
+    machine = {
+        k: v
+        for k, v in machine_info().items()
+        if k in ("git_commit", "cpu_model", "load_average_1_5_15min", "gemm_float64_gflops")
+    }
     train = read_dataset([DATA / f"rmd17_{molecule}_train_{split}.npz"], energy_unit="kcal/mol")
     test = read_dataset([DATA / f"rmd17_{molecule}_test_{split}.npz"], energy_unit="kcal/mol")
     if args.n_train:
@@ -66,6 +74,7 @@ def run_one(molecule: str, split: str, args) -> dict:
     model, meta = train_model(train, config_kwargs=config, settings=settings, seed=args.seed)
     seconds = time.perf_counter() - started
     m = evaluate(model, test)
+    calibration = meta["training"].get("calibration", {})
     return {
         "molecule": molecule,
         "split": split,
@@ -77,15 +86,21 @@ def run_one(molecule: str, split: str, args) -> dict:
         "forces_rmse_mev_per_ang": 1000 * m["forces_rmse"],
         "forces_coverage_95": m["forces_coverage_95"],
         "energy_coverage_95": m["energy_coverage_95"],
+        "forces_coverage_68": m.get("forces_coverage_68"),
+        "forces_zms": m.get("forces_zms"),
+        "energy_zms": m.get("energy_zms"),
         "spearman_std_error": m.get("forces_std_error_spearman"),
         "train_seconds": seconds,
         # Inside train_seconds: DSoftKI's epochs, and the posterior fit with its refinement.
         "epochs_seconds": meta["training"]["train_seconds"],
         "fit_seconds": meta["training"]["fit_seconds"],
+        # The input-dependent noise's gamma and the seconds its choice took (0 / None: off).
+        "misfit_gamma": calibration.get("misfit_gamma", 0.0),
+        "misfit_seconds": calibration.get("misfit_seconds"),
         "config": meta["training"]["config"],
         "settings": meta["training"]["settings"],
         "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                    "jax": jax.__version__, "device": str(jax.devices()[0])},
+                    "jax": jax.__version__, "device": str(jax.devices()[0]), **machine},
     }  # fmt: skip
 
 
