@@ -12,7 +12,10 @@ positions are used). Each round then
    stopping when the largest predicted force std exceeds a threshold (forcegp.md.run_md): twice
    the median such std over typical geometries (200 unlabelled frames of --geometries), so "unsure"
    means "less sure than on the structures it should know";
-2. picks the most informative MD frames, greedily and batch-aware (forcegp.select);
+2. picks the most informative MD frames, greedily and batch-aware (forcegp.select): by default
+   the most uncertain ones; with ``--objective integrated`` those whose labels would lower the
+   summed force variance of the round's MD frames (or, ``--targets typical``, of the typical
+   geometries) the most;
 3. labels them with the reference calculator and retrains on everything labelled so far.
 
 For comparison (``--baseline``, the default) a second model is trained each round on the same
@@ -116,6 +119,19 @@ def main() -> None:
         type=float,
         default=2.0,
         help="stop MD at this multiple of the median max force std on typical geometries",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=["variance", "integrated"],
+        default="variance",
+        help="variance: the most uncertain frames; integrated: the frames whose labels lower the "
+        "summed force variance of --targets most",
+    )
+    parser.add_argument(
+        "--targets",
+        choices=["pool", "typical"],
+        default="pool",
+        help="for --objective integrated: the round's MD frames, or the typical geometries",
     )
     parser.add_argument("--reference", choices=["auto", "xtb", "emt"], default="auto")
     parser.add_argument(
@@ -237,7 +253,10 @@ def main() -> None:
 
         # 2. pick; 3. label and add
         k = min(args.pick, len(candidates))
-        picks = select_structures(model, candidates, k, numbers=numbers)
+        targets = typical if args.targets == "typical" else None
+        picks = select_structures(
+            model, candidates, k, numbers=numbers, objective=args.objective, targets=targets
+        )
         data = concatenate([data, labelled(candidates[picks.indices], f"round {round_}")])
         if args.baseline:
             random = rng.permutation(len(candidates))[:k]

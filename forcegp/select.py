@@ -1,4 +1,11 @@
-"""Which structures to label next: greedy maximum posterior variance, aware of the batch.
+"""Which structures to label next: greedy, aware of the batch, by one of two objectives.
+
+- ``variance``: the candidate whose own forces are most uncertain (largest summed posterior
+  force variance).
+- ``integrated``: the candidate whose energy and forces, once labelled, would lower the summed
+  posterior force variance of a set of target structures the most (by default the candidates
+  themselves): an integrated-variance, or transductive, design. It prefers structures that are
+  uncertain *and* resemble many others, where ``variance`` prefers the most unusual ones.
 
 The model's weights have the posterior theta ~ N(mean, C) with C = P^-1 = A^T A, A = inv_chol
 (:class:`forcegp.gp.params.Posterior`). A candidate's value and gradient rows phi (1+D, K) have the
@@ -19,6 +26,13 @@ matrix: O(n_cand (1+D)^2 K) per pick (the cross-covariances S U^T are the unavoi
 O(n_cand (1+D) K) memory. A candidate that duplicates (or resembles) an earlier pick loses its
 variance, so the next pick is somewhere else: the batch is diverse. ``batch_aware=False`` gives
 plain top-k by the initial scores.
+
+The integrated objective: the targets' force rows T (whitened like S) give Q = T_f^T T_f (K x K),
+their summed force variance is tr(Q) and labelling candidate c (rows U_c, noise Lambda_c) lowers
+it by gain_c = tr(G_c^-1 U_c Q U_c^T), G_c = U_c U_c^T + Lambda_c. Q is kept as a factor E (r, K)
+of its leading eigen-directions (Q ~ E^T E; the dropped ones, each below ``rtol`` times the
+largest eigenvalue, change a gain by at most (1+D) rtol lambda_max), and conditioning on a pick
+updates it like S: E <- E - (E U^T) W U. Per pick O(n_cand (1+D) K (1+D+r)).
 """
 
 from __future__ import annotations
@@ -50,7 +64,9 @@ class Selection:
     was picked, the summed force-component variance (eV^2/Å^2, noise-free) conditional on the
     earlier picks (batch-aware) or unconditional (top-k). initial_scores (n_candidates,): all
     candidates' scores before any pick. n_dim: D = 3 n_atoms, so sqrt(score / D) is the
-    root-mean-square force-component std (eV/Å).
+    root-mean-square force-component std (eV/Å). objective: what the picks maximised; for
+    ``integrated``, gains (k,): how much each pick, given the earlier ones, lowers the targets'
+    summed force variance (eV^2/Å^2, noise-free).
     """
 
     indices: np.ndarray
@@ -58,6 +74,8 @@ class Selection:
     initial_scores: np.ndarray
     n_dim: int
     batch_aware: bool
+    objective: str = "variance"
+    gains: np.ndarray | None = None
 
     def rms_force_std(self) -> np.ndarray:
         """(k,) root-mean-square force-component std of each pick (eV/Å)."""
@@ -79,6 +97,27 @@ def _pick_noise(model: ForceGP, x: jax.Array) -> jax.Array:
         return noise
     rows = batch_rows(model, model.hyper, x[None])[0]
     return noise + jnp.sum((rows @ model.posterior.misfit) ** 2, axis=1)
+
+
+@eqx.filter_jit
+def _noise_rows(model: ForceGP, x: jax.Array) -> jax.Array:
+    """(C, 1+D) noise variances of structures x (C, D), as :func:`_pick_noise` for each."""
+    return jax.vmap(lambda xi: _pick_noise(model, xi))(x)
+
+
+@jax.jit
+def _force_gram(s: jax.Array, weight: jax.Array) -> jax.Array:
+    """sum_c weight_c S_c,f^T S_c,f (K, K) over a chunk s (C, 1+D, K), force rows only."""
+    f = s[:, 1:] * jnp.sqrt(weight)[:, None, None]
+    return jnp.einsum("crk,crl->kl", f, f)
+
+
+@jax.jit
+def _target_gain(s: jax.Array, noise: jax.Array, e: jax.Array) -> jax.Array:
+    """(C,) tr(G_c^-1 U_c E^T E U_c^T) for a chunk s (C, 1+D, K) with noise (C, 1+D)."""
+    g = jnp.einsum("crk,csk->crs", s, s) + jax.vmap(jnp.diag)(noise)
+    z = jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(g), s @ e.T, lower=True)
+    return jnp.sum(z**2, axis=(1, 2))
 
 
 @jax.jit
@@ -114,6 +153,21 @@ def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int) -> list[jax.Array
     return [_whitened_rows(model, jnp.asarray(x[np.arange(s, s + chunk) % n])) for s in starts]
 
 
+def _target_factor(model: ForceGP, x: np.ndarray, chunk: int, rtol: float) -> jax.Array:
+    """E (r, K) with E^T E the leading eigen-part of Q = T_f^T T_f of the targets x (m, D)."""
+    m = len(x)
+    q = 0.0
+    for start in range(0, m, chunk):
+        idx = np.arange(start, start + chunk)
+        weight = jnp.asarray((idx < m).astype(np.float64))  # the padding repeats count zero
+        q = q + _force_gram(_whitened_rows(model, jnp.asarray(x[idx % m])), weight)
+    values, vectors = np.linalg.eigh(np.asarray(q))
+    keep = values > rtol * max(values[-1], 0.0)
+    if not np.any(keep):
+        raise NumericalError("the targets' force variance is zero; nothing to reduce")
+    return jnp.asarray((vectors[:, keep] * np.sqrt(values[keep])).T)
+
+
 def select_structures(
     model: ForceGP,
     positions: np.ndarray,
@@ -122,12 +176,18 @@ def select_structures(
     batch_aware: bool = True,
     numbers=None,
     chunk: int = 64,
+    objective: str = "variance",
+    targets=None,
+    rtol: float = 1e-10,
 ) -> Selection:
     """Pick ``k`` of the candidate structures ``positions`` (n, N, 3) Å whose labels would
     reduce the model's force uncertainty most (see the module docstring).
 
     numbers: the candidates' atomic numbers, checked against the model's. chunk: structures per
-    compiled call (memory of the rows is training.resources.memory_bytes). Raises InputError for a bad k.
+    compiled call (memory of the rows is training.resources.memory_bytes). objective:
+    ``variance`` or ``integrated``; targets (m, N, 3): the structures whose force variance
+    ``integrated`` lowers (None: the candidates); rtol: its eigenvalue cut. Raises InputError for
+    a bad k, objective or targets.
     """
     if model.posterior is None:
         raise InputError("the model has no fitted posterior; train it first")
@@ -138,21 +198,37 @@ def select_structures(
         raise InputError(f"candidates must have shape (n, {model.n_atoms}, 3), got {positions.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise InputError(f"cannot pick {k!r} of {n} candidates; pick between 1 and {n}")
+    if objective not in ("variance", "integrated"):
+        raise InputError(f"unknown objective {objective!r}; use 'variance' or 'integrated'")
     chunks = _rows_in_chunks(model, positions.reshape(n, -1), chunk)
+    flat = positions.reshape(n, -1)
+    factor = None
+    if objective == "integrated":
+        t = positions if targets is None else np.asarray(targets, dtype=np.float64)
+        if t.ndim != 3 or t.shape[1:] != (model.n_atoms, 3) or len(t) == 0:
+            raise InputError(f"targets must have shape (m, {model.n_atoms}, 3), got {t.shape}")
+        factor = _target_factor(model, t.reshape(len(t), -1), chunk, rtol)
+        noises = [_noise_rows(model, jnp.asarray(flat[np.arange(s, s + chunk) % n]))
+                  for s in range(0, n, chunk)]  # fmt: skip
 
     def gather(parts) -> np.ndarray:
         return np.concatenate([np.asarray(p) for p in parts])[:n]
 
     scale2 = float(model.stats.energy_scale) ** 2
+
+    def gains() -> np.ndarray:
+        return gather([_target_gain(s, e, factor) for s, e in zip(chunks, noises, strict=True)])
+
     scores = gather([_force_variance(s) for s in chunks])
     initial = scores * scale2
-    flat = positions.reshape(n, -1)
+    objective_values = scores if factor is None else gains()
     available = np.ones(n, dtype=bool)
-    picked, picked_scores = [], []
+    picked, picked_scores, picked_gains = [], [], []
     for t in range(int(k)):
-        j = int(np.argmax(np.where(available, scores, -np.inf)))
+        j = int(np.argmax(np.where(available, objective_values, -np.inf)))
         picked.append(j)
         picked_scores.append(scores[j] * scale2)
+        picked_gains.append(objective_values[j] * scale2)
         available[j] = False
         if not batch_aware or t == k - 1:
             continue
@@ -163,7 +239,11 @@ def select_structures(
             chunks[c], sc = _condition(s, u, v)
             new.append(sc)
         scores = gather(new)
-        if not np.all(np.isfinite(scores)):
+        objective_values = scores
+        if factor is not None:
+            factor = factor - (factor @ u.T) @ v
+            objective_values = gains()
+        if not np.all(np.isfinite(objective_values)):
             raise NumericalError("the variance update became non-finite; lower `n_inducing`")
     return Selection(
         indices=np.asarray(picked, dtype=np.int64),
@@ -171,6 +251,8 @@ def select_structures(
         initial_scores=initial,
         n_dim=model.config.dim,
         batch_aware=bool(batch_aware),
+        objective=objective,
+        gains=None if factor is None else np.asarray(picked_gains, dtype=np.float64),
     )
 
 
@@ -240,6 +322,8 @@ def picked_atoms(candidates: Candidates, selection: Selection) -> list[Atoms]:
             select_source=candidates.sources[i],
             select_frame=int(candidates.frames[i]),
         )
+        if selection.gains is not None:
+            atoms.info["select_gain"] = float(selection.gains[rank])
         images.append(atoms)
     return images
 

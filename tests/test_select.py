@@ -14,7 +14,7 @@ from forcegp.gp import misfit
 from forcegp.gp.basis import noise_vector
 from forcegp.gp.likelihood import batch_rows
 from forcegp.modelfile import save_model
-from forcegp.select import _whitened_rows, select_structures
+from forcegp.select import _whitened_rows, read_candidates, select_structures
 from forcegp.training import evaluation
 
 
@@ -109,7 +109,7 @@ def test_cli_writes_picks_with_labels_but_not_predictions(tmp_path, fitted_small
             str(tmp_path / "md.extxyz"), "-n", "6", "-o", str(out)]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "picked 6 of 15 candidates (batch-aware)" in result.output
+    assert "picked 6 of 15 candidates (batch-aware, variance)" in result.output
     assert "label the frames" in result.output
     frames = ase.io.read(out, ":")
     assert [f.info["select_rank"] for f in frames] == [1, 2, 3, 4, 5, 6]
@@ -124,3 +124,86 @@ def test_cli_writes_picks_with_labels_but_not_predictions(tmp_path, fitted_small
             assert np.isclose(f.get_potential_energy(), pb.energies[i])
             np.testing.assert_allclose(f.positions, pb.positions[i], atol=1e-7)  # extxyz digits
     assert any(f.info["select_source"].endswith("md.extxyz") for f in frames)
+
+
+@pytest.mark.parametrize("with_misfit", [False, True])
+@pytest.mark.parametrize("own_targets", [False, True])
+def test_integrated_objective_equals_dense_variance_reduction(
+    fitted_small, small_problem, pool, with_misfit, own_targets
+):
+    """Each pick lowers the targets' summed force variance the most, by exactly its gain, with
+    the targets either the candidates themselves or another set."""
+    model = fitted_small
+    if with_misfit:
+        model = misfit.with_misfit(model, model.posterior, misfit.projection(model, 8), 30.0)
+    targets = None if own_targets else small_problem.positions[:6] + 0.01
+    sel = select_structures(model, pool, 5, chunk=4, objective="integrated", targets=targets)
+    x = pool.reshape(len(pool), -1)
+    s = np.asarray(_whitened_rows(model, x))
+    t_pos = pool if targets is None else targets
+    tf = np.asarray(_whitened_rows(model, t_pos.reshape(len(t_pos), -1)))[:, 1:]
+    tf = tf.reshape(-1, tf.shape[-1])  # all target force rows
+    noise = np.tile(np.asarray(noise_vector(model.config, model.hyper)), (len(pool), 1))
+    if with_misfit:
+        rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
+        noise = noise + np.sum((rows @ np.asarray(model.posterior.misfit)) ** 2, axis=2)
+    cov = np.eye(s.shape[2])
+    scale2 = float(model.stats.energy_scale) ** 2
+
+    def conditioned(cov, j):
+        u = s[j]
+        return cov - cov @ u.T @ np.linalg.solve(u @ cov @ u.T + np.diag(noise[j]), u @ cov)
+
+    for t, j in enumerate(sel.indices):
+        before = np.trace(tf @ cov @ tf.T)
+        gains = np.array([before - np.trace(tf @ conditioned(cov, c) @ tf.T) for c in range(len(s))])
+        gains[sel.indices[:t]] = -np.inf
+        assert j == np.argmax(gains)
+        np.testing.assert_allclose(sel.gains[t], gains[j] * scale2, rtol=1e-7)
+        own = np.einsum("rk,kl,rl->", s[j, 1:], cov, s[j, 1:]) * scale2
+        np.testing.assert_allclose(sel.scores[t], own, rtol=1e-8)
+        cov = conditioned(cov, j)
+    assert sel.objective == "integrated" and np.all(sel.gains > 0)
+
+
+def test_integrated_prefers_the_typical_over_the_unusual(fitted_small, pool, initial):
+    """Ten copies of one structure and one structure of larger variance: the objective
+    ``variance`` takes the latter, ``integrated`` a copy (labelling it informs all ten)."""
+    order = np.argsort(initial)
+    a = int(order[len(order) // 2])  # a structure of median variance
+    ratio = initial / initial[a]
+    b = int(np.flatnonzero((ratio > 1.5) & (ratio < 4))[0])  # more uncertain, not extremely so
+    cands = np.concatenate([np.repeat(pool[a : a + 1], 10, axis=0), pool[b : b + 1]])
+    variance = select_structures(fitted_small, cands, 1)
+    integrated = select_structures(fitted_small, cands, 1, objective="integrated")
+    assert variance.indices[0] == 10
+    assert integrated.indices[0] < 10
+
+
+def test_bad_objective_or_targets(fitted_small, pool):
+    with pytest.raises(InputError, match="unknown objective"):
+        select_structures(fitted_small, pool, 2, objective="entropy")
+    with pytest.raises(InputError, match="targets must have shape"):
+        select_structures(fitted_small, pool, 2, objective="integrated", targets=pool[:, :2])
+
+
+def test_cli_integrated_objective_with_targets(tmp_path, fitted_small, small_problem):
+    pb = small_problem
+    save_model(tmp_path / "m.fgp", fitted_small, metadata={})
+    ase.io.write(tmp_path / "pool.extxyz", [ase.Atoms(pb.numbers, p) for p in pb.positions])
+    ase.io.write(tmp_path / "typical.xyz", [ase.Atoms(pb.numbers, p) for p in pb.test_positions])
+    out = tmp_path / "picked.extxyz"
+    base = ["select", str(tmp_path / "m.fgp"), str(tmp_path / "pool.extxyz"), "-n", "3", "-o", str(out)]
+    targets = ["--targets", str(tmp_path / "typical.xyz")]
+    result = CliRunner().invoke(cli, [*base, *targets])
+    assert result.exit_code != 0 and "--objective integrated" in result.output and not out.exists()
+    result = CliRunner().invoke(cli, [*base, "--objective", "integrated", *targets])
+    assert result.exit_code == 0, result.output
+    assert "(batch-aware, integrated)" in result.output
+    frames = ase.io.read(out, ":")
+    # Against the library on the positions as the files give them back (extxyz rounds to 1e-8 Å,
+    # which moves the variances of these near-training structures by a few per cent).
+    read = [read_candidates([tmp_path / f]).data.positions for f in ("pool.extxyz", "typical.xyz")]
+    expected = select_structures(fitted_small, read[0], 3, objective="integrated", targets=read[1])
+    assert [f.info["select_frame"] for f in frames] == expected.indices.tolist()
+    np.testing.assert_allclose([f.info["select_gain"] for f in frames], expected.gains, rtol=1e-6)

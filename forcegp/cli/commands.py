@@ -214,16 +214,34 @@ def md(model, start, output, frame, **opts) -> None:
     "--batch-aware/--greedy-std",
     default=True,
     show_default=True,
-    help="Condition on each pick before the next (diverse batch), or plain top-n by force std.",
+    help="Condition on each pick before the next (diverse batch), or plain top-n by the objective.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["variance", "integrated"]),
+    default="variance",
+    show_default=True,
+    help="variance: the frames whose own forces are most uncertain. integrated: the frames whose "
+    "labels would lower the summed force variance of the targets most (typical and uncertain "
+    "frames over unusual ones).",
+)
+@click.option(
+    "--targets",
+    "targets",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Structures whose force uncertainty --objective integrated lowers (repeatable; labels "
+    "not needed). Default: the candidates themselves.",
 )
 @reader_options
-def select_command(model, candidates, count, output, batch_aware, **opts) -> None:
+def select_command(model, candidates, count, output, batch_aware, objective, targets, **opts) -> None:
     """Pick the frames of CANDIDATES whose labels would teach MODEL most.
 
-    Greedy maximum posterior force variance; with --batch-aware each pick is treated as labelled
-    before the next, so near-duplicates are not picked twice. Picked frames keep the candidates'
-    reference labels (not model predictions from forcegp md) and get info select_rank,
-    select_score (eV^2/Å^2) and select_force_std (eV/Å).
+    Greedy by posterior force variance (--objective); with --batch-aware each pick is treated as
+    labelled before the next, so near-duplicates are not picked twice. Picked frames keep the
+    candidates' reference labels (not model predictions from forcegp md) and get info
+    select_rank, select_score (eV^2/Å^2), select_force_std (eV/Å) and, for --objective
+    integrated, select_gain (eV^2/Å^2, the targets' summed force variance the pick removes).
     """
     from ..files import write_extxyz_atomic
     from ..modelfile import load_model
@@ -232,14 +250,20 @@ def select_command(model, candidates, count, output, batch_aware, **opts) -> Non
     output = check_output(output)
     pool = read_candidates(candidates, **reader_kwargs(opts))
     gp, _ = load_model(model, numbers=pool.data.numbers)
+    target_positions = None
+    if targets:
+        if objective != "integrated":
+            raise click.BadParameter("used only by --objective integrated", param_hint="--targets")
+        target_positions = read_candidates(targets, **reader_kwargs(opts)).data.positions
     selection = select_structures(
-        gp, pool.data.positions, count, batch_aware=batch_aware, numbers=pool.data.numbers
-    )
+        gp, pool.data.positions, count, batch_aware=batch_aware, numbers=pool.data.numbers,
+        objective=objective, targets=target_positions,
+    )  # fmt: skip
     write_extxyz_atomic(output, picked_atoms(pool, selection))
     rms = selection.rms_force_std()
     click.echo(
         f"picked {count} of {pool.data.n_frames} candidates "
-        f"({'batch-aware' if batch_aware else 'top-n'}); RMS force std at pick "
+        f"({'batch-aware' if batch_aware else 'top-n'}, {objective}); RMS force std at pick "
         f"{rms[0]:.3g} .. {rms[-1]:.3g} eV/Å"
     )
     click.echo(f"wrote {output} ({label_note(pool, selection)})")
