@@ -10,7 +10,7 @@ import pytest
 from synthetic import METHANOL_NUMBERS, METHANOL_REFERENCE, build_model, random_rotation
 
 from forcegp import symmetry
-from forcegp.gp import basis, deep_kernel, descriptors, environment, posterior
+from forcegp.gp import basis, deep_kernel, descriptors, environment, misfit, posterior
 from forcegp.gp import predict as predict_mod
 from forcegp.gp.basis import basis_rows, basis_value, soft_cholesky
 from forcegp.training import evaluation
@@ -148,11 +148,14 @@ def test_folded_predictor_equals_the_whitened_posterior(variant, monkeypatch):
     assert predict_mod.predictor(model, with_std=False).cov is None
 
 
-def test_sketched_variances_follow_their_stated_distribution():
+@pytest.mark.parametrize("with_misfit", [False, True])
+def test_sketched_variances_follow_their_stated_distribution(with_misfit):
     """predictor(sketch=s) estimates each posterior variance from a Gaussian projection of the
     covariance factor: over draws, the ratio to the exact variance has mean 1 and variance 2/s
     (chi^2_s / s), and the exact variance exceeds the stated upper bound about SKETCH_MISS of
-    the time. Energies and forces do not depend on the sketch."""
+    the time. Energies and forces do not depend on the sketch. With an input-dependent noise
+    (gp.misfit) the sketch estimates the posterior variance plus the misfit, and the stds match
+    the exact ones in the mean."""
     import scipy.stats
     from synthetic import Problem
 
@@ -166,16 +169,24 @@ def test_sketched_variances_follow_their_stated_distribution():
     pb = Problem(METHANOL_NUMBERS, METHANOL_REFERENCE, 10, seed=1,
                  **VARIANTS["invdist-polynomial-mlp-sym"])  # fmt: skip
     model = posterior.fit(pb.model, pb.x, pb.y, pb.g)
+    if with_misfit:
+        model = misfit.with_misfit(model, model.posterior, misfit.projection(model, 16), 30.0)
     cfg, s = model.config, 32
     assert s < cfg.n_basis
     rows = jnp.concatenate([raw_rows(cfg, model.stats, model.hyper, jnp.asarray(x.reshape(-1)))
                             for x in np.asarray(pb.test_positions)])  # fmt: skip
-    exact = np.asarray(predict_mod.covariance_sq_norms(predict_mod.predictor(model), rows))
     fold = eqx.filter_jit(predict_mod.predictor)
+    exact_pred = predict_mod.predictor(model)
+    exact = np.asarray(predict_mod.covariance_sq_norms(exact_pred, rows))
+    if with_misfit:
+        extra = np.sum((np.asarray(rows) @ np.asarray(exact_pred.misfit)) ** 2, axis=1)
+        assert np.median(extra / exact) > 0.1  # a misfit large enough to matter
+        exact = exact + extra
+        assert fold(model, True, s, 0).misfit is None  # carried by the sketch
     variances = eqx.filter_jit(predict_mod.posterior_variances)
     ratios, misses = [], 0
     for seed in range(200):
-        estimate, upper = variances(fold(model, True, s, seed), rows)
+        estimate, upper = variances(fold(model, True, s, jnp.asarray(seed)), rows)  # one compile
         ratios.append(np.asarray(estimate) / exact)
         misses += int(np.sum(exact > np.asarray(upper)))
     ratios = np.stack(ratios)  # (draws, outputs): chi^2_s / s in every column

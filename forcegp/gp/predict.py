@@ -7,7 +7,8 @@ level plus, where the posterior has one, the input-dependent misfit ||phi misfit
 With a sketch of s columns (Predictor.sketch) the posterior part of each variance is estimated
 from a Gaussian random projection of the covariance factor instead (docs/method.md §11):
 unbiased, its ratio to the exact value distributed as chi^2_s / s, at O(s K) per output instead
-of O(K^2).
+of O(K^2); with a misfit the projection covers the misfit too, so the sketched estimate and its
+bound are those of the posterior variance plus the misfit, and only the constant level is added.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ class Predictor(eqx.Module):
     # of energies and forces only, or one with a sketch.
     cov: tuple[jax.Array, ...] | None
     # (K, s): [L C_w; C_e] G / sqrt(s), G a fixed standard normal (K, s) draw; None: exact.
+    # With a misfit, the projection of [L C_w; C_e | misfit]: it carries the misfit as well.
     sketch: jax.Array | None = None
-    # (K, s'): the posterior's misfit (gp.misfit) folded the same way; None: constant noise.
+    # (K, s'): the posterior's misfit (gp.misfit) folded the same way; None: constant noise, or
+    # carried by the sketch.
     misfit: jax.Array | None = None
 
 
@@ -78,13 +81,16 @@ def predictor(
         return jnp.concatenate([chol_zz @ a[:m], a[m:]], axis=0)
 
     cov = projected = None
+    misfit = unwhiten(post.misfit) if with_std and post.misfit is not None else None
     if with_std:
         full = unwhiten(post.inv_chol.T)
         if sketch is not None and sketch < cfg.n_basis:
-            projected = random_projection(full, sketch, seed)
+            # ||rows [full, misfit]||^2 is the posterior variance plus the misfit noise: one
+            # projection of the joined factor estimates both with one product per call.
+            joined = full if misfit is None else jnp.concatenate([full, misfit], axis=1)
+            projected, misfit = random_projection(joined, sketch, seed), None
         else:
             cov = tuple(full[:rows, lo:hi] for lo, hi, rows in cov_blocks(cfg.n_basis, m))
-    misfit = unwhiten(post.misfit) if with_std and post.misfit is not None else None
     return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected, misfit)
 
 
@@ -109,7 +115,8 @@ def chi2_lower_quantile(dof: int, p: float) -> float:
 
 def posterior_variances(pred: Predictor, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(estimate, upper bound) of the posterior variances rows S rows^T of the outputs of rows
-    (R, K), noise excluded. Exact form: both are ||rows cov||^2. With a sketch B = Q G / sqrt(s):
+    (R, K), noise excluded (a sketch of a model with a misfit includes the misfit). Exact form:
+    both are ||rows cov||^2. With a sketch B = Q G / sqrt(s):
     the estimate ||rows B||^2 is unbiased, and for any one row its ratio to the exact variance
     is distributed as chi^2_s / s over the draw of G, so dividing by that ratio's SKETCH_MISS
     quantile gives a bound that the exact variance exceeds with probability SKETCH_MISS."""
