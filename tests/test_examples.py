@@ -50,7 +50,7 @@ def test_active_learning_example(tmp_path):
         "active_learning.py", "--initial", 10, "--rounds", 1, "--pick", 4, "--test", 5,
         "--valid", 5, "--batch-size", 4, "--md-runs", 1, "--md-steps", 10, "--interval", 2,
         "--reference", "emt", "--no-baseline", "--workdir", tmp_path / "md", *TINY,
-        cwd=tmp_path,
+        "--objective", "integrated", "--targets", "typical", cwd=tmp_path,
     )  # fmt: skip
     table = out[out.index("by round:") :]
     rows = re.findall(r"^\s+(\d)\s+(\d+)\s+[\d.]+", table, re.M)
