@@ -89,20 +89,15 @@ def _whitened_rows(model: ForceGP, x: jax.Array) -> jax.Array:
 
 
 @eqx.filter_jit
-def _pick_noise(model: ForceGP, x: jax.Array) -> jax.Array:
-    """Noise variances (1+D,) of one structure x (D,): the constant levels plus, for a model
-    with an input-dependent noise (gp.misfit), its misfit ||phi misfit||^2 per row."""
-    noise = noise_vector(model.config, model.hyper)
-    if model.posterior.misfit is None:
-        return noise
-    rows = batch_rows(model, model.hyper, x[None])[0]
-    return noise + jnp.sum((rows @ model.posterior.misfit) ** 2, axis=1)
-
-
-@eqx.filter_jit
-def _noise_rows(model: ForceGP, x: jax.Array) -> jax.Array:
-    """(C, 1+D) noise variances of structures x (C, D), as :func:`_pick_noise` for each."""
-    return jax.vmap(lambda xi: _pick_noise(model, xi))(x)
+def _summaries(model: ForceGP, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """S (C, 1+D, K) as _whitened_rows, and the noise variances (C, 1+D) of the same rows: the
+    constant levels plus, for a model with an input-dependent noise (gp.misfit), its misfit
+    ||phi misfit||^2 per row; one evaluation of the rows serves both."""
+    rows = batch_rows(model, model.hyper, x)
+    noise = jnp.broadcast_to(noise_vector(model.config, model.hyper), rows.shape[:2])
+    if model.posterior.misfit is not None:
+        noise = noise + jnp.sum((rows @ model.posterior.misfit) ** 2, axis=2)
+    return rows @ model.posterior.inv_chol.T, noise
 
 
 @jax.jit
@@ -145,22 +140,28 @@ def _condition(s: jax.Array, u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax
     return s, jnp.sum(s[:, 1:] ** 2, axis=(1, 2))
 
 
-def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int) -> list[jax.Array]:
-    """S of every candidate x (n, D), in chunks of ``chunk`` (the last padded with repeats, so
-    every call has one compiled shape)."""
-    n = len(x)
-    starts = range(0, n, chunk)
-    return [_whitened_rows(model, jnp.asarray(x[np.arange(s, s + chunk) % n])) for s in starts]
+def _padded_chunks(n: int, chunk: int) -> list[np.ndarray]:
+    """Indices of ``chunk`` structures per compiled call, the last chunk padded with repeats of
+    the first structures (so every call has one compiled shape)."""
+    return [np.arange(start, start + chunk) % n for start in range(0, n, chunk)]
+
+
+def _rows_in_chunks(
+    model: ForceGP, x: np.ndarray, chunk: int
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """S and noise variances (_summaries) of every candidate x (n, D), in padded chunks."""
+    pairs = [_summaries(model, jnp.asarray(x[idx])) for idx in _padded_chunks(len(x), chunk)]
+    return [s for s, _ in pairs], [noise for _, noise in pairs]
 
 
 def _target_factor(model: ForceGP, x: np.ndarray, chunk: int, rtol: float) -> jax.Array:
     """E (r, K) with E^T E the leading eigen-part of Q = T_f^T T_f of the targets x (m, D)."""
     m = len(x)
     q = 0.0
-    for start in range(0, m, chunk):
-        idx = np.arange(start, start + chunk)
-        weight = jnp.asarray((idx < m).astype(np.float64))  # the padding repeats count zero
-        q = q + _force_gram(_whitened_rows(model, jnp.asarray(x[idx % m])), weight)
+    for c, idx in enumerate(_padded_chunks(m, chunk)):
+        # the padding repeats count zero
+        weight = jnp.asarray((c * chunk + np.arange(chunk) < m).astype(np.float64))
+        q = q + _force_gram(_whitened_rows(model, jnp.asarray(x[idx])), weight)
     values, vectors = np.linalg.eigh(np.asarray(q))
     keep = values > rtol * max(values[-1], 0.0)
     if not np.any(keep):
@@ -200,16 +201,13 @@ def select_structures(
         raise InputError(f"cannot pick {k!r} of {n} candidates; pick between 1 and {n}")
     if objective not in ("variance", "integrated"):
         raise InputError(f"unknown objective {objective!r}; use 'variance' or 'integrated'")
-    chunks = _rows_in_chunks(model, positions.reshape(n, -1), chunk)
-    flat = positions.reshape(n, -1)
+    chunks, noises = _rows_in_chunks(model, positions.reshape(n, -1), chunk)
     factor = None
     if objective == "integrated":
         t = positions if targets is None else np.asarray(targets, dtype=np.float64)
         if t.ndim != 3 or t.shape[1:] != (model.n_atoms, 3) or len(t) == 0:
             raise InputError(f"targets must have shape (m, {model.n_atoms}, 3), got {t.shape}")
         factor = _target_factor(model, t.reshape(len(t), -1), chunk, rtol)
-        noises = [_noise_rows(model, jnp.asarray(flat[np.arange(s, s + chunk) % n]))
-                  for s in range(0, n, chunk)]  # fmt: skip
 
     def gather(parts) -> np.ndarray:
         return np.concatenate([np.asarray(p) for p in parts])[:n]
@@ -233,7 +231,7 @@ def select_structures(
         if not batch_aware or t == k - 1:
             continue
         u = chunks[j // chunk][j % chunk]  # a copy: the chunk itself is donated below
-        v = _gain(u, _pick_noise(model, jnp.asarray(flat[j])))
+        v = _gain(u, noises[j // chunk][j % chunk])
         new = []
         for c, s in enumerate(chunks):
             chunks[c], sc = _condition(s, u, v)

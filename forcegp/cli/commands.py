@@ -243,6 +243,7 @@ def select_command(model, candidates, count, output, batch_aware, objective, tar
     select_rank, select_score (eV^2/Å^2), select_force_std (eV/Å) and, for --objective
     integrated, select_gain (eV^2/Å^2, the targets' summed force variance the pick removes).
     """
+    from ..data import concatenate, read_dataset
     from ..files import write_extxyz_atomic
     from ..modelfile import load_model
     from ..select import label_note, picked_atoms, read_candidates, select_structures
@@ -254,7 +255,8 @@ def select_command(model, candidates, count, output, batch_aware, objective, tar
     if targets:
         if objective != "integrated":
             raise click.BadParameter("used only by --objective integrated", param_hint="--targets")
-        target_positions = read_candidates(targets, **reader_kwargs(opts)).data.positions
+        parts = [read_dataset(t, require_labels=False, **reader_kwargs(opts)) for t in targets]
+        target_positions = concatenate(parts).positions  # positions only: no label checks
     selection = select_structures(
         gp, pool.data.positions, count, batch_aware=batch_aware, numbers=pool.data.numbers,
         objective=objective, targets=target_positions,
