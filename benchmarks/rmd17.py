@@ -96,7 +96,6 @@ def run_one(molecule: str, split: str, args) -> dict:
         "fit_seconds": meta["training"]["fit_seconds"],
         # The input-dependent noise's gamma and the seconds its choice took (0 / None: off).
         "misfit_gamma": calibration.get("misfit_gamma", 0.0),
-        "misfit_gamma_energy": calibration.get("misfit_gamma_energy"),
         "misfit_seconds": calibration.get("misfit_seconds"),
         "config": meta["training"]["config"],
         "settings": meta["training"]["settings"],

@@ -106,7 +106,6 @@ def noise_choice(model: Path) -> dict:
         header = json.loads(f.readline())
     calibration = header.get("training", {}).get("calibration", {})
     return {"misfit_gamma": calibration.get("misfit_gamma", 0.0),
-            "misfit_gamma_energy": calibration.get("misfit_gamma_energy"),
             "misfit_s": calibration.get("misfit_seconds")}  # fmt: skip
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .data import check_numbers
@@ -36,10 +35,7 @@ from .gp.params import ForceGP, all_finite, template
 
 MODEL_FORMAT = "forcegp-model"
 CHECKPOINT_FORMAT = "forcegp-checkpoint"
-FORMAT_VERSION = 4
-#: Files before version 4 have one gamma for energies and forces (no Posterior.energy_misfit):
-#: loading gives the energy the forces' factor, ratio 1.
-ENERGY_MISFIT_VERSION = 4
+FORMAT_VERSION = 3
 #: Version 1 files have no pair-power prior scale (Hyper.raw_scale_pair): an "atomic" model's
 #: pair powers shared scale_linear then, so loading gives them that value.
 PAIR_SCALE_VERSION = 2
@@ -282,10 +278,6 @@ def _skeleton(path, header: dict, *, with_posterior: bool) -> ForceGP:
         skeleton = eqx.tree_at(
             lambda m: m.hyper.raw_scale_pair, skeleton, None, is_leaf=lambda v: v is None
         )
-    if columns and header.get("format_version") < ENERGY_MISFIT_VERSION:
-        skeleton = eqx.tree_at(
-            lambda m: m.posterior.energy_misfit, skeleton, None, is_leaf=lambda v: v is None
-        )
     # The symmetry search may find fewer permutations than the configured maximum.
     perms = jax.ShapeDtypeStruct((n_perm, config.n_atoms), skeleton.stats.permutations.dtype)
     return eqx.tree_at(lambda m: m.stats.permutations, skeleton, perms)
@@ -319,11 +311,6 @@ def load_model(path, *, numbers=None) -> tuple[ForceGP, dict]:
             model.hyper.raw_scale_linear,
             is_leaf=lambda v: v is None,
         )
-    post = model.posterior
-    if post is not None and post.misfit is not None and post.energy_misfit is None:
-        one = jnp.ones((), post.misfit.dtype)
-        model = eqx.tree_at(lambda m: m.posterior.energy_misfit, model, one,
-                            is_leaf=lambda v: v is None)  # fmt: skip
     if not all_finite(model):
         raise file_error(path, "corrupted: the model has non-finite parameters")
     return model, header

@@ -95,12 +95,8 @@ def _summaries(model: ForceGP, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     ||phi misfit||^2 per row; one evaluation of the rows serves both."""
     rows = batch_rows(model, model.hyper, x)
     noise = jnp.broadcast_to(noise_vector(model.config, model.hyper), rows.shape[:2])
-    post = model.posterior
-    if post.misfit is not None:
-        scales = jnp.ones(rows.shape[1], rows.dtype)
-        if post.energy_misfit is not None:
-            scales = post.misfit_scales(rows.shape[1])
-        noise = noise + scales * jnp.sum((rows @ post.misfit) ** 2, axis=2)
+    if model.posterior.misfit is not None:
+        noise = noise + jnp.sum((rows @ model.posterior.misfit) ** 2, axis=2)
     return rows @ model.posterior.inv_chol.T, noise
 
 

@@ -59,42 +59,6 @@ def test_refit_is_the_exact_heteroscedastic_posterior(small_problem, fitted_smal
     check_posterior(models[gamma].posterior, *dense_posterior(phi, lam + gamma * u, t))
 
 
-@pytest.mark.parametrize("gamma_energy", [0.0, 3.0])
-def test_energy_gamma_of_its_own_is_the_exact_posterior(small_problem, fitted_small, gamma_energy):
-    """The forces' system with its energy rows swapped (energy_systems, posterior.system_of)
-    is the dense heteroscedastic posterior with noise lam + gamma_E u on the energies and
-    lam + gamma_F u on the force components; predictions add each output's own misfit."""
-    pb = small_problem
-    gamma = GAMMAS[1]
-    proj = misfit.projection(fitted_small, columns=8)
-    p, b = misfit.systems(fitted_small, proj, (gamma,), pb.x, pb.y, pb.g, chunk=5)
-    forces_fit = posterior.solve_system(p[0], b[0])
-    p_back, b_back = posterior.system_of(forces_fit)
-    np.testing.assert_allclose(p_back, p[0], rtol=1e-8, atol=1e-8 * float(jnp.max(p[0])))
-    np.testing.assert_allclose(b_back, b[0], rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(b[0]))))
-    p_e, b_e = misfit.energy_systems(fitted_small, proj, (gamma, gamma_energy), pb.x, pb.y, pb.g,
-                                     chunk=4)  # fmt: skip
-    post = posterior.solve_system(p_back - p_e[0] + p_e[1], b_back - b_e[0] + b_e[1])
-    model = misfit.with_misfit(fitted_small, post, proj, gamma, gamma_energy)
-
-    phi, lam, t = dense_problem(fitted_small, pb.x, pb.y, pb.g)
-    u = np.sum((phi @ np.asarray(proj)) ** 2, axis=1)
-    per_row = np.full(len(t) // len(pb.x), gamma)
-    per_row[0] = gamma_energy
-    check_posterior(model.posterior, *dense_posterior(phi, lam + np.tile(per_row, len(pb.x)) * u, t))
-
-    x = pb.test_positions.reshape(3, -1)
-    rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
-    extra = np.sum((rows @ (np.sqrt(gamma) * np.asarray(proj))) ** 2, axis=2)
-    extra[:, 0] *= gamma_energy / gamma
-    var = np.sum((rows @ np.asarray(model.posterior.inv_chol).T) ** 2, axis=2)
-    lam1 = np.asarray(noise_vector(model.config, model.hyper))
-    std = float(model.stats.energy_scale) * np.sqrt(var + lam1 + extra)
-    out = evaluation.predict(model, pb.test_positions)
-    np.testing.assert_allclose(out["energy_std"], std[:, 0], rtol=1e-6)
-    np.testing.assert_allclose(out["forces_std"].reshape(3, -1), std[:, 1:], rtol=1e-6)
-
-
 def test_predictions_add_the_misfit_to_the_exact_variance(small_problem, misfit_fits):
     pb = small_problem
     proj, models = misfit_fits
@@ -125,26 +89,6 @@ def test_amplitude_keeps_the_misfit_model_exact(small_problem, misfit_fits):
     np.testing.assert_allclose(b["forces"], a["forces"], rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(b["forces_std"], 1.7 * a["forces_std"], rtol=1e-8)
     np.testing.assert_allclose(b["energy_std"], 1.7 * a["energy_std"], rtol=1e-8)
-
-
-def test_energy_nll_at_the_calibrated_amplitude_by_hand():
-    """The energies' NLL with every std times calibrate's kappa (the force components' 95%
-    quantile of |z| over 1.96)."""
-
-    class Data:
-        energies = np.array([0.0, 1.0])
-        forces = np.zeros((2, 20, 1))
-
-    z_forces = np.linspace(0.1, 4.0, 40).reshape(2, 20, 1)
-    pred = {"energy": np.array([0.3, 0.6]), "energy_std": np.array([0.1, 0.2]),
-            "forces": z_forces * 0.5, "forces_std": np.full((2, 20, 1), 0.5)}  # fmt: skip
-    kappa = np.quantile(z_forces, 0.95) / 1.959963984540054
-    std = kappa * np.array([0.1, 0.2])
-    z = np.array([0.3, -0.4]) / std
-    expected = np.mean(np.log(std) + 0.5 * z**2)
-    assert evaluation.energy_nll_calibrated(pred, Data()) == pytest.approx(expected, rel=1e-12)
-    forces_only = np.mean(np.log(0.5)) + 0.5 * np.log(np.mean(z_forces**2))
-    assert evaluation.held_out_nll(pred, Data(), ("forces",)) == pytest.approx(forces_only, rel=1e-12)
 
 
 def test_held_out_nll_by_hand():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -186,29 +185,16 @@ def test_a_model_with_input_dependent_noise_round_trips(tmp_path, problem):
     data, model, (x, y, g) = problem
     proj = misfit.projection(model, columns=8)
     p, b = misfit.systems(model, proj, (10.0,), x, y, g)
-    noisy = misfit.with_misfit(model, posterior.solve_system(p[0], b[0]), proj, 10.0, 2.5)
+    noisy = misfit.with_misfit(model, posterior.solve_system(p[0], b[0]), proj, 10.0)
     path = tmp_path / "misfit.fgp"
     modelfile.save_model(path, noisy, metadata=METADATA)
     loaded, header = modelfile.load_model(path)
     assert header["misfit_columns"] == 8 and loaded.posterior.misfit.shape == (model.config.n_basis, 8)
-    assert float(loaded.posterior.energy_misfit) == pytest.approx(0.5, rel=1e-15)
     a = evaluation.predict(noisy, data.positions[:3])
     for key, value in evaluation.predict(loaded, data.positions[:3]).items():
         np.testing.assert_array_equal(value, a[key])
     # The noise really is input-dependent: the stds differ from the constant-noise model's.
     assert np.all(a["forces_std"] > evaluation.predict(model, data.positions[:3])["forces_std"])
-    # Files before the energy's own gamma: the energy has the forces' (ratio 1).
-    same = misfit.with_misfit(model, posterior.solve_system(p[0], b[0]), proj, 10.0)
-    modelfile.save_model(path, same, metadata=METADATA)
-    header, payload = split(path)
-    no_ratio = eqx.tree_at(lambda m: m.posterior.energy_misfit, same, None, is_leaf=lambda v: v is None)
-    buffer = io.BytesIO()
-    eqx.tree_serialise_leaves(buffer, no_ratio)
-    rewrite(path, {**header, "format_version": 3}, buffer.getvalue())
-    old = modelfile.load_model(path)[0]
-    assert float(old.posterior.energy_misfit) == 1.0
-    for key, value in evaluation.predict(old, data.positions[:3]).items():
-        np.testing.assert_array_equal(value, evaluation.predict(same, data.positions[:3])[key])
     # A file of the previous format version has no such field.
     plain = tmp_path / "plain.fgp"
     modelfile.save_model(plain, model, metadata=METADATA)

@@ -92,10 +92,8 @@ def test_train_and_evaluate(ethanol, trained):
 
 
 def test_the_input_dependent_noise_is_chosen_on_the_validation_data(ethanol, trained):
-    """The forces' gamma is the candidate (or 0) with the lowest held-out force NLL, the
-    energy's (with the forces' fixed) the one with the lowest energy NLL at the calibrated
-    amplitude; the saved model holds the misfit of those gammas (or none), and its NLLs on the
-    validation data are those values."""
+    """gamma is the candidate (or 0) with the lowest held-out NLL; the saved model holds the
+    misfit of that gamma (or none for 0), and its NLL on the validation data is that value."""
     model, meta, events = trained
     cal = meta["training"]["calibration"]
     nll = cal["misfit_valid_nll"]
@@ -104,37 +102,9 @@ def test_the_input_dependent_noise_is_chosen_on_the_validation_data(ethanol, tra
     assert (model.posterior.misfit is None) == (cal["misfit_gamma"] == 0.0)
     # Calibration multiplies every std by one factor, which held_out_nll profiles out.
     valid = ethanol.split(0.2, seed=0)[1]
-    pred = evaluation.predict(model, valid.positions)
-    again = evaluation.held_out_nll(pred, valid, ("forces",))
-    # (An energy gamma of its own, below, refits the posterior and moves this slightly.)
-    same = cal.get("misfit_gamma_energy", cal["misfit_gamma"]) == cal["misfit_gamma"]
-    assert again == pytest.approx(min(nll.values()), abs=2e-5 if same else 2e-2)
+    again = evaluation.held_out_nll(evaluation.predict(model, valid.positions), valid)
+    assert again == pytest.approx(min(nll.values()), abs=2e-5)
     assert ("message", {"text": "fitting the input-dependent noise"}) in events
-
-
-def test_the_energy_gets_its_own_gamma(ethanol, monkeypatch):
-    """Where the forces choose a misfit (here the largest gamma, by a stand-in criterion), the
-    energy's gamma is the candidate with the lowest validation energy NLL at the calibrated
-    amplitude; the saved model holds sqrt(gamma_E / gamma_F) and gives that NLL."""
-
-    def larger_is_better(pred, data, outputs):
-        return -np.mean(pred["forces_std"])
-
-    monkeypatch.setattr(pipeline, "held_out_nll", larger_is_better)
-    model, meta = train(ethanol)
-    cal = meta["training"]["calibration"]
-    assert cal["misfit_gamma"] == max(misfit.GRID)
-    energy = cal["misfit_energy_valid_nll"]
-    assert set(energy) == {"0", *(f"{g:g}" for g in misfit.GRID)}
-    assert len(set(energy.values())) == len(energy)  # each candidate its own refit
-    gamma_e = cal["misfit_gamma_energy"]
-    assert f"{gamma_e:g}" == min(energy, key=energy.get)
-    ratio = float(model.posterior.energy_misfit) ** 2
-    assert ratio == pytest.approx(gamma_e / cal["misfit_gamma"], rel=1e-12)
-    valid = ethanol.split(0.2, seed=0)[1]
-    pred = evaluation.predict(model, valid.positions)
-    chosen = energy[f"{gamma_e:g}"]
-    assert evaluation.energy_nll_calibrated(pred, valid) == pytest.approx(chosen, abs=1e-4)
 
 
 def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(ethanol, monkeypatch):

@@ -98,7 +98,6 @@ def model_summary(gp, header: dict) -> dict:
     lengthscale = np.asarray(hyper.lengthscale)
     history = header.get("history") or []
     training = header.get("training") or {}
-    calibration = training.get("calibration") or {}
     return {
         "formula": formula(gp.numbers),
         "numbers": list(gp.numbers),
@@ -112,11 +111,8 @@ def model_summary(gp, header: dict) -> dict:
             "energy_scale_eV": scale,
             "noise_energy_eV": float(hyper.noise_energy) * scale,
             "noise_forces_eV_per_Ang": float(hyper.noise_force) * scale,
-            # gammas of the input-dependent noise (gp.misfit), forces and energy; 0: constant
-            "misfit_gamma": float(calibration.get("misfit_gamma", 0.0)),
-            "misfit_gamma_energy": float(
-                calibration.get("misfit_gamma_energy", calibration.get("misfit_gamma", 0.0))
-            ),
+            # gamma of the input-dependent noise (gp.misfit); 0: constant noise
+            "misfit_gamma": float((training.get("calibration") or {}).get("misfit_gamma", 0.0)),
             "scale": float(hyper.scale),
             "scale_linear": float(hyper.scale_linear),
             "scale_quadratic": float(hyper.scale_quadratic),
@@ -160,11 +156,10 @@ def _explicit_scales(h: dict) -> str:
     return out if h.get("scale_pair") is None else f"{out} / pair powers {h['scale_pair']:.4g}"
 
 
-def _misfit(gamma: float, gamma_energy: float) -> str:
+def _misfit(gamma: float) -> str:
     if not gamma:
         return "none (constant noise)"
-    return (f"gamma {gamma:g} forces, {gamma_energy:g} energy (noise + gamma x posterior "
-            "variance of the constant-noise fit)")  # fmt: skip
+    return f"gamma {gamma:g} (noise + gamma x posterior variance of the constant-noise fit)"
 
 
 def _num(value) -> str:
@@ -192,7 +187,7 @@ def format_summary(path, s: dict) -> str:
     rows = [
         ("noise energy", f"{h['noise_energy_eV'] * 1e3:.3f}", "meV"),
         ("noise forces", f"{h['noise_forces_eV_per_Ang'] * 1e3:.3f}", "meV/Å"),
-        ("misfit noise", _misfit(h["misfit_gamma"], h["misfit_gamma_energy"]), ""),
+        ("misfit noise", _misfit(h["misfit_gamma"]), ""),
         ("energy mean / scale", f"{h['energy_mean_eV']:.4f} / {h['energy_scale_eV']:.4f}", "eV"),
         ("kernel scale", f"{h['scale']:.4g}", ""),
         ("explicit scales", _explicit_scales(h), ""),

@@ -8,20 +8,17 @@ Here an output (the energy or one force component) with basis row phi gets the n
 
     lam + gamma u(x),   u(x) = ||phi B||^2,   B = C0 G / sqrt(s),
 
-with one gamma for the force components and one for the energy,
 lam the constant noise variance (basis.noise_vector), C0 C0^T the posterior covariance of theta
 under lam alone (the fit before this one) and G a fixed (K, s) standard normal draw. u(x) is an
 unbiased estimate of the output's posterior variance in that fit: small where the training data
 pin the model down, large where they do not. It is a fixed function of x, so the model stays one
 exact GP, with heteroscedastic noise: the posterior is refitted with these noise variances, and
 every prediction adds gamma u(x) to the variance of each output. Posterior.misfit holds
-sqrt(gamma_F) B and Posterior.energy_misfit sqrt(gamma_E / gamma_F).
+sqrt(gamma) B.
 
-The forces' gamma is chosen from GRID (or 0, the constant noise) by the Gaussian likelihood of
-held-out force components, then the energy's from {0} and GRID with the forces' fixed
-(training.pipeline). One pass over the training data accumulates the capacitance matrices of
-every candidate with equal gammas (systems); a second pass over the energy rows alone
-(energy_systems) gives the energy part of each, which is swapped into the forces' choice.
+gamma is chosen from GRID (or 0, the constant noise) by the Gaussian likelihood of held-out data
+(training.pipeline); one pass over the training data accumulates the capacitance matrices of
+every candidate (systems).
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .basis import basis_rows, basis_value, noise_vector, soft_cholesky
+from .basis import basis_rows, noise_vector, soft_cholesky
 from .params import ForceGP, Posterior
 from .predict import random_projection
 from .statistics import device_mesh, stream
@@ -86,31 +83,6 @@ def systems(
     """The capacitance matrices P = I + Phi^T Nu^-1 Phi (G, K, K) and b = Phi^T Nu^-1 t (G, K)
     of every candidate gamma, Nu = diag(lam + gamma u(x)), in one streamed pass over the
     standardised training data x (n, D), y (n,), g (n, D)."""
-    p, b = _stream_systems(_add_chunk, model, proj, gammas, x, y, g, chunk=chunk, mesh=mesh,
-                           progress=progress)  # fmt: skip
-    return p + jnp.eye(model.config.n_basis, dtype=p.dtype), b
-
-
-@eqx.filter_jit
-def _add_energy_chunk(model: ForceGP, chol_zz, proj, gammas, acc, x, t, mask):
-    """_add_chunk for the energy rows alone (value rows, no Jacobian): acc = (p (n_dev, G, K,
-    K), b (n_dev, G, K)) plus phi_E^T phi_E / nu_E and phi_E t_E / nu_E per candidate gamma."""
-    p, b = acc
-    n_dev = p.shape[0]
-    rows = jax.vmap(lambda xi: basis_value(model.config, model.stats, model.hyper, chol_zz, xi))(x)
-    c, k = rows.shape
-    lam = noise_vector(model.config, model.hyper)[0]
-    u = jnp.sum((rows @ proj) ** 2, axis=1)  # (C,)
-    w = mask[:, None] / (lam + gammas[None, :] * u[:, None])  # (C, G)
-    rows = rows.reshape(n_dev, c // n_dev, k)
-    w = w.reshape(n_dev, c // n_dev, -1)
-    t = t[:, 0].reshape(n_dev, c // n_dev)
-    new_p = jnp.einsum("dck,dcg,dcl->dgkl", rows, w, rows)
-    new_b = jnp.einsum("dck,dcg,dc->dgk", rows, w, t)
-    return p + new_p, b + new_b
-
-
-def _stream_systems(add, model, proj, gammas, x, y, g, *, chunk, mesh, progress):
     k = model.config.n_basis
     gammas = jnp.asarray(gammas, dtype=jnp.float64)
     n_g = gammas.shape[0]
@@ -127,39 +99,14 @@ def _stream_systems(add, model, proj, gammas, x, y, g, *, chunk, mesh, progress)
     base, chol_zz, proj, gammas = eqx.combine(arrays, rest)
 
     def step(acc, xc, tc, mc):
-        return add(base, chol_zz, proj, gammas, acc, xc, tc, mc)
+        return _add_chunk(base, chol_zz, proj, gammas, acc, xc, tc, mc)
 
     p, b = stream(zeros, step, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
-    return 0.5 * (p + jnp.swapaxes(p, 1, 2)), b
+    p = 0.5 * (p + jnp.swapaxes(p, 1, 2)) + jnp.eye(k, dtype=p.dtype)
+    return p, b
 
 
-def energy_systems(
-    model: ForceGP,
-    proj: jax.Array,
-    gammas,
-    x: np.ndarray,
-    y: np.ndarray,
-    g: np.ndarray,
-    *,
-    chunk: int = 64,
-    mesh: Mesh | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """The energy rows' part of systems, Phi_E^T Nu_E^-1 Phi_E (G, K, K) and Phi_E^T Nu_E^-1 t_E
-    (G, K), without the identity, for every candidate gamma (0 allowed: the constant noise).
-    The capacitance matrix with the forces' gamma_F and the energy's gamma_E is then
-    systems(gamma_F) - energy_systems(gamma_F) + energy_systems(gamma_E)."""
-    return _stream_systems(_add_energy_chunk, model, proj, gammas, x, y, g, chunk=chunk,
-                           mesh=mesh, progress=None)  # fmt: skip
-
-
-def with_misfit(
-    model: ForceGP, post: Posterior, proj: jax.Array, gamma: float, gamma_energy: float | None = None
-) -> ForceGP:
-    """The model with ``post`` (the posterior fitted with this noise) and the misfit: the force
-    components' gamma and the energy's (``gamma_energy``, by default the same)."""
-    if not gamma > 0:
-        raise ValueError(f"the forces' gamma must be positive, got {gamma}")
-    ratio = 1.0 if gamma_energy is None else float(np.sqrt(gamma_energy / gamma))
-    post = Posterior(post.mean, post.inv_chol, float(np.sqrt(gamma)) * proj,
-                     jnp.asarray(ratio, dtype=post.mean.dtype))  # fmt: skip
+def with_misfit(model: ForceGP, post: Posterior, proj: jax.Array, gamma: float) -> ForceGP:
+    """The model with ``post`` (the posterior fitted with this noise) and misfit sqrt(gamma) B."""
+    post = Posterior(post.mean, post.inv_chol, float(np.sqrt(gamma)) * proj)
     return eqx.tree_at(lambda m: m.posterior, model, post, is_leaf=lambda v: v is None)

@@ -93,23 +93,14 @@ class Hyper(eqx.Module):
 class Posterior(eqx.Module):
     """theta's posterior N(mean, P^-1): mean (K,), inv_chol = chol(P)^-1 (K, K) lower.
 
-    misfit (K, s) or None: the input-dependent part of the noise (gp.misfit): a force component
-    with basis row phi has noise variance lam + ||phi misfit||^2 (lam: noise_vector), the energy
-    lam + energy_misfit^2 ||phi misfit||^2, in the fit that gave this posterior and in every
-    prediction. None: the noise is lam alone. energy_misfit: a scalar, sqrt(gamma_E / gamma_F),
-    with misfit and only then.
+    misfit (K, s) or None: the input-dependent part of the noise (gp.misfit): an output with
+    basis row phi has noise variance lam + ||phi misfit||^2 (lam: noise_vector), in the fit that
+    gave this posterior and in every prediction. None: the noise is lam alone.
     """
 
     mean: jax.Array
     inv_chol: jax.Array
     misfit: jax.Array | None = None
-    energy_misfit: jax.Array | None = None
-
-    def misfit_scales(self, n_rows: int) -> jax.Array:
-        """(n_rows,): the factor of ||phi misfit||^2 in the noise of each output row, the energy
-        first (energy_misfit^2, then 1 for every force component)."""
-        ones = jnp.ones((n_rows,), dtype=self.misfit.dtype)
-        return ones.at[0].set(self.energy_misfit**2)
 
 
 class ForceGP(eqx.Module):
@@ -153,8 +144,7 @@ def template(
         **atomic_stats(config, numbers),
     )
     misfit = z((k, misfit_columns)) if misfit_columns else None
-    energy_misfit = z(()) if misfit_columns else None
-    post = Posterior(z((k,)), z((k, k)), misfit, energy_misfit) if with_posterior else None
+    post = Posterior(z((k,)), z((k, k)), misfit) if with_posterior else None
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
 
 

@@ -53,15 +53,6 @@ def solve_system(p, b, *, jitter_steps=(0.0, 1e-10, 1e-8, 1e-6)) -> Posterior:
     )
 
 
-def system_of(post: Posterior) -> tuple[jax.Array, jax.Array]:
-    """(P, b) of a solved posterior, recovered from inv_chol = chol(P)^-1 and the mean: the
-    inverse of solve_system, up to the jitter it may have added."""
-    eye = jnp.eye(post.inv_chol.shape[0], dtype=post.inv_chol.dtype)
-    chol = jax.scipy.linalg.solve_triangular(post.inv_chol, eye, lower=True)
-    p = chol @ chol.T
-    return p, p @ post.mean
-
-
 def refine_noise(suff: Sufficient, model: ForceGP):
     """Exact full-data maximum likelihood for the output scale c and both noise levels.
 
@@ -166,7 +157,7 @@ def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
         model, (kappa,) * 4, kappa * float(h.noise_energy), kappa * float(h.noise_force)
     )
     # The misfit variance ||phi misfit||^2 scales with the rows, by kappa^2 like the rest.
-    post = eqx.tree_at(lambda q: q.mean, model.posterior, model.posterior.mean / kappa)
+    post = Posterior(model.posterior.mean / kappa, model.posterior.inv_chol, model.posterior.misfit)
     return eqx.tree_at(lambda m: m.posterior, out, post)
 
 

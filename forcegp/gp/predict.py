@@ -8,8 +8,7 @@ With a sketch of s columns (Predictor.sketch) the posterior part of each varianc
 from a Gaussian random projection of the covariance factor instead (docs/method.md §11):
 unbiased, its ratio to the exact value distributed as chi^2_s / s, at O(s K) per output instead
 of O(K^2); with a misfit the projection covers the misfit too, so the sketched estimate and its
-bound are those of the posterior variance plus the misfit, and only the constant level is added
-(the energy, whose misfit has a factor of its own, from a projection of its own).
+bound are those of the posterior variance plus the misfit, and only the constant level is added.
 """
 
 from __future__ import annotations
@@ -66,11 +65,6 @@ class Predictor(eqx.Module):
     # (K, s'): the posterior's misfit (gp.misfit) folded the same way; None: constant noise, or
     # carried by the sketch.
     misfit: jax.Array | None = None
-    # Scalar sqrt(gamma_E / gamma_F) (Posterior.energy_misfit) with misfit; None otherwise.
-    energy_misfit: jax.Array | None = None
-    # (K, s): with a sketch and a misfit, the projection of [L C_w; C_e | energy_misfit misfit]
-    # (the same draw as sketch) that gives the energy's variance; None otherwise.
-    energy_sketch: jax.Array | None = None
 
 
 def predictor(
@@ -86,28 +80,18 @@ def predictor(
     def unwhiten(a):  # [L a_w; a_e] for a (K,) or (K, K): the whitening moved onto a
         return jnp.concatenate([chol_zz @ a[:m], a[m:]], axis=0)
 
-    cov = projected = energy_projected = ratio = None
+    cov = projected = None
     misfit = unwhiten(post.misfit) if with_std and post.misfit is not None else None
-    if misfit is not None:
-        ratio = jnp.ones((), misfit.dtype) if post.energy_misfit is None else post.energy_misfit
     if with_std:
         full = unwhiten(post.inv_chol.T)
         if sketch is not None and sketch < cfg.n_basis:
             # ||rows [full, misfit]||^2 is the posterior variance plus the misfit noise: one
-            # projection of the joined factor estimates both with one product per call; the
-            # energy row, whose misfit has its own factor, has a projection of its own.
-            if misfit is None:
-                projected = random_projection(full, sketch, seed)
-            else:
-                projected = random_projection(jnp.concatenate([full, misfit], axis=1), sketch, seed)
-                energy_projected = random_projection(
-                    jnp.concatenate([full, ratio * misfit], axis=1), sketch, seed
-                )
-                misfit = ratio = None
+            # projection of the joined factor estimates both with one product per call.
+            joined = full if misfit is None else jnp.concatenate([full, misfit], axis=1)
+            projected, misfit = random_projection(joined, sketch, seed), None
         else:
             cov = tuple(full[:rows, lo:hi] for lo, hi, rows in cov_blocks(cfg.n_basis, m))
-    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected, misfit, ratio,
-                     energy_projected)  # fmt: skip
+    return Predictor(cfg, model.stats, h, unwhiten(post.mean), cov, projected, misfit)
 
 
 def random_projection(factor: jax.Array, columns: int, seed: int = 0) -> jax.Array:
@@ -139,12 +123,8 @@ def posterior_variances(pred: Predictor, rows: jax.Array) -> tuple[jax.Array, ja
     if pred.sketch is None:
         var = covariance_sq_norms(pred, rows)
         return var, var
-    return _sketched(pred.sketch, rows)
-
-
-def _sketched(projection: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-    estimate = jnp.sum((rows @ projection) ** 2, axis=1)
-    return estimate, estimate / chi2_lower_quantile(projection.shape[1], SKETCH_MISS)
+    estimate = jnp.sum((rows @ pred.sketch) ** 2, axis=1)
+    return estimate, estimate / chi2_lower_quantile(pred.sketch.shape[1], SKETCH_MISS)
 
 
 def covariance_sq_norms(pred: Predictor, rows: jax.Array) -> jax.Array:
@@ -166,13 +146,9 @@ def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True, upper: 
         return energy, forces
     rows = raw_rows(cfg, stats, hyper, x)
     estimate, bound = posterior_variances(pred, rows)
-    if pred.energy_sketch is not None:  # the energy's misfit has a factor of its own
-        e_estimate, e_bound = _sketched(pred.energy_sketch, rows[:1])
-        estimate, bound = estimate.at[0].set(e_estimate[0]), bound.at[0].set(e_bound[0])
     noise = noise_vector(cfg, hyper)
     if pred.misfit is not None:  # the input-dependent part of the noise (gp.misfit)
-        scales = jnp.ones_like(noise).at[0].set(pred.energy_misfit**2)
-        noise = noise + scales * jnp.sum((rows @ pred.misfit) ** 2, axis=1)
+        noise = noise + jnp.sum((rows @ pred.misfit) ** 2, axis=1)
     out = (energy, forces)
     for var in (estimate, bound) if upper else (estimate,):
         std = stats.energy_scale * jnp.sqrt(var + noise)

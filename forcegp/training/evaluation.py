@@ -48,48 +48,28 @@ def calibrate(model: ForceGP, valid: Dataset, pred: dict | None = None) -> tuple
     """
     if pred is None:
         pred = predict(model, valid.positions, with_std=True)
-    kappa, coverage = force_amplitude(pred, valid)
-    if kappa is None:
+    z = np.abs(pred["forces"] - valid.forces) / pred["forces_std"]
+    z95 = z_value(0.95)
+    coverage = float(np.mean(z <= z95))
+    kappa = float(np.quantile(z, 0.95) / z95)
+    if not (np.isfinite(kappa) and kappa > 0):
         return model, {"kappa": 1.0, "valid_coverage_before": coverage}
+    kappa = float(np.clip(kappa, 0.1, 10.0))
     return with_amplitude(model, kappa), {
         "kappa": kappa,
         "valid_coverage_before": coverage,
     }
 
 
-def force_amplitude(pred: dict, valid: Dataset) -> tuple[float | None, float]:
-    """(kappa, coverage before it) of calibrate: kappa the 95% quantile of the validation force
-    components' |error| / std over z_0.95, clipped to [0.1, 10]; None where not finite and
-    positive."""
-    z = np.abs(pred["forces"] - valid.forces) / pred["forces_std"]
-    z95 = z_value(0.95)
-    coverage = float(np.mean(z <= z95))
-    kappa = float(np.quantile(z, 0.95) / z95)
-    if not (np.isfinite(kappa) and kappa > 0):
-        return None, coverage
-    return float(np.clip(kappa, 0.1, 10.0)), coverage
-
-
-def held_out_nll(pred: dict, data: Dataset, outputs=("energy", "forces")) -> float:
-    """Gaussian negative log-likelihood per value of ``data``'s ``outputs`` (energies, force
-    components or both) under a prediction with stds, at the overall amplitude that maximises
-    it (every std times kappa, kappa^2 the mean squared z-score), without the constant
-    0.5 log(2 pi e)."""
-    truth = {"energy": data.energies, "forces": data.forces}
-    errors = np.concatenate([(pred[key] - truth[key]).ravel() for key in outputs])
-    stds = np.concatenate([pred[f"{key}_std"].ravel() for key in outputs])
+def held_out_nll(pred: dict, data: Dataset) -> float:
+    """Gaussian negative log-likelihood per value of ``data``'s energies and force components
+    under a prediction with stds, at the overall amplitude that maximises it (every std times
+    kappa, kappa^2 the mean squared z-score), without the constant 0.5 log(2 pi e)."""
+    errors = np.concatenate([(pred["energy"] - data.energies).ravel(),
+                             (pred["forces"] - data.forces).ravel()])  # fmt: skip
+    stds = np.concatenate([pred["energy_std"].ravel(), pred["forces_std"].ravel()])
     kappa2 = np.mean((errors / stds) ** 2)
     return float(np.mean(np.log(stds)) + 0.5 * np.log(kappa2))
-
-
-def energy_nll_calibrated(pred: dict, data: Dataset) -> float:
-    """Gaussian negative log-likelihood per energy of ``data`` at the amplitude calibrate would
-    give the prediction (set by the force components), without the constant 0.5 log(2 pi):
-    the energies' calibration in the model calibrate makes of it."""
-    kappa, _ = force_amplitude(pred, data)
-    std = pred["energy_std"] * (kappa or 1.0)
-    z = (pred["energy"] - data.energies) / std
-    return float(np.mean(np.log(std) + 0.5 * z**2))
 
 
 def amplified(pred: dict, kappa: float) -> dict:

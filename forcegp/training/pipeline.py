@@ -28,14 +28,7 @@ from ..modelfile import CHECKPOINT_FORMAT, read_header
 from . import loop
 from .budget import budgeted_epochs, size_defaults
 from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluation import (
-    amplified,
-    calibrate,
-    energy_nll_calibrated,
-    held_out_nll,
-    predict,
-    prediction_metrics,
-)
+from .evaluation import amplified, calibrate, held_out_nll, predict, prediction_metrics
 from .initialise import initialize, match_prior_scale, standardise_targets
 from .loop import TrainState, optimizer
 from .resources import check_step_memory, chunk_for, make_mesh, misfit_gammas_per_pass
@@ -219,15 +212,13 @@ def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, f
 
 
 def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict | None, dict]:
-    """The input-dependent noise (gp.misfit, docs/method.md §15): the force components' gamma
-    from misfit.GRID, or 0 (the constant noise of the fit), whichever gives the validation force
-    components the highest Gaussian likelihood with the overall amplitude profiled out
-    (evaluation.held_out_nll); then, where the forces have one, the energy's gamma from 0 and
-    misfit.GRID by the validation energies' likelihood at the amplitude the forces calibrate
-    (evaluation.energy_nll_calibrated). One pass over the training data serves as many
+    """The input-dependent noise (gp.misfit, docs/method.md §15): gamma from misfit.GRID, or 0
+    (the constant noise of the fit), whichever gives the validation data the highest Gaussian
+    likelihood with the overall amplitude profiled out (evaluation.held_out_nll); the model
+    with the posterior refitted for it. One pass over the training data serves as many
     candidates as fit in memory (all of them, unless K is large); where not even one fits, the
-    noise stays constant. Returns (model with the posterior refitted for the choice, its
-    prediction with stds on the validation data or None where none was made, what was chosen)."""
+    noise stays constant. Returns (model, its prediction with stds on the validation data or
+    None where none was made, what was chosen)."""
     if not run.settings.misfit_noise:
         return model, None, {"misfit_gamma": 0.0}
     n_dev = int(run.mesh.devices.size)
@@ -239,7 +230,7 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     started = time.perf_counter()
     proj = misfit.projection(model)
     pred = predict(model, run.valid.positions)
-    nll = {0.0: held_out_nll(pred, run.valid, ("forces",))}
+    nll = {0.0: held_out_nll(pred, run.valid)}
     best = (model, pred)
     for first in range(0, len(misfit.GRID), per_pass):
         gammas = misfit.GRID[first : first + per_pass]
@@ -248,60 +239,15 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
         for i, gamma in enumerate(gammas):
             candidate = misfit.with_misfit(model, posterior.solve_system(p[i], b[i]), proj, gamma)
             pred = predict(candidate, run.valid.positions)
-            value = held_out_nll(pred, run.valid, ("forces",))
+            value = held_out_nll(pred, run.valid)
             if value < min(nll.values()):
                 best = (candidate, pred)
             nll[gamma] = value
         del p, b
-    gamma = min(nll, key=nll.get)
-    info = {
-        "misfit_gamma": gamma,
+    return *best, {
+        "misfit_gamma": min(nll, key=nll.get),
         "misfit_valid_nll": {f"{key:g}": round(value, 5) for key, value in nll.items()},
-    }
-    if gamma > 0:
-        best, chosen = energy_misfit(run, model, proj, gamma, best)
-        info.update(chosen)
-    info["misfit_seconds"] = round(time.perf_counter() - started, 3)
-    return *best, info
-
-
-def energy_misfit(run: Run, model: ForceGP, proj, gamma: float, best: tuple) -> tuple[tuple, dict]:
-    """The energy's gamma, with the forces' ``gamma`` fixed: from 0 and misfit.GRID, the one
-    whose refit gives the validation energies the lowest NLL at the forces' calibrated
-    amplitude. ``best``: (model, prediction) with both gammas equal. The candidates' systems
-    are the chosen one's (gp.posterior.system_of) with its energy rows swapped
-    (misfit.energy_systems); one pass over the energy rows serves them."""
-    candidates = sorted({0.0, *misfit.GRID} - {gamma})
-    n_dev = int(run.mesh.devices.size)
-    # One block more than the candidates for the base system kept beside them.
-    per_pass = misfit_gammas_per_pass(model, run.chunk, n_dev, len(candidates) + 2, run.max_memory)
-    if per_pass < 2:
-        return best, {"misfit_gamma_energy": gamma, "misfit_energy_skipped": "memory"}
-    nll = {gamma: energy_nll_calibrated(best[1], run.valid)}
-    p_best, b_best = posterior.system_of(best[0].posterior)
-    base = None
-    for first in range(0, len(candidates), per_pass - 1):
-        gammas = candidates[first : first + per_pass - 1]
-        if base is None:  # the first pass also gives the chosen system's own energy part
-            gammas = [gamma, *gammas]
-        p_e, b_e = misfit.energy_systems(model, proj, gammas, run.x, run.y, run.g,
-                                         chunk=run.chunk, mesh=run.mesh)  # fmt: skip
-        if base is None:
-            base = (p_best - p_e[0], b_best - b_e[0])
-            del p_best, b_best
-            p_e, b_e, gammas = p_e[1:], b_e[1:], gammas[1:]
-        for i, gamma_e in enumerate(gammas):
-            post = posterior.solve_system(base[0] + p_e[i], base[1] + b_e[i])
-            candidate = misfit.with_misfit(model, post, proj, gamma, gamma_e)
-            pred = predict(candidate, run.valid.positions)
-            value = energy_nll_calibrated(pred, run.valid)
-            if value < min(nll.values()):
-                best = (candidate, pred)
-            nll[gamma_e] = value
-        del p_e, b_e
-    return best, {
-        "misfit_gamma_energy": min(nll, key=nll.get),
-        "misfit_energy_valid_nll": {f"{key:g}": round(value, 5) for key, value in sorted(nll.items())},
+        "misfit_seconds": round(time.perf_counter() - started, 3),
     }
 
 
