@@ -139,12 +139,18 @@ def predict_folded(pred: Predictor, x: jax.Array, with_std: bool = True, upper: 
     forces; posterior_variances): with a sketch, each exceeds the exact std but with
     probability SKETCH_MISS; exact, they equal the stds."""
     stats, cfg, hyper = pred.stats, pred.config, pred.hyper
-    e, grad = jax.value_and_grad(lambda y: raw_value(cfg, stats, hyper, y) @ pred.mean)(x)
-    energy = stats.energy_scale * e + stats.energy_mean
-    forces = (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
+
+    def scaled(e, grad):
+        energy = stats.energy_scale * e + stats.energy_mean
+        return energy, (-stats.energy_scale * grad).reshape(cfg.n_atoms, 3)
+
     if not with_std:
-        return energy, forces
+        return scaled(*jax.value_and_grad(lambda y: raw_value(cfg, stats, hyper, y) @ pred.mean)(x))
+    # The rows are phi's value and gradient: the energy and forces are their product with the
+    # mean, the same numbers as the autodiff path up to rounding, without a second pass.
     rows = raw_rows(cfg, stats, hyper, x)
+    t = rows @ pred.mean
+    energy, forces = scaled(t[0], t[1:])
     estimate, bound = posterior_variances(pred, rows)
     noise = noise_vector(cfg, hyper)
     if pred.misfit is not None:  # the input-dependent part of the noise (gp.misfit)
