@@ -11,7 +11,10 @@ the cutoff) gives invariants of body order
   2: A[c, 00]                                                    (one neighbour)
   3: sum_m A[c, lm] A[c', lm] / sqrt(2l+1), c <= c'               (two neighbours, unnormalised)
   4: sum_m1m2m3 C(l1 l2 l3; m1 m2 m3) A[c1, l1m1] A[c2, l2m2] A[c3, l3m3], l1+l2+l3 even,
-     on the first --radial4 radial functions and l <= --lmax4      (three neighbours)
+     on the first --radial4 radial functions and l <= --lmax4      (three neighbours);
+     with --mix4 k, on k channels per l instead: the leading principal directions of A's
+     channels at that l over the training atoms (a mixing of channels is equivariant, so the
+     contraction stays invariant)
 summed over the atoms of each element: an energy linear in them is extensive, smooth and
 invariant to rotations, reflections and permutations of equal atoms. The model is
 E = features . w with w ~ N(0, diag(m_g^2)), one multiplier per body order and centre element,
@@ -62,7 +65,7 @@ def channel_triples(n: int, ls: tuple[int, int, int]) -> np.ndarray:
 class Basis:
     """The feature map of one molecule: static shapes and index tables."""
 
-    def __init__(self, numbers, orders, *, radial, lmax, radial4, lmax4, cutoff):
+    def __init__(self, numbers, orders, *, radial, lmax, radial4, lmax4, cutoff, mix4=0):
         self.numbers = np.asarray(numbers)
         self.elements = sorted(set(self.numbers.tolist()))
         self.element = np.asarray([self.elements.index(z) for z in self.numbers])
@@ -73,7 +76,10 @@ class Basis:
         self.iu = np.triu_indices(self.n_channels)
         # body order 4 on the channels (element, n < radial4)
         self.ch4 = np.asarray([s * radial + n for s in range(self.n_species) for n in range(radial4)])
-        self.triples = [(ls, channel_triples(len(self.ch4), ls)) for ls in l_triples(lmax4)]
+        # with mix4 > 0: per l, a (mix4, C) mixing of all channels (set_mixing), else ch4
+        self.mix4, self.mixing = mix4, None
+        n4 = mix4 if mix4 else len(self.ch4)
+        self.triples = [(ls, channel_triples(n4, ls)) for ls in l_triples(lmax4)]
         sizes = {2: self.n_channels, 3: (lmax + 1) * len(self.iu[0]),
                  4: sum(len(c) for _, c in self.triples)}  # fmt: skip
         self.per_atom = [sizes[o] for o in self.orders]
@@ -83,9 +89,8 @@ class Basis:
                                       for i, size in enumerate(self.per_atom)])  # fmt: skip
         self.size = len(self.groups)
 
-    def atom(self, disp, species):
-        """Invariants of one atom from its neighbours' displacements (k, 3) and elements (k,)."""
-        import e3nn_jax as e3nn
+    def density(self, disp, species):
+        """A (C, L) of one atom from its neighbours' displacements (k, 3) and elements (k,)."""
         import jax
         import jax.numpy as jnp
 
@@ -94,7 +99,37 @@ class Basis:
         lmax = max(self.lmax, self.lmax4)
         g = jax.vmap(lambda d: neighbour_term(d, self.radial, lmax, self.cutoff))(disp)
         onehot = jax.nn.one_hot(species, self.n_species, dtype=disp.dtype)
-        a = jnp.einsum("ks,knl->snl", onehot, g).reshape(self.n_channels, -1)
+        return jnp.einsum("ks,knl->snl", onehot, g).reshape(self.n_channels, -1)
+
+    def local(self, x):
+        """Every atom's displacements to the others (N, N-1, 3) and their elements (N, N-1)."""
+        import jax.numpy as jnp
+
+        n = len(self.numbers)
+        r = x.reshape(n, 3)
+        others = np.asarray([[b for b in range(n) if b != a] for a in range(n)])
+        return r[others] - r[:, None], jnp.asarray(self.element[others])
+
+    def set_mixing(self, xs) -> None:
+        """Per l <= lmax4, the leading mix4 principal directions (mix4, C) of the channels of A
+        at that l over the atoms of structures xs (n, 3N), all m together."""
+        import jax
+        import jax.numpy as jnp
+
+        dens = jax.jit(jax.vmap(lambda x: jax.vmap(self.density)(*self.local(x))))
+        a = np.asarray(dens(jnp.asarray(xs)))  # (n, N, C, L)
+        self.mixing = []
+        for l in range(self.lmax4 + 1):
+            al = a[..., l * l : (l + 1) * (l + 1)].transpose(0, 1, 3, 2).reshape(-1, self.n_channels)
+            _, _, vt = np.linalg.svd(al, full_matrices=False)
+            self.mixing.append(vt[: self.mix4])
+
+    def atom(self, disp, species):
+        """Invariants of one atom from its neighbours' displacements (k, 3) and elements (k,)."""
+        import e3nn_jax as e3nn
+        import jax.numpy as jnp
+
+        a = self.density(disp, species)
         parts = []
         if 2 in self.orders:
             parts.append(a[:, 0])
@@ -103,10 +138,14 @@ class Basis:
                 al = a[:, l * l : (l + 1) * (l + 1)]
                 parts.append((al @ al.T)[self.iu] / np.sqrt(2 * l + 1))
         if 4 in self.orders:
-            a4 = a[self.ch4]
+            if self.mix4:
+                blocks = [jnp.asarray(w) @ a[:, l * l : (l + 1) * (l + 1)]
+                          for l, w in enumerate(self.mixing)]  # fmt: skip
+            else:
+                blocks = [a[self.ch4, l * l : (l + 1) * (l + 1)] for l in range(self.lmax4 + 1)]
             for (l1, l2, l3), c in self.triples:
                 cg = jnp.asarray(e3nn.clebsch_gordan(l1, l2, l3))
-                blk = [a4[:, l * l : (l + 1) * (l + 1)] for l in (l1, l2, l3)]
+                blk = [blocks[l] for l in (l1, l2, l3)]
                 t = jnp.einsum("ai,bj,ck,ijk->abc", *blk, cg)
                 parts.append(t[c[:, 0], c[:, 1], c[:, 2]])
         return jnp.concatenate(parts)
@@ -114,14 +153,8 @@ class Basis:
     def structure(self, x):
         """Feature vector (F,) of one structure x (3N,): per element, the sum over its atoms."""
         import jax
-        import jax.numpy as jnp
 
-        n = len(self.numbers)
-        r = x.reshape(n, 3)
-        others = np.asarray([[b for b in range(n) if b != a] for a in range(n)])
-        disp = r[others] - r[:, None]
-        species = jnp.asarray(self.element[others])
-        per_atom = jax.vmap(self.atom)(disp, species)  # (N, per atom)
+        per_atom = jax.vmap(self.atom)(*self.local(x))  # (N, per atom)
         onehot = jax.nn.one_hot(self.element, self.n_species, dtype=x.dtype)
         return (onehot.T @ per_atom).reshape(-1)
 
@@ -189,6 +222,8 @@ def run(molecule: str, n: int, orders, settings: dict, quick: bool) -> dict:
     r, e, f = tr["coords"][:n], tr["energies"][:n] * KCAL, tr["forces"][:n] * KCAL
     n_test = 100 if quick else len(te["coords"])
     basis = Basis(tr["nuclear_charges"], orders, **settings)
+    if basis.mix4:
+        basis.set_mixing(r[:200].reshape(min(n, 200), -1))
     invariance = check_invariance(basis, r[0].reshape(-1))
     mean, scale, _ = initialise.energy_statistics(e, f)
     y, g = initialise.standardise_targets(e, f, mean, scale)
@@ -242,13 +277,19 @@ def main() -> None:
     ap.add_argument("--lmax", type=int, default=4, help="largest l of body order 3")
     ap.add_argument("--radial4", type=int, default=3, help="radial functions of body order 4")
     ap.add_argument("--lmax4", type=int, default=2, help="largest l of body order 4")
+    ap.add_argument(
+        "--mix4",
+        type=int,
+        default=0,
+        help="body order 4 on this many principal channel mixings per l (0: off)",
+    )
     ap.add_argument("--cutoff", type=float, default=5.0)
     ap.add_argument("--name", default="body_order")
     common.add_common_args(ap)
     args = ap.parse_args()
     common.enable_x64()
     settings = {"radial": args.radial, "lmax": args.lmax, "radial4": args.radial4,
-                "lmax4": args.lmax4, "cutoff": args.cutoff}  # fmt: skip
+                "lmax4": args.lmax4, "cutoff": args.cutoff, "mix4": args.mix4}  # fmt: skip
     if args.quick:
         settings.update(radial=3, lmax=2, radial4=2, lmax4=1)
     n = 60 if args.quick else args.n
