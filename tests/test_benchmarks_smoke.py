@@ -105,6 +105,15 @@ def test_scaling_datasets():
         assert np.all(np.isfinite(data.forces)) and np.all(np.isfinite(data.energies))
 
 
+@needs_data
+def test_body_order_quick(tmp_path):
+    """The body-ordered invariants are invariant (rotation, reflection, permutation of equal
+    atoms), with and without channel mixing, and the linear model is searched and tested."""
+    (row,) = run_script("body_order", tmp_path, "--mix4", "2")["rows"]
+    assert row["invariance"] < 1e-12 and "mix4=2" in row["settings"]
+    assert row["K"] > 0 and np.isfinite(row["forces_mae_mev"]) and row["forces_mae_mev"] > 0
+
+
 @pytest.mark.slow
 @needs_data
 def test_md_speed_quick(tmp_path):
