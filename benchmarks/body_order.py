@@ -89,26 +89,28 @@ class Basis:
                                       for i, size in enumerate(self.per_atom)])  # fmt: skip
         self.size = len(self.groups)
 
-    def density(self, disp, species):
-        """A (C, L) of one atom from its neighbours' displacements (k, 3) and elements (k,)."""
-        import jax
-        import jax.numpy as jnp
+    def density(self, local, species):
+        """A (C, L) of one atom from its own position and its neighbours' (k+1, 3) and the
+        neighbours' elements (k,): the density of forcegp.gp.environment, to l <= max(lmax,
+        lmax4)."""
+        from types import SimpleNamespace
 
-        from forcegp.gp.environment import neighbour_term
+        from forcegp.gp.environment import _density
 
-        lmax = max(self.lmax, self.lmax4)
-        g = jax.vmap(lambda d: neighbour_term(d, self.radial, lmax, self.cutoff))(disp)
-        onehot = jax.nn.one_hot(species, self.n_species, dtype=disp.dtype)
-        return jnp.einsum("ks,knl->snl", onehot, g).reshape(self.n_channels, -1)
+        env = SimpleNamespace(n_species=self.n_species, n_radial=self.radial,
+                              l_max=max(self.lmax, self.lmax4), cutoff=self.cutoff)  # fmt: skip
+        return _density(local, species, env, None, jacobian=False)[0]
 
     def local(self, x):
-        """Every atom's displacements to the others (N, N-1, 3) and their elements (N, N-1)."""
+        """Every atom's position and then every other atom's (N, N, 3) (environment.slots), and
+        the others' elements (N, N-1)."""
         import jax.numpy as jnp
 
+        from forcegp.gp.environment import slots
+
         n = len(self.numbers)
-        r = x.reshape(n, 3)
-        others = np.asarray([[b for b in range(n) if b != a] for a in range(n)])
-        return r[others] - r[:, None], jnp.asarray(self.element[others])
+        idx = slots(x, self.element, n - 1)
+        return x.reshape(n, 3)[idx], jnp.asarray(self.element)[idx[:, 1:]]
 
     def set_mixing(self, xs) -> None:
         """Per l <= lmax4, the leading mix4 principal directions (mix4, C) of the channels of A
@@ -124,12 +126,13 @@ class Basis:
             _, _, vt = np.linalg.svd(al, full_matrices=False)
             self.mixing.append(vt[: self.mix4])
 
-    def atom(self, disp, species):
-        """Invariants of one atom from its neighbours' displacements (k, 3) and elements (k,)."""
+    def atom(self, local, species):
+        """Invariants of one atom from its own and its neighbours' positions (k+1, 3) and the
+        neighbours' elements (k,)."""
         import e3nn_jax as e3nn
         import jax.numpy as jnp
 
-        a = self.density(disp, species)
+        a = self.density(local, species)
         parts = []
         if 2 in self.orders:
             parts.append(a[:, 0])
@@ -160,10 +163,11 @@ class Basis:
 
 
 def statistics(basis: Basis, x, y, g, chunk: int = 25):
-    """Sufficient statistics (as forcegp.gp.statistics.Sufficient's fields) of value and gradient
-    rows over all structures."""
+    """forcegp.gp.statistics.Sufficient of the value and gradient rows over all structures."""
     import jax
     import jax.numpy as jnp
+
+    from forcegp.gp.statistics import Sufficient
 
     rows = jax.jit(jax.vmap(lambda xi: (basis.structure(xi), jax.jacfwd(basis.structure)(xi))))
     k = basis.size
@@ -176,8 +180,8 @@ def statistics(basis: Basis, x, y, g, chunk: int = 25):
         j = jac.transpose(1, 0, 2).reshape(k, -1)  # (F, C * D)
         a_f += j @ j.T
         b_f += j @ g[idx].reshape(-1)
-    return {"a_e": a_e, "a_f": a_f, "b_e": b_e, "b_f": b_f, "tt_e": float(y @ y),
-            "tt_f": float(np.sum(g * g)), "n_e": float(len(y)), "n_f": float(g.size)}  # fmt: skip
+    return Sufficient(*(jnp.asarray(v) for v in (a_e, a_f, b_e, b_f, y @ y, np.sum(g * g),
+                                                  float(len(y)), float(g.size))))  # fmt: skip
 
 
 def predict(basis: Basis, w, x, chunk: int = 50):
@@ -212,9 +216,7 @@ def check_invariance(basis: Basis, x0: np.ndarray) -> float:
 
 
 def run(molecule: str, n: int, orders, settings: dict, quick: bool) -> dict:
-    from types import SimpleNamespace
-
-    from forcegp.gp import evidence
+    from forcegp.gp import evidence, posterior
     from forcegp.training import initialise
 
     tr = np.load(common.rmd17_path(molecule, "train"))
@@ -228,24 +230,18 @@ def run(molecule: str, n: int, orders, settings: dict, quick: bool) -> dict:
     mean, scale, _ = initialise.energy_statistics(e, f)
     y, g = initialise.standardise_targets(e, f, mean, scale)
     t0 = time.perf_counter()
-    st = statistics(basis, r.reshape(n, -1), y, g)
+    raw = statistics(basis, r.reshape(n, -1), y, g)
     accumulate_s = time.perf_counter() - t0
     # Columns on a common footing: each scaled by the RMS of its values over the structures,
     # so that the multipliers start near the data's scale.
-    col = np.sqrt(np.diag(st["a_e"]) / n) + 1e-12
-    inv = 1.0 / col
-    st["a_e"] *= inv[:, None] * inv[None]
-    st["a_f"] *= inv[:, None] * inv[None]
-    st["b_e"] *= inv
-    st["b_f"] *= inv
-    suff = SimpleNamespace(**st)
+    inv = 1.0 / (np.sqrt(np.diag(np.asarray(raw.a_e)) / n) + 1e-12)
+    suff = posterior.scaled_statistics(raw, inv)
     t0 = time.perf_counter()
     mult, ne, nf = evidence.maximise(suff, basis.groups, 0.1, 0.1)
     search_s = time.perf_counter() - t0
-    m = np.asarray(mult)[basis.groups]
-    p = np.eye(basis.size) + m[:, None] * (st["a_e"] / ne**2 + st["a_f"] / nf**2) * m[None]
-    b = m * (st["b_e"] / ne**2 + st["b_f"] / nf**2)
-    w = m * np.linalg.solve(p, b) * inv
+    # The exact posterior of the weights of the columns scaled by inv and the multipliers.
+    m = inv * np.asarray(mult)[basis.groups]
+    w = m * np.asarray(posterior.solve(posterior.scaled_statistics(raw, m), ne, nf).mean)
     energy, grad = predict(basis, w, te["coords"][:n_test].reshape(n_test, -1))
     f_pred = -grad.reshape(n_test, -1, 3) * scale
     e_pred = energy * scale + mean
