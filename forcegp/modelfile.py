@@ -40,8 +40,13 @@ FORMAT_VERSION = 3
 #: pair powers shared scale_linear then, so loading gives them that value.
 PAIR_SCALE_VERSION = 2
 #: Config fields newer than some files, with the value that reproduces those files' models:
-#: an "atomic" model took the products of all env_dim environment components.
-ADDED_FIELDS = {"env_products": lambda raw: raw.get("env_dim")}
+#: an "atomic" model took the products of all env_dim environment components and had no
+#: body-ordered invariants.
+ADDED_FIELDS = {
+    "env_products": lambda raw: raw.get("env_dim"),
+    "env_body4": lambda raw: 0,
+    "env_body4_lmax": lambda raw: 3,
+}
 MAX_HEADER_BYTES = 1 << 20
 #: Most columns a model file's input-dependent noise may have (gp.misfit.COLUMNS is the default).
 MAX_MISFIT_COLUMNS = 4096

@@ -55,6 +55,21 @@ VARIANTS = {
     "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
     "atomic-polynomial-mlp": dict(descriptor="atomic", env_dim=6, explicit_dim=4),
     "atomic-polynomial-products": dict(descriptor="atomic", env_dim=6, env_products=3, n_features=0),
+    # Body-ordered invariants in place of the products: 3 mixed channels, couplings to l = 2.
+    "atomic-body4-mlp": dict(
+        descriptor="atomic", env_dim=6, env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2
+    ),  # fmt: skip
+    "atomic-body4-near": dict(
+        descriptor="atomic",
+        env_dim=6,
+        env_radial=3,
+        env_lmax=2,
+        env_body4=2,
+        env_body4_lmax=1,
+        env_neighbours=4,
+        env_cutoff=1.7,
+        n_features=0,
+    ),  # fmt: skip
     "atomic-none-nomlp": dict(descriptor="atomic", env_dim=5, explicit="none", n_features=0),
     # Four of the five other atoms as slots: every atom's neighbours within 1.7 Å fit them.
     "atomic-polynomial-mlp-near": dict(descriptor="atomic", env_dim=6, env_neighbours=4, env_cutoff=1.7),
@@ -420,20 +435,34 @@ def test_budgeted_epochs_follow_the_same_cost(methanol_data):
     assert budgeted_epochs(type(few)(many, few.numbers, few.stats, few.hyper)) == SHORT == 40
 
 
-def test_an_atomic_model_is_invariant_without_enumerating_permutations(methanol_data):
+BODY4 = dict(env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2)
+
+
+@pytest.mark.parametrize("extra", [{}, BODY4], ids=["products", "body4"])
+def test_an_atomic_model_is_invariant_without_enumerating_permutations(methanol_data, extra):
     """Without pair powers the atomic model is a sum over atoms: permuting equal atoms (any of
-    the four H, not only graph automorphisms), rotating and translating leave every basis
-    function unchanged. (The pair powers are powers of particular atom pairs' inverse distances,
-    invariant only under rotations and translations.)"""
+    the four H, not only graph automorphisms), rotating, reflecting and translating leave every
+    basis function unchanged, with the power spectrum's products or the body-ordered invariants
+    (even couplings only). (The pair powers are powers of particular atom pairs' inverse
+    distances, invariant only under rotations and translations.)"""
     positions, e, f = methanol_data
-    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6, pair_powers=0)
+    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6,
+                        pair_powers=0, **extra)  # fmt: skip
     assert model.config.n_permutations == 1 and model.config.n_species == 3
     x = METHANOL_REFERENCE + 0.1 * np.random.default_rng(2).normal(size=(6, 3))
     swapped = x[[0, 5, 2, 1, 4, 3]]  # methyl H 1 <-> hydroxyl H 5, H 3 <-> H 1
     moved = x @ random_rotation(np.random.default_rng(3)).T + 0.7
-    phi = values(model, jnp.asarray(np.stack([x, swapped, moved]).reshape(3, -1)))
+    mirrored = x * np.array([1.0, -1.0, 1.0])
+    phi = values(model, jnp.asarray(np.stack([x, swapped, moved, mirrored]).reshape(4, -1)))
     np.testing.assert_allclose(phi[1], phi[0], rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(phi[2], phi[0], rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(phi[3], phi[0], rtol=1e-10, atol=1e-11)
+    if extra:  # the body-ordered block is there, and it moves with the geometry
+        body = slice(model.config.n_basis - 3 * model.config.n_body, model.config.n_basis)
+        assert model.config.n_body > 0 and float(jnp.max(jnp.abs(phi[0, body]))) > 0
+        other = values(model, jnp.asarray(positions[:1].reshape(1, -1)))[0]
+        size = float(jnp.max(jnp.abs(phi[0, body])))
+        assert float(jnp.max(jnp.abs(other[body] - phi[0, body]))) > 1e-3 * size
 
 
 def _carbon_chain(n_atoms: int) -> np.ndarray:

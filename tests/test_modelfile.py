@@ -353,6 +353,30 @@ def test_api_and_files_accept_the_same_values():
             assert api == file, (name, value)
 
 
+def test_a_body_ordered_model_round_trips_with_identical_predictions(tmp_path, problem):
+    """The body-ordered invariants' channel mixing and column scales travel through the file."""
+    data = problem[0]
+    config = make_config(9, {"descriptor": "atomic", "n_inducing": 6, "n_features": 3, "width": 8,
+                             "depth": 1, "env_dim": 4, "env_radial": 3, "env_lmax": 2,
+                             "env_body4": 2, "env_body4_lmax": 2})  # fmt: skip
+    model = initialize(config, data.numbers, data.positions, data.energies, data.forces,
+                       key=jax.random.key(3))  # fmt: skip
+    model = posterior.fit(model, *problem[2])
+    assert model.stats.env_mixing.shape == (3, 2, 9)
+    assert model.stats.body_scale.shape == (3 * model.config.n_body,)
+    assert bool(jnp.all(model.stats.body_scale > 0))
+    path = tmp_path / "body.fgp"
+    modelfile.save_model(path, model, metadata=METADATA)
+    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
+    assert loaded.config == model.config
+    for a, b in zip(arrays(loaded), arrays(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    before = evaluation.predict(model, data.positions[:3])
+    after = evaluation.predict(loaded, data.positions[:3])
+    for key in ("energy", "forces", "energy_std", "forces_std"):
+        np.testing.assert_array_equal(after[key], before[key])
+
+
 def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, problem):
     """The atomic descriptor's projections and element map travel through the file; a file of
     another atom order is refused as for any model."""
@@ -373,10 +397,12 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     after = evaluation.predict(loaded, data.positions[:3])
     for key in ("energy", "forces", "energy_std", "forces_std"):
         np.testing.assert_array_equal(after[key], before[key])
-    # A file from before the env_products setting took products of all env_dim components.
+    # A file from before the env_products setting took products of all env_dim components (and
+    # had no body-ordered invariants).
     header, payload = split(path)
+    added = ("env_products", "env_body4", "env_body4_lmax")
     rewrite(path, {**header, "config": {k: v for k, v in header["config"].items()
-                                        if k != "env_products"}}, payload)  # fmt: skip
+                                        if k not in added}}, payload)  # fmt: skip
     loaded, _ = modelfile.load_model(path, numbers=data.numbers)
     assert loaded.config == dataclasses.replace(model.config, env_products=model.config.env_dim)
     assert loaded.config.n_basis == model.config.n_basis

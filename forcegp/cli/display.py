@@ -135,6 +135,9 @@ def model_summary(gp, header: dict) -> dict:
 
 
 def _explicit_shape(cfg: dict) -> str:
+    if cfg.get("descriptor") == "atomic" and cfg.get("env_body4"):
+        n, l_max = cfg["env_body4"], cfg["env_body4_lmax"]
+        return f"(per element, body orders 2-4 on {n} channels, l <= {l_max})"
     if cfg.get("descriptor") == "atomic":
         return "(per element, degree 2)"
     return f"(PCA {cfg['explicit_dim']}, cubic {cfg['explicit_cubic']})"
@@ -145,9 +148,9 @@ def _environment(cfg: dict) -> str:
     if cfg.get("descriptor") != "atomic":
         return ""
     slots = cfg["env_neighbours"] or "all"
+    products = "" if cfg.get("env_body4") else f", products of {Config(**cfg).explicit_q}"
     return (f" (cutoff {cfg['env_cutoff']:g} Å, {cfg['env_radial']} radial, l <= {cfg['env_lmax']}, "
-            f"{cfg['env_dim']} components per element, products of "
-            f"{Config(**cfg).explicit_q}, neighbours {slots})")  # fmt: skip
+            f"{cfg['env_dim']} components per element{products}, neighbours {slots})")  # fmt: skip
 
 
 def _explicit_scales(h: dict) -> str:

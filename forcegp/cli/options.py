@@ -30,6 +30,8 @@ FLAGS = {
     "env_radial": "--env-radial",
     "env_lmax": "--env-lmax",
     "env_neighbours": "--env-neighbours",
+    "env_body4": "--env-body4",
+    "env_body4_lmax": "--env-body4-lmax",
     "epochs": "--epochs",
     "batch_size": "--batch-size",
     "lr": "--lr",

@@ -173,6 +173,21 @@ def _shown(name: str, fields: dict = CONFIG):
     "up to 64 atoms, beyond that the most atoms found within the cutoff plus a margin).",
 )
 @click.option(
+    "--env-body4",
+    default=CONFIG["env_body4"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Atomic descriptor: body-ordered invariants (orders two to four, as in linear ACE) on "
+    "this many mixed channels per l replace the explicit block's products (0: the products).",
+)
+@click.option(
+    "--env-body4-lmax",
+    default=CONFIG["env_body4_lmax"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Atomic descriptor: highest l of the body-ordered invariants' couplings (at most --env-lmax).",
+)
+@click.option(
     "--symmetrize/--no-symmetrize",
     default=CONFIG["n_permutations"] > 1,
     show_default=True,
@@ -286,6 +301,8 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "env_radial": opts["env_radial"],
         "env_lmax": opts["env_lmax"],
         "env_neighbours": opts["env_neighbours"],
+        "env_body4": opts["env_body4"],
+        "env_body4_lmax": opts["env_body4_lmax"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(

@@ -54,6 +54,7 @@ MAX_LOCAL = 200_000
 MAX_SPECIES = 118
 MAX_RADIAL = 32
 MAX_LMAX = 8
+MAX_BODY_CHANNELS = 64
 MAX_BYTES = 64 * 2**30  # largest model the shapes may describe
 
 #: (lowest, highest) of every integer field; AUTO_FIELDS may also be AUTO before initialisation.
@@ -74,6 +75,8 @@ INT_FIELDS = {
     "env_dim": (1, MAX_EXPLICIT_DIM),
     "env_products": (1, MAX_EXPLICIT_DIM),
     "env_neighbours": (0, MAX_ATOMS),
+    "env_body4": (0, MAX_BODY_CHANNELS),
+    "env_body4_lmax": (0, MAX_LMAX),
 }
 CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
 #: (lowest, highest-exclusive) of every real field.
@@ -83,6 +86,34 @@ FLOAT_FIELDS = {"local_cutoff": (0.0, 1e3), "jitter": (0.0, 1.0), "env_cutoff": 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the field and the allowed range.
     Callers turn it into an InputError (user options) or a ModelFileError (a file)."""
+
+
+def body_l_triples(l_max: int) -> tuple[tuple[int, int, int], ...]:
+    """(l1 <= l2 <= l3) <= l_max with the triangle rule and an even sum: the angular couplings
+    of the body-order-four invariants (gp.body_order)."""
+    return tuple(
+        (l1, l2, l3)
+        for l1 in range(l_max + 1)
+        for l2 in range(l1, l_max + 1)
+        for l3 in range(l2, min(l1 + l2, l_max) + 1)
+        if (l1 + l2 + l3) % 2 == 0
+    )
+
+
+def body_size(n_channels: int, n_mixed: int, l_max: int) -> int:
+    """Invariants per atom of gp.body_order: n_channels of body order two, the mixed channels'
+    pairs per l of order three, and their distinct triples per coupling of order four."""
+    n = n_mixed
+    pairs = n * (n + 1) // 2
+    total = n_channels + (l_max + 1) * pairs
+    for l1, l2, l3 in body_l_triples(l_max):
+        if l1 == l2 == l3:
+            total += n * (n + 1) * (n + 2) // 6
+        elif l1 == l2 or l2 == l3:
+            total += pairs * n
+        else:
+            total += n**3
+    return total
 
 
 def descriptor_size(config: Config) -> int:
@@ -131,6 +162,11 @@ class Config:
     env_dim: int = 48
     env_products: int = 48
     env_neighbours: int = 0
+    # Body-ordered invariants (docs/method.md §16): with env_body4 > 0 mixed channels per l, the
+    # explicit block's per-element products are replaced by the atom sums of invariants of
+    # body order two to four (gp.body_order), couplings up to env_body4_lmax.
+    env_body4: int = 0
+    env_body4_lmax: int = 3
 
     @property
     def dim(self) -> int:
@@ -163,11 +199,19 @@ class Config:
         if self.explicit == "none":
             return 0
         q = self.explicit_q
-        if self.descriptor == "atomic":  # pair powers, then per element linear and quadratic
-            return self.n_explicit_pair + self.n_species * (self.env_dim + q * (q + 1) // 2)
+        if self.descriptor == "atomic":  # pair powers, then per element linear and products
+            per_element = self.n_body if self.env_body4 else q * (q + 1) // 2
+            return self.n_explicit_pair + self.n_species * (self.env_dim + per_element)
         if self.explicit == "quadratic":
             return q + q * (q + 1) // 2
         return self.n_explicit_pair + self.n_local + q * (q + 1) // 2 + self.n_explicit_cubic
+
+    @property
+    def n_body(self) -> int:
+        """Body-ordered invariants per atom (and per element in the block) with env_body4."""
+        if self.env_body4 <= 0:
+            return 0
+        return body_size(self.n_species * self.env_radial, self.env_body4, self.env_body4_lmax)
 
     @property
     def n_explicit_linear(self) -> int:
@@ -213,7 +257,10 @@ class Config:
     def basis_parts(self) -> list[tuple[str, int]]:
         """(the setting that sizes it, basis functions) for each part of K, largest first."""
         pair = self.n_explicit_pair
-        rest = ("env_dim" if self.descriptor == "atomic" else "explicit_dim", self.n_explicit - pair)
+        name = "explicit_dim"
+        if self.descriptor == "atomic":
+            name = "env_body4" if self.env_body4 else "env_dim"
+        rest = (name, self.n_explicit - pair)
         parts = [("n_inducing", self.n_inducing), ("pair_powers", pair), rest]
         return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
 
@@ -240,6 +287,7 @@ def model_bytes(config: Config) -> int:
     if config.n_features == 0:
         mlp = 0
     env = config.n_species * config.spectrum_size * config.env_dim
+    env += (config.env_body4_lmax + 1) * config.env_body4 * config.n_species * config.env_radial
     return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp + env)
 
 
@@ -269,6 +317,20 @@ def validate(values: dict, *, resolved: bool) -> Config:
         value = getattr(config, name)
         if not (_is_real(value) and low <= value < high):
             raise ConfigError(f"{name}={value!r} is not a number in [{low:g}, {high:g})")
+    if config.env_body4 and config.descriptor != "atomic":
+        raise ConfigError(
+            f"env_body4={config.env_body4}: body-ordered invariants need descriptor='atomic'"
+        )
+    if config.env_body4 and config.env_body4_lmax > config.env_lmax:
+        raise ConfigError(
+            f"env_body4_lmax={config.env_body4_lmax} is above env_lmax={config.env_lmax}, the "
+            "highest l of the density"
+        )
+    if resolved and config.env_body4 > config.n_species * config.env_radial:
+        raise ConfigError(
+            f"env_body4={config.env_body4} is more than the {config.n_species * config.env_radial} "
+            "channels (elements x env_radial) there are to mix"
+        )
     if resolved and config.descriptor == "atomic" and config.n_species < 1:
         raise ConfigError("n_species=0: an atomic-descriptor model needs its elements")
     if resolved and model_bytes(config) > MAX_BYTES:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import descriptors
+from . import body_order, descriptors, environment
 
 
 def _cubic_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,7 +106,9 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     two in each atom's environment, summed over the atoms, whose product terms are the features
     of the dot-product kernel (b . b')^2.
     b are the projected spectra themselves, not standardised: the kernel then weighs each
-    direction by its variance. v (N, P): the standardised atom descriptors, environment first;
+    direction by its variance. With env_body4 the products are replaced by the atom means of
+    the body-ordered invariants per element (gp.body_order), each column scaled by
+    stats.body_scale. v (N, P): the standardised atom descriptors, environment first;
     jac: their AtomJacobian."""
     n, d, c = v.shape[0], config.env_dim, config.explicit_q
     element = np.asarray(stats.elements)
@@ -122,9 +124,12 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     pairs = _pair_powers(config, stats, hyper, x, jac is not None) if config.n_explicit_pair else None
     values = [] if pairs is None else [pairs[0]]
     values += [hyper.scale_linear * jnp.sum(b * m[:, None], 0) / n for m in masks]
-    values += [
-        hyper.scale_quadratic * pair * jnp.sum((b * m[:, None])[:, iu] * b[:, ju], 0) / n for m in masks
-    ]
+    body = _body_terms(config, stats, hyper, x, jac is not None) if config.env_body4 else None
+    if body is not None:
+        values.append(body[0])
+    else:
+        values += [hyper.scale_quadratic * pair * jnp.sum((b * m[:, None])[:, iu] * b[:, ju], 0) / n
+                   for m in masks]  # fmt: skip
     if jac is None:
         return jnp.concatenate(values), None
     # Gradients per moved atom, over the atoms whose environments hold it (AtomJacobian):
@@ -133,10 +138,24 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     grads = [] if pairs is None else [pairs[1]]
     grads += [hyper.scale_linear * jac.gather_sum(jnp.broadcast_to(m[:, None], (n, d)), np.arange(d)) / n
               for m in masks]  # fmt: skip
-    for m in masks:
+    if body is not None:
+        grads.append(body[1])
+    for m in masks if body is None else ():
         g2 = jac.outer_sum(b[:, :c] * m[:, None], np.arange(c)) / n  # (c, c, D)
         grads.append(hyper.scale_quadratic * pair[:, None] * (g2[iu, ju] + g2[ju, iu]))
     return jnp.concatenate(values), jnp.concatenate(grads, axis=0)
+
+
+def _body_terms(config, stats, hyper, x, with_grad: bool):
+    """The body-ordered block of an "atomic" model with env_body4 (S * n_body,) and, with
+    ``with_grad``, its gradient (S * n_body, D): per element the atom mean of the invariants,
+    each column scaled by stats.body_scale and the block by scale_quadratic."""
+    env = environment.EnvSettings(config)
+    value, grad = body_order.structure_terms(
+        x, np.asarray(stats.elements), stats.env_mixing, env, config.env_body4_lmax, jacobian=with_grad
+    )
+    scale = hyper.scale_quadratic * stats.body_scale / config.n_atoms
+    return value * scale, (grad * scale[:, None] if with_grad else None)
 
 
 def explicit_block_rows(config, stats, hyper, v, jac, x=None) -> jax.Array:

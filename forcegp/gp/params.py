@@ -39,6 +39,10 @@ class Stats(eqx.Module):
     # "atomic" with pair powers: mean and std (N(N-1)/2,) of the inverse distances.
     pair_mean: jax.Array | None = None
     pair_std: jax.Array | None = None
+    # "atomic" with env_body4: the channel mixing (env_body4_lmax + 1, env_body4, channels) of
+    # the body-ordered invariants and each of their block's columns' scale (S * n_body,).
+    env_mixing: jax.Array | None = None
+    body_scale: jax.Array | None = None
     elements: tuple[int, ...] = eqx.field(static=True, default=())
 
 
@@ -148,9 +152,10 @@ def template(
     return ForceGP(config, tuple(int(a) for a in numbers), stats, hyper, post)
 
 
-def atomic_stats(config: Config, numbers, projection=None, pairs=None) -> dict:
-    """The Stats fields of the "atomic" descriptor (none for the others): ``projection`` and the
-    inverse distances' (mean, std) ``pairs`` (with pair powers only), or zero ones of their
+def atomic_stats(config: Config, numbers, projection=None, pairs=None, body=None) -> dict:
+    """The Stats fields of the "atomic" descriptor (none for the others): ``projection``, the
+    inverse distances' (mean, std) ``pairs`` (with pair powers only) and the body-ordered
+    invariants' (mixing, column scales) ``body`` (with env_body4 only), or zero ones of their
     shapes, and the element index of each atom of ``numbers``."""
     if config.descriptor != "atomic":
         return {}
@@ -164,6 +169,14 @@ def atomic_stats(config: Config, numbers, projection=None, pairs=None) -> dict:
         n_pairs = config.n_atoms * (config.n_atoms - 1) // 2
         mean, std = pairs if pairs is not None else (jnp.zeros(n_pairs), jnp.zeros(n_pairs))
         out.update(pair_mean=jnp.asarray(mean), pair_std=jnp.asarray(std))
+    if config.env_body4:
+        channels = config.n_species * config.env_radial
+        shapes = (
+            (config.env_body4_lmax + 1, config.env_body4, channels),
+            (config.n_species * config.n_body,),
+        )
+        mixing, scale = body if body is not None else tuple(jnp.zeros(s) for s in shapes)
+        out.update(env_mixing=jnp.asarray(mixing), body_scale=jnp.asarray(scale))
     return out
 
 

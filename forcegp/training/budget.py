@@ -71,11 +71,13 @@ def size_defaults(n_atoms: int, options: dict) -> dict:
     is "inverse-distance" up to LARGE_MOLECULE_ATOMS atoms and "atomic" beyond (its cost grows
     with atoms times neighbours, the global descriptor's with atom pairs); pair_powers AUTO (or
     absent) is PAIR_POWERS up to that size and 0 beyond (pair_powers x N(N-1)/2 terms: 4620 at
-    56 atoms, 213,759 at 378)."""
+    56 atoms, 213,759 at 378). Body-ordered invariants (env_body4 > 0) are atom-centred:
+    "auto" is "atomic" with them at any size."""
     out = dict(options)
-    large = n_atoms > LARGE_MOLECULE_ATOMS
+    large = n_atoms > LARGE_MOLECULE_ATOMS or out.get("env_body4", 0) > 0
     if out.get("descriptor", AUTO_DESCRIPTOR) == AUTO_DESCRIPTOR:
         out["descriptor"] = "atomic" if large else "inverse-distance"
+    large = n_atoms > LARGE_MOLECULE_ATOMS
     if out.get("pair_powers", AUTO) == AUTO:
         out["pair_powers"] = 0 if large else PAIR_POWERS
     return out

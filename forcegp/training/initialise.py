@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from ..gp import descriptors, environment
+from ..gp import body_order, descriptors, environment
 from ..gp.basis import basis_rows, soft_cholesky
 from ..gp.config import NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config
 from ..gp.deep_kernel import DeepKernel
@@ -69,7 +69,30 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
         inv = np.asarray(jax.vmap(lambda xi: descriptors.raw_descriptor(
             "inverse-distance", xi, config.n_atoms))(jnp.asarray(x[:2000])))  # fmt: skip
         pairs = (inv.mean(0), np.maximum(inv.std(0), 1e-6 * inv.mean(0)))
-    return config, atomic_stats(config, numbers, projection, pairs)
+    body = body_statistics(config, numbers, x[:ENV_SAMPLE]) if config.env_body4 else None
+    return config, atomic_stats(config, numbers, projection, pairs, body)
+
+
+def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The body-ordered invariants' channel mixing (the leading env_body4 principal directions
+    of the channels of the atoms' densities in structures x, per l) and the scale of each
+    column of their block: one over its RMS in x, so every invariant starts on the same
+    footing and the prior scale and evidence weigh them together (gp.body_order)."""
+    element = environment.element_index(numbers)
+    env = environment.EnvSettings(config)
+    xs = jnp.asarray(x)
+    dens = np.asarray(jax.lax.map(lambda xi: body_order.densities(xi, element, env), xs, batch_size=16))
+    mixing = body_order.channel_mixing(
+        dens.reshape(-1, *dens.shape[2:]), config.env_body4, config.env_body4_lmax
+    )
+    w = jnp.asarray(mixing)
+
+    def terms(xi):
+        return body_order.structure_terms(xi, element, w, env, config.env_body4_lmax, jacobian=False)[0]
+
+    values = np.asarray(jax.lax.map(terms, xs, batch_size=16)) / config.n_atoms
+    rms = np.sqrt(np.mean(values**2, axis=0))
+    return mixing, 1.0 / np.maximum(rms, 1e-12 * max(float(np.max(rms)), 1e-300))
 
 
 def initialize(

@@ -55,7 +55,8 @@ def atom_bytes(config) -> int:
     """One atom's share of an atomic structure's intermediates (features.AtomJacobian): its
     3(k+1) local tangent rows through the MLP and against the M interpolation weights, its
     local blocks (k+1, 3, P) and their per-moved-atom gathers, its neighbour terms and
-    dq/d(density)."""
+    dq/d(density), and with env_body4 its body-ordered invariants' blocks (k+1, 3, F), their
+    scatter and the forward-mode tangents' largest coupling tensors."""
     slots = (
         config.n_atoms if config.env_neighbours <= 0 else min(config.env_neighbours + 1, config.n_atoms)
     )
@@ -68,6 +69,10 @@ def atom_bytes(config) -> int:
         slots * config.env_radial * lm * 4
         + config.env_dim * config.n_species * config.env_radial * lm * 2
     )
+    if config.env_body4 and config.explicit != "none":
+        f, n4 = config.n_body, config.env_body4
+        density += local * (3 * f + config.n_species * config.env_radial * lm + 2 * n4**3)
+        density += config.n_species * 3 * f
     return BYTES * (terms + density)
 
 
