@@ -465,6 +465,28 @@ def test_an_atomic_model_is_invariant_without_enumerating_permutations(methanol_
         assert float(jnp.max(jnp.abs(other[body] - phi[0, body]))) > 1e-3 * size
 
 
+def test_body_ordered_groups_fold_into_their_column_scales(methanol_data):
+    """Each element's invariants of each body order are one evidence group; with_multipliers
+    multiplies exactly those columns (through Stats.body_scale) and leaves the rest."""
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6, **BODY4)
+    cfg = model.config
+    groups = posterior.basis_groups(cfg)
+    body = groups[cfg.n_basis - 3 * cfg.n_body :]
+    assert sorted(set(body.tolist())) == list(range(posterior.BODY_GROUP, posterior.BODY_GROUP + 9))
+    two, three, four = cfg.body_orders
+    assert two == 9 and three == 3 * 6 and four > 0 and two + three + four == cfg.n_body
+    assert np.sum(body == posterior.BODY_GROUP + 3 + 1) == three  # element 1, body order three
+    mult = np.exp(np.random.default_rng(4).normal(size=posterior.BODY_GROUP + 9))
+    new = posterior.with_multipliers(model, mult, float(model.hyper.noise_energy),
+                                     float(model.hyper.noise_force))  # fmt: skip
+    x = jnp.asarray(positions[:2].reshape(2, -1))
+    before, after = np.asarray(values(model, x)), np.asarray(values(new, x))
+    expected = np.broadcast_to(mult[groups], before.shape)  # DSoftKI: the amplitude's square root
+    keep = np.abs(before) > 1e-12
+    np.testing.assert_allclose(after[keep] / before[keep], expected[keep], rtol=1e-9)
+
+
 def _carbon_chain(n_atoms: int) -> np.ndarray:
     """A zigzag carbon chain (n_atoms, 3) Å with 1.5 Å bonds."""
     a = np.arange(n_atoms)

@@ -214,6 +214,16 @@ class Config:
         return body_size(self.n_species * self.env_radial, self.env_body4, self.env_body4_lmax)
 
     @property
+    def body_orders(self) -> tuple[int, int, int]:
+        """Invariants per atom of body order two, three and four with env_body4 (gp.body_order;
+        each element's block holds them in this order), else (0, 0, 0)."""
+        if self.env_body4 <= 0:
+            return (0, 0, 0)
+        channels, n = self.n_species * self.env_radial, self.env_body4
+        three = (self.env_body4_lmax + 1) * n * (n + 1) // 2
+        return (channels, three, self.n_body - channels - three)
+
+    @property
     def n_explicit_linear(self) -> int:
         """The explicit block's columns that scale_linear scales: the leading ones, after the pair
         powers of an "atomic" model (which scale_pair scales); the rest are products."""

@@ -108,8 +108,8 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     b are the projected spectra themselves, not standardised: the kernel then weighs each
     direction by its variance. With env_body4 the products are replaced by the atom means of
     the body-ordered invariants per element (gp.body_order), each column scaled by
-    stats.body_scale. v (N, P): the standardised atom descriptors, environment first;
-    jac: their AtomJacobian."""
+    stats.body_scale alone (no hyperparameter: their groups' scales are folded into it).
+    v (N, P): the standardised atom descriptors, environment first; jac: their AtomJacobian."""
     n, d, c = v.shape[0], config.env_dim, config.explicit_q
     element = np.asarray(stats.elements)
     std = stats.desc_std[:d]
@@ -124,7 +124,7 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     pairs = _pair_powers(config, stats, hyper, x, jac is not None) if config.n_explicit_pair else None
     values = [] if pairs is None else [pairs[0]]
     values += [hyper.scale_linear * jnp.sum(b * m[:, None], 0) / n for m in masks]
-    body = _body_terms(config, stats, hyper, x, jac is not None) if config.env_body4 else None
+    body = _body_terms(config, stats, x, jac is not None) if config.env_body4 else None
     if body is not None:
         values.append(body[0])
     else:
@@ -146,15 +146,16 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
     return jnp.concatenate(values), jnp.concatenate(grads, axis=0)
 
 
-def _body_terms(config, stats, hyper, x, with_grad: bool):
+def _body_terms(config, stats, x, with_grad: bool):
     """The body-ordered block of an "atomic" model with env_body4 (S * n_body,) and, with
     ``with_grad``, its gradient (S * n_body, D): per element the atom mean of the invariants,
-    each column scaled by stats.body_scale and the block by scale_quadratic."""
+    each column scaled by stats.body_scale (which holds the evidence's multipliers of its
+    groups: posterior.with_multipliers)."""
     env = environment.EnvSettings(config)
     value, grad = body_order.structure_terms(
         x, np.asarray(stats.elements), stats.env_mixing, env, config.env_body4_lmax, jacobian=with_grad
     )
-    scale = hyper.scale_quadratic * stats.body_scale / config.n_atoms
+    scale = stats.body_scale / config.n_atoms
     return value * scale, (grad * scale[:, None] if with_grad else None)
 
 

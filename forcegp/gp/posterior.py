@@ -67,9 +67,20 @@ def refine_noise(suff: Sufficient, model: ForceGP):
     return float(mult[0]), noise_e, noise_f
 
 
+#: Groups of basis_groups before the body-ordered invariants' own (one per element and order).
+BODY_GROUP = 4
+
+
+def n_groups(config) -> int:
+    """Groups of basis_groups, empty ones included."""
+    return BODY_GROUP + (3 * config.n_species if config.env_body4 else 0)
+
+
 def basis_groups(config) -> np.ndarray:
     """Group of every basis column: 0 DSoftKI, 1 explicit pair/linear terms, 2 explicit products,
-    3 the global pair powers of an "atomic" model (Config.pair_scaled), which lead its block."""
+    3 the global pair powers of an "atomic" model (Config.pair_scaled), which lead its block;
+    with env_body4, BODY_GROUP + 3 e + o for element e's invariants of body order o + 2, which
+    take the products' place."""
     start = config.n_inducing
     groups = np.full(config.n_basis, 2, dtype=np.int64)
     groups[:start] = 0
@@ -78,6 +89,16 @@ def basis_groups(config) -> np.ndarray:
         start += config.n_explicit_pair
     if config.explicit != "none":
         groups[start : start + config.n_explicit_linear] = 1
+        start += config.n_explicit_linear
+    if config.env_body4 and config.explicit != "none":
+        sizes = config.body_orders
+        body = [
+            np.full(size, BODY_GROUP + 3 * e + o)
+            for e in range(config.n_species)
+            for o, size in enumerate(sizes)
+        ]
+        body = np.concatenate(body)
+        groups[start : start + len(body)] = body
     return groups
 
 
@@ -111,12 +132,15 @@ def refined(suff: Sufficient, model: ForceGP) -> tuple[ForceGP, Sufficient]:
 
 def with_multipliers(model: ForceGP, mult, noise_e: float, noise_f: float) -> ForceGP:
     """Fold per-block basis multipliers (the groups of basis_groups: DSoftKI, explicit linear,
-    explicit product, atomic pair powers) and new noise levels into the raw hyperparameters.
+    explicit product, atomic pair powers, then the body-ordered groups) and new noise levels
+    into the raw hyperparameters; the body-ordered groups' multipliers into their columns'
+    scales (Stats.body_scale), absent ones taken as 1.
 
     Each new leaf keeps the dtype, shape and weak-typedness of the leaf it replaces, so what was
     compiled for the trained model (or a model loaded from file) is reused for the result.
     """
-    mult = [float(v) for v in mult] + [1.0] * (4 - len(mult))
+    mult = [float(v) for v in mult] + [1.0] * (BODY_GROUP - len(mult))
+    model = _with_body_multipliers(model, mult[BODY_GROUP:])
     h = model.hyper
     inv = softplus_inv
     names = [
@@ -144,6 +168,18 @@ def with_multipliers(model: ForceGP, mult, noise_e: float, noise_f: float) -> Fo
     return eqx.tree_at(lambda m: m.hyper, model, h)
 
 
+def _with_body_multipliers(model: ForceGP, mult) -> ForceGP:
+    """The model whose body-ordered columns of group BODY_GROUP + g are multiplied by mult[g]."""
+    if not model.config.env_body4 or not len(mult) or all(v == 1.0 for v in mult):
+        return model
+    cfg = model.config
+    groups = basis_groups(cfg)[cfg.n_basis - cfg.n_species * cfg.n_body :] - BODY_GROUP
+    factor = np.ones(3 * cfg.n_species)
+    factor[: len(mult)] = mult[: len(factor)]
+    scale = model.stats.body_scale * jnp.asarray(factor[groups], dtype=model.stats.body_scale.dtype)
+    return eqx.tree_at(lambda m: m.stats.body_scale, model, scale)
+
+
 def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
     """The fitted GP with every prior scale and both noise levels multiplied by kappa.
 
@@ -154,7 +190,10 @@ def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
     kappa = float(kappa)
     h = model.hyper
     out = with_multipliers(
-        model, (kappa,) * 4, kappa * float(h.noise_energy), kappa * float(h.noise_force)
+        model,
+        (kappa,) * n_groups(model.config),
+        kappa * float(h.noise_energy),
+        kappa * float(h.noise_force),
     )
     # The misfit variance ||phi misfit||^2 scales with the rows, by kappa^2 like the rest.
     post = Posterior(model.posterior.mean / kappa, model.posterior.inv_chol, model.posterior.misfit)
@@ -163,7 +202,7 @@ def with_amplitude(model: ForceGP, kappa: float) -> ForceGP:
 
 def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: float) -> ForceGP:
     """One output-scale multiplier for every block (see with_multipliers)."""
-    return with_multipliers(model, (scale,) * 4, noise_e, noise_f)
+    return with_multipliers(model, (scale,) * n_groups(model.config), noise_e, noise_f)
 
 
 def fit(model: ForceGP, x, y, g, *, refine: bool = True, **kwargs) -> ForceGP:

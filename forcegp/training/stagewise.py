@@ -61,17 +61,28 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
             suff.n_e + keep,
             suff.n_f + keep * vf.shape[1],
         )
-    # The explicit columns' groups (linear terms, products, atomic pair powers) as the final
-    # refinement sees them; their scales and both noise levels by the exact evidence of all data.
+    # The explicit columns' groups (linear terms, products, atomic pair powers, body-ordered
+    # invariants per element and order) as the final refinement sees them; their scales and
+    # both noise levels by the exact evidence of all data.
     groups = posterior.basis_groups(model.config)[model.config.n_inducing :] - 1
     h = model.hyper
     mult, noise_e, noise_f = evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force))
     # Only the explicit block's scales change; DSoftKI keeps its own output scale.
     new = posterior.with_multipliers(model, [1.0, *mult], float(h.noise_energy), float(h.noise_force))
     model = eqx.tree_at(
-        lambda m: (m.hyper.raw_scale_linear, m.hyper.raw_scale_quadratic, m.hyper.raw_scale_pair),
+        lambda m: (
+            m.hyper.raw_scale_linear,
+            m.hyper.raw_scale_quadratic,
+            m.hyper.raw_scale_pair,
+            m.stats.body_scale,
+        ),
         model,
-        (new.hyper.raw_scale_linear, new.hyper.raw_scale_quadratic, new.hyper.raw_scale_pair),
+        (
+            new.hyper.raw_scale_linear,
+            new.hyper.raw_scale_quadratic,
+            new.hyper.raw_scale_pair,
+            new.stats.body_scale,
+        ),
         is_leaf=lambda v: v is None,
     )
     columns = mult[groups]
