@@ -520,6 +520,15 @@ def test_too_few_neighbour_slots_are_refused(methanol_data):
         build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_neighbours=2)
 
 
+def test_more_mixed_channels_than_channels_are_refused(methanol_data):
+    from forcegp.errors import InputError
+
+    positions, e, f = methanol_data
+    with pytest.raises(InputError, match="env_body4=10 mixed channels .* give 9; use at most 9"):
+        build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_radial=3,
+                    env_lmax=2, env_body4=10, env_body4_lmax=2)  # fmt: skip
+
+
 def test_size_defaults_choose_the_atomic_descriptor_for_large_molecules():
     """Left to the user-level defaults (absent, "auto" or AUTO), a molecule of more than
     LARGE_MOLECULE_ATOMS atoms gets the atomic descriptor without pair powers, a smaller one

@@ -63,6 +63,13 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
     config = dataclasses.replace(
         config, n_species=len(np.unique(numbers)), n_permutations=1, env_neighbours=k
     )
+    channels = config.n_species * config.env_radial
+    if config.env_body4 > channels:
+        raise InputError(
+            f"env_body4={config.env_body4} mixed channels asked for, but this molecule's "
+            f"{config.n_species} elements x env_radial={config.env_radial} give {channels}; "
+            f"use at most {channels}"
+        )
     projection = environment_projections(config, numbers, x[:ENV_SAMPLE])
     pairs = None
     if config.n_explicit_pair:
