@@ -353,6 +353,21 @@ def test_api_and_files_accept_the_same_values():
             assert api == file, (name, value)
 
 
+def assert_round_trip(path, model, data):
+    """Save and load ``model``: the same config and arrays, identical predictions with stds;
+    returns the loaded model."""
+    modelfile.save_model(path, model, metadata=METADATA)
+    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
+    assert loaded.config == model.config
+    for a, b in zip(arrays(loaded), arrays(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    before = evaluation.predict(model, data.positions[:3])
+    after = evaluation.predict(loaded, data.positions[:3])
+    for key in ("energy", "forces", "energy_std", "forces_std"):
+        np.testing.assert_array_equal(after[key], before[key])
+    return loaded
+
+
 def test_a_body_ordered_model_round_trips_with_identical_predictions(tmp_path, problem):
     """The body-ordered invariants' channel mixing and column scales travel through the file."""
     data = problem[0]
@@ -365,16 +380,7 @@ def test_a_body_ordered_model_round_trips_with_identical_predictions(tmp_path, p
     assert model.stats.env_mixing.shape == (3, 2, 9)
     assert model.stats.body_scale.shape == (3 * model.config.n_body,)
     assert bool(jnp.all(model.stats.body_scale > 0))
-    path = tmp_path / "body.fgp"
-    modelfile.save_model(path, model, metadata=METADATA)
-    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
-    assert loaded.config == model.config
-    for a, b in zip(arrays(loaded), arrays(model), strict=True):
-        np.testing.assert_array_equal(a, b)
-    before = evaluation.predict(model, data.positions[:3])
-    after = evaluation.predict(loaded, data.positions[:3])
-    for key in ("energy", "forces", "energy_std", "forces_std"):
-        np.testing.assert_array_equal(after[key], before[key])
+    assert_round_trip(tmp_path / "body.fgp", model, data)
 
 
 def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, problem):
@@ -388,15 +394,8 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     model = posterior.fit(model, *problem[2])
     assert model.config.n_species == 3 and model.stats.env_projection.shape[0] == 3
     path = tmp_path / "atomic.fgp"
-    modelfile.save_model(path, model, metadata=METADATA)
-    loaded, _ = modelfile.load_model(path, numbers=data.numbers)
-    assert loaded.config == model.config and loaded.stats.elements == (1, 1, 2, 0, 0, 0, 0, 0, 0)
-    for a, b in zip(arrays(loaded), arrays(model), strict=True):
-        np.testing.assert_array_equal(a, b)
-    before = evaluation.predict(model, data.positions[:3])
-    after = evaluation.predict(loaded, data.positions[:3])
-    for key in ("energy", "forces", "energy_std", "forces_std"):
-        np.testing.assert_array_equal(after[key], before[key])
+    loaded = assert_round_trip(path, model, data)
+    assert loaded.stats.elements == (1, 1, 2, 0, 0, 0, 0, 0, 0)
     # A file from before the env_products setting took products of all env_dim components (and
     # had no body-ordered invariants).
     header, payload = split(path)
