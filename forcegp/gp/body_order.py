@@ -93,9 +93,7 @@ def invariants(x, element: np.ndarray, mixing, env, l_max: int, *, jacobian: boo
     """Every atom's invariants (N, F) and, with ``jacobian``, their local blocks (N, k+1, 3, F)
     and the slots idx (N, k+1) (environment.descriptors' layout); (None, None) without."""
     n = len(element)
-    idx = environment.slots(x, element, env.k)
-    local = x.reshape(n, 3)[idx]
-    species = jnp.asarray(element)[idx[:, 1:]]
+    idx, local, species = environment.local_environments(x, element, env.k)
     outs, atoms_of = [], []
     for e in range(env.n_species):
         atoms = np.flatnonzero(element == e)
@@ -117,10 +115,7 @@ def invariants(x, element: np.ndarray, mixing, env, l_max: int, *, jacobian: boo
 
 def densities(x, element: np.ndarray, env) -> jax.Array:
     """Every atom's neighbour density (N, C, L) (for the channel mixing's principal directions)."""
-    n = len(element)
-    idx = environment.slots(x, element, env.k)
-    local = x.reshape(n, 3)[idx]
-    species = jnp.asarray(element)[idx[:, 1:]]
+    _, local, species = environment.local_environments(x, element, env.k)
     return jax.vmap(lambda loc, s: environment._density(loc, s, env, None, jacobian=False)[0])(
         local, species
     )

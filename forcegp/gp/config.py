@@ -301,6 +301,18 @@ def model_bytes(config: Config) -> int:
     return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp + env)
 
 
+def check_body_channels(config: Config) -> None:
+    """ConfigError where env_body4 asks for more mixed channels than the molecule's elements
+    times env_radial give (the mixing would leave some zero)."""
+    channels = config.n_species * config.env_radial
+    if config.env_body4 > channels:
+        raise ConfigError(
+            f"env_body4={config.env_body4} mixed channels asked for, but this molecule's "
+            f"{config.n_species} elements x env_radial={config.env_radial} give {channels}; "
+            f"use at most {channels}"
+        )
+
+
 def validate(values: dict, *, resolved: bool) -> Config:
     """A Config from ``values`` (every field but those left at their defaults), each checked.
 
@@ -336,11 +348,8 @@ def validate(values: dict, *, resolved: bool) -> Config:
             f"env_body4_lmax={config.env_body4_lmax} is above env_lmax={config.env_lmax}, the "
             "highest l of the density"
         )
-    if resolved and config.env_body4 > config.n_species * config.env_radial:
-        raise ConfigError(
-            f"env_body4={config.env_body4} is more than the {config.n_species * config.env_radial} "
-            "channels (elements x env_radial) there are to mix"
-        )
+    if resolved:
+        check_body_channels(config)
     if resolved and config.descriptor == "atomic" and config.n_species < 1:
         raise ConfigError("n_species=0: an atomic-descriptor model needs its elements")
     if resolved and model_bytes(config) > MAX_BYTES:

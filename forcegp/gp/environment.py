@@ -107,6 +107,14 @@ def slots(x: jax.Array, element: np.ndarray, k: int) -> jax.Array:
     return jnp.concatenate([jnp.arange(n)[:, None], others], axis=1)
 
 
+def local_environments(x: jax.Array, element: np.ndarray, k: int):
+    """(idx (N, k+1) of slots, local positions (N, k+1, 3): each atom then its slots, the
+    slots' elements (N, k))."""
+    n = len(element)
+    idx = slots(x, element, k)
+    return idx, x.reshape(n, 3)[idx], jnp.asarray(element)[idx[:, 1:]]
+
+
 def radial_basis(r: jax.Array, n_radial: int, cutoff: float) -> jax.Array:
     """(..., n_radial): Chebyshev polynomials T_n of the inverse distance mapped onto [-1, 1],
     times the envelope (1 - (r/rc)^2)^2, which takes value and slope to zero at the cutoff."""
@@ -234,10 +242,7 @@ def _atom(local, species, projection, w_sym, env: EnvSettings, ranges, jacobian:
 
 def spectra(x, element: np.ndarray, env: EnvSettings) -> jax.Array:
     """Normalised power spectra (N, P) of every atom (unprojected: for the projections' PCA)."""
-    n = len(element)
-    idx = slots(x, element, env.k)
-    local = x.reshape(n, 3)[idx]
-    species = jnp.asarray(element)[idx[:, 1:]]
+    _, local, species = local_environments(x, element, env.k)
     return jax.vmap(lambda loc, s: atom_spectrum(loc, s, env))(local, species)
 
 
@@ -251,9 +256,7 @@ def descriptors(x, element: np.ndarray, projections, env: EnvSettings, *, jacobi
     without gathering it per atom. Nothing of size N x 3N is formed: the blocks cost
     N (k+1) 3 d, linear in the atoms at a fixed number of slots."""
     n = len(element)
-    idx = slots(x, element, env.k)
-    local = x.reshape(n, 3)[idx]  # (N, k+1, 3)
-    species = jnp.asarray(element)[idx[:, 1:]]
+    idx, local, species = local_environments(x, element, env.k)
     dtype = jnp.result_type(x, projections)
     q = jnp.zeros((n, projections.shape[-1]), dtype)
     blocks = jnp.zeros((n, env.k + 1, 3, projections.shape[-1]), dtype) if jacobian else None

@@ -140,9 +140,10 @@ def atomic_terms(config, stats, hyper, v, jac=None, x=None):
               for m in masks]  # fmt: skip
     if body is not None:
         grads.append(body[1])
-    for m in masks if body is None else ():
-        g2 = jac.outer_sum(b[:, :c] * m[:, None], np.arange(c)) / n  # (c, c, D)
-        grads.append(hyper.scale_quadratic * pair[:, None] * (g2[iu, ju] + g2[ju, iu]))
+    else:
+        for m in masks:
+            g2 = jac.outer_sum(b[:, :c] * m[:, None], np.arange(c)) / n  # (c, c, D)
+            grads.append(hyper.scale_quadratic * pair[:, None] * (g2[iu, ju] + g2[ju, iu]))
     return jnp.concatenate(values), jnp.concatenate(grads, axis=0)
 
 

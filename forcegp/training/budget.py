@@ -74,10 +74,10 @@ def size_defaults(n_atoms: int, options: dict) -> dict:
     56 atoms, 213,759 at 378). Body-ordered invariants (env_body4 > 0) are atom-centred:
     "auto" is "atomic" with them at any size."""
     out = dict(options)
-    large = n_atoms > LARGE_MOLECULE_ATOMS or out.get("env_body4", 0) > 0
-    if out.get("descriptor", AUTO_DESCRIPTOR) == AUTO_DESCRIPTOR:
-        out["descriptor"] = "atomic" if large else "inverse-distance"
     large = n_atoms > LARGE_MOLECULE_ATOMS
+    if out.get("descriptor", AUTO_DESCRIPTOR) == AUTO_DESCRIPTOR:
+        atomic = large or out.get("env_body4", 0) > 0
+        out["descriptor"] = "atomic" if atomic else "inverse-distance"
     if out.get("pair_powers", AUTO) == AUTO:
         out["pair_powers"] = 0 if large else PAIR_POWERS
     return out

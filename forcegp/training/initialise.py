@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..gp import body_order, descriptors, environment
 from ..gp.basis import basis_rows, soft_cholesky
-from ..gp.config import NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config
+from ..gp.config import NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config, ConfigError, check_body_channels
 from ..gp.deep_kernel import DeepKernel
 from ..gp.features import atomic_raw, features
 from ..gp.params import ForceGP, Hyper, Stats, atomic_stats, softplus_inv
@@ -63,13 +63,10 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
     config = dataclasses.replace(
         config, n_species=len(np.unique(numbers)), n_permutations=1, env_neighbours=k
     )
-    channels = config.n_species * config.env_radial
-    if config.env_body4 > channels:
-        raise InputError(
-            f"env_body4={config.env_body4} mixed channels asked for, but this molecule's "
-            f"{config.n_species} elements x env_radial={config.env_radial} give {channels}; "
-            f"use at most {channels}"
-        )
+    try:
+        check_body_channels(config)
+    except ConfigError as err:
+        raise InputError(str(err)) from None
     projection = environment_projections(config, numbers, x[:ENV_SAMPLE])
     pairs = None
     if config.n_explicit_pair:
