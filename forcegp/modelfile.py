@@ -46,6 +46,7 @@ ADDED_FIELDS = {
     "env_products": lambda raw: raw.get("env_dim"),
     "env_body4": lambda raw: 0,
     "env_body4_lmax": lambda raw: 3,
+    "env_body3": lambda raw: 0,
 }
 MAX_HEADER_BYTES = 1 << 20
 #: Most columns a model file's input-dependent noise may have (gp.misfit.COLUMNS is the default).

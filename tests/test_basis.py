@@ -55,9 +55,16 @@ VARIANTS = {
     "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
     "atomic-polynomial-mlp": dict(descriptor="atomic", env_dim=6, explicit_dim=4),
     "atomic-polynomial-products": dict(descriptor="atomic", env_dim=6, env_products=3, n_features=0),
-    # Body-ordered invariants in place of the products: 3 mixed channels, couplings to l = 2.
+    # Body-ordered invariants in place of the products: order three on 5 mixed channels, four
+    # on 3, couplings to l = 2.
     "atomic-body4-mlp": dict(
-        descriptor="atomic", env_dim=6, env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2
+        descriptor="atomic",
+        env_dim=6,
+        env_radial=3,
+        env_lmax=2,
+        env_body4=3,
+        env_body4_lmax=2,
+        env_body3=5,
     ),  # fmt: skip
     "atomic-body4-near": dict(
         descriptor="atomic",
@@ -435,7 +442,7 @@ def test_budgeted_epochs_follow_the_same_cost(methanol_data):
     assert budgeted_epochs(type(few)(many, few.numbers, few.stats, few.hyper)) == SHORT == 40
 
 
-BODY4 = dict(env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2)
+BODY4 = dict(env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2, env_body3=9)
 
 
 @pytest.mark.parametrize("extra", [{}, BODY4], ids=["products", "body4"])
@@ -475,7 +482,7 @@ def test_body_ordered_groups_fold_into_their_column_scales(methanol_data):
     body = groups[cfg.n_basis - 3 * cfg.n_body :]
     assert sorted(set(body.tolist())) == list(range(posterior.BODY_GROUP, posterior.BODY_GROUP + 9))
     two, three, four = cfg.body_orders
-    assert two == 9 and three == 3 * 6 and four > 0 and two + three + four == cfg.n_body
+    assert two == 9 and three == 3 * 45 and four > 0 and two + three + four == cfg.n_body
     assert np.sum(body == posterior.BODY_GROUP + 3 + 1) == three  # element 1, body order three
     mult = np.exp(np.random.default_rng(4).normal(size=posterior.BODY_GROUP + 9))
     new = posterior.with_multipliers(model, mult, float(model.hyper.noise_energy),
@@ -520,13 +527,44 @@ def test_too_few_neighbour_slots_are_refused(methanol_data):
         build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_neighbours=2)
 
 
-def test_more_mixed_channels_than_channels_are_refused(methanol_data):
+@pytest.mark.parametrize("name,extra", [("env_body4", {}), ("env_body3", {"env_body4": 2})])
+def test_more_mixed_channels_than_channels_are_refused(methanol_data, name, extra):
     from forcegp.errors import InputError
 
     positions, e, f = methanol_data
-    with pytest.raises(InputError, match="env_body4=10 mixed channels .* give 9; use at most 9"):
+    options = {"env_body4": 10, "env_body4_lmax": 2} | extra | {name: 10}
+    with pytest.raises(InputError, match=f"{name}=10 mixed channels .* give 9; use at most 9"):
         build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_radial=3,
-                    env_lmax=2, env_body4=10, env_body4_lmax=2)  # fmt: skip
+                    env_lmax=2, **options)  # fmt: skip
+
+
+def test_body_order_three_on_every_channel_spans_every_channel_pair():
+    """With as many mixed channels as channels, order three's products are those of the
+    unmixed channels rotated: per l, the symmetric matrix B B^T they hold (off-diagonal entries
+    counted twice) has the Frobenius norm of A A^T, for any orthogonal mixing; order four sits
+    on the first n4 mixed channels only."""
+    from forcegp.gp import body_order
+    from forcegp.gp.config import body_size
+
+    rng = np.random.default_rng(4)
+    c, l_max, n4 = 5, 2, 2
+    a = rng.normal(size=(c, (l_max + 1) ** 2))
+    mixing = np.stack([np.linalg.qr(rng.normal(size=(c, c)))[0] for _ in range(l_max + 1)])
+    f = np.asarray(body_order.atom_invariants(jnp.asarray(a), jnp.asarray(mixing), l_max, c, n4))
+    assert f.shape == (body_size(c, c, n4, l_max),)
+    pairs = c * (c + 1) // 2
+    iu = np.triu_indices(c)
+    for l in range(l_max + 1):
+        three = f[c + l * pairs : c + (l + 1) * pairs]
+        full = np.zeros((c, c))
+        full[iu] = three
+        full = full + np.triu(full, 1).T
+        al = a[:, l * l : (l + 1) ** 2] / (2 * l + 1) ** 0.25
+        np.testing.assert_allclose(np.linalg.norm(full), np.linalg.norm(al @ al.T), rtol=1e-12)
+    # Order four is the same as with only the first n4 mixed channels given.
+    g = body_order.atom_invariants(jnp.asarray(a), jnp.asarray(mixing[:, :n4]), l_max, n4, n4)
+    n3_block = c + (l_max + 1) * pairs
+    np.testing.assert_allclose(f[n3_block:], np.asarray(g)[c + (l_max + 1) * 3 :], rtol=1e-12)
 
 
 def test_size_defaults_choose_the_atomic_descriptor_for_large_molecules():

@@ -137,7 +137,10 @@ def model_summary(gp, header: dict) -> dict:
 def _explicit_shape(cfg: dict) -> str:
     if cfg.get("descriptor") == "atomic" and cfg.get("env_body4"):
         n, l_max = cfg["env_body4"], cfg["env_body4_lmax"]
-        return f"(per element, body orders 2-4 on {n} channels, l <= {l_max})"
+        n3 = cfg.get("env_body3") or n
+        if n3 == n:
+            return f"(per element, body orders 2-4 on {n} channels, l <= {l_max})"
+        return f"(per element, body orders 2-4: order 3 on {n3} channels, 4 on {n}, l <= {l_max})"
     if cfg.get("descriptor") == "atomic":
         return "(per element, degree 2)"
     return f"(PCA {cfg['explicit_dim']}, cubic {cfg['explicit_cubic']})"

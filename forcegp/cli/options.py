@@ -32,6 +32,7 @@ FLAGS = {
     "env_neighbours": "--env-neighbours",
     "env_body4": "--env-body4",
     "env_body4_lmax": "--env-body4-lmax",
+    "env_body3": "--env-body3",
     "epochs": "--epochs",
     "batch_size": "--batch-size",
     "lr": "--lr",

@@ -188,6 +188,14 @@ def _shown(name: str, fields: dict = CONFIG):
     help="Atomic descriptor: highest l of the body-ordered invariants' couplings (at most --env-lmax).",
 )
 @click.option(
+    "--env-body3",
+    default=CONFIG["env_body3"],
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Atomic descriptor: mixed channels of body order three (0: those of --env-body4; "
+    "elements x --env-radial: every pair of channels).",
+)
+@click.option(
     "--symmetrize/--no-symmetrize",
     default=CONFIG["n_permutations"] > 1,
     show_default=True,
@@ -303,6 +311,7 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "env_neighbours": opts["env_neighbours"],
         "env_body4": opts["env_body4"],
         "env_body4_lmax": opts["env_body4_lmax"],
+        "env_body3": opts["env_body3"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(

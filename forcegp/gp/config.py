@@ -76,6 +76,7 @@ INT_FIELDS = {
     "env_products": (1, MAX_EXPLICIT_DIM),
     "env_neighbours": (0, MAX_ATOMS),
     "env_body4": (0, MAX_BODY_CHANNELS),
+    "env_body3": (0, MAX_BODY_CHANNELS),
     "env_body4_lmax": (0, MAX_LMAX),
 }
 CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
@@ -100,12 +101,13 @@ def body_l_triples(l_max: int) -> tuple[tuple[int, int, int], ...]:
     )
 
 
-def body_size(n_channels: int, n_mixed: int, l_max: int) -> int:
-    """Invariants per atom of gp.body_order: n_channels of body order two, the mixed channels'
-    pairs per l of order three, and their distinct triples per coupling of order four."""
-    n = n_mixed
+def body_size(n_channels: int, n_three: int, n_four: int, l_max: int) -> int:
+    """Invariants per atom of gp.body_order: n_channels of body order two, the pairs of the
+    first n_three mixed channels per l of order three, and the distinct triples of the first
+    n_four per coupling of order four."""
+    n = n_four
     pairs = n * (n + 1) // 2
-    total = n_channels + (l_max + 1) * pairs
+    total = n_channels + (l_max + 1) * n_three * (n_three + 1) // 2
     for l1, l2, l3 in body_l_triples(l_max):
         if l1 == l2 == l3:
             total += n * (n + 1) * (n + 2) // 6
@@ -167,6 +169,8 @@ class Config:
     # body order two to four (gp.body_order), couplings up to env_body4_lmax.
     env_body4: int = 0
     env_body4_lmax: int = 3
+    # Mixed channels of body order three (0: env_body4's; the channels' count: all of them).
+    env_body3: int = 0
 
     @property
     def dim(self) -> int:
@@ -211,7 +215,20 @@ class Config:
         """Body-ordered invariants per atom (and per element in the block) with env_body4."""
         if self.env_body4 <= 0:
             return 0
-        return body_size(self.n_species * self.env_radial, self.env_body4, self.env_body4_lmax)
+        return body_size(
+            self.n_species * self.env_radial, self.body3_channels, self.env_body4, self.env_body4_lmax
+        )
+
+    @property
+    def body3_channels(self) -> int:
+        """Mixed channels of body order three with env_body4: env_body3, else env_body4's."""
+        return self.env_body3 or self.env_body4
+
+    @property
+    def body_mixed(self) -> int:
+        """Rows of each l's channel mixing with env_body4: the more of orders three and four
+        (both take the leading ones)."""
+        return max(self.body3_channels, self.env_body4) if self.env_body4 > 0 else 0
 
     @property
     def body_orders(self) -> tuple[int, int, int]:
@@ -219,7 +236,7 @@ class Config:
         each element's block holds them in this order), else (0, 0, 0)."""
         if self.env_body4 <= 0:
             return (0, 0, 0)
-        channels, n = self.n_species * self.env_radial, self.env_body4
+        channels, n = self.n_species * self.env_radial, self.body3_channels
         three = (self.env_body4_lmax + 1) * n * (n + 1) // 2
         return (channels, three, self.n_body - channels - three)
 
@@ -297,20 +314,21 @@ def model_bytes(config: Config) -> int:
     if config.n_features == 0:
         mlp = 0
     env = config.n_species * config.spectrum_size * config.env_dim
-    env += (config.env_body4_lmax + 1) * config.env_body4 * config.n_species * config.env_radial
+    env += (config.env_body4_lmax + 1) * config.body_mixed * config.n_species * config.env_radial
     return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp + env)
 
 
 def check_body_channels(config: Config) -> None:
-    """ConfigError where env_body4 asks for more mixed channels than the molecule's elements
-    times env_radial give (the mixing would leave some zero)."""
+    """ConfigError where env_body4 or env_body3 asks for more mixed channels than the
+    molecule's elements times env_radial give (the mixing would leave some zero)."""
     channels = config.n_species * config.env_radial
-    if config.env_body4 > channels:
-        raise ConfigError(
-            f"env_body4={config.env_body4} mixed channels asked for, but this molecule's "
-            f"{config.n_species} elements x env_radial={config.env_radial} give {channels}; "
-            f"use at most {channels}"
-        )
+    for name in ("env_body4", "env_body3"):
+        if getattr(config, name) > channels:
+            raise ConfigError(
+                f"{name}={getattr(config, name)} mixed channels asked for, but this molecule's "
+                f"{config.n_species} elements x env_radial={config.env_radial} give {channels}; "
+                f"use at most {channels}"
+            )
 
 
 def validate(values: dict, *, resolved: bool) -> Config:
@@ -342,6 +360,10 @@ def validate(values: dict, *, resolved: bool) -> Config:
     if config.env_body4 and config.descriptor != "atomic":
         raise ConfigError(
             f"env_body4={config.env_body4}: body-ordered invariants need descriptor='atomic'"
+        )
+    if config.env_body3 and not config.env_body4:
+        raise ConfigError(
+            f"env_body3={config.env_body3}: body order three's channels need env_body4 > 0"
         )
     if config.env_body4 and config.env_body4_lmax > config.env_lmax:
         raise ConfigError(

@@ -153,8 +153,9 @@ def _body_terms(config, stats, x, with_grad: bool):
     each column scaled by stats.body_scale (which holds the evidence's multipliers of its
     groups: posterior.with_multipliers)."""
     env = environment.EnvSettings(config)
+    element, orders = np.asarray(stats.elements), body_order.orders(config)
     value, grad = body_order.structure_terms(
-        x, np.asarray(stats.elements), stats.env_mixing, env, config.env_body4_lmax, jacobian=with_grad
+        x, element, stats.env_mixing, env, orders, jacobian=with_grad
     )
     scale = stats.body_scale / config.n_atoms
     return value * scale, (grad * scale[:, None] if with_grad else None)

@@ -39,7 +39,7 @@ class Stats(eqx.Module):
     # "atomic" with pair powers: mean and std (N(N-1)/2,) of the inverse distances.
     pair_mean: jax.Array | None = None
     pair_std: jax.Array | None = None
-    # "atomic" with env_body4: the channel mixing (env_body4_lmax + 1, env_body4, channels) of
+    # "atomic" with env_body4: the channel mixing (env_body4_lmax + 1, body_mixed, channels) of
     # the body-ordered invariants and each of their block's columns' scale (S * n_body,).
     env_mixing: jax.Array | None = None
     body_scale: jax.Array | None = None
@@ -172,7 +172,7 @@ def atomic_stats(config: Config, numbers, projection=None, pairs=None, body=None
     if config.env_body4:
         channels = config.n_species * config.env_radial
         shapes = (
-            (config.env_body4_lmax + 1, config.env_body4, channels),
+            (config.env_body4_lmax + 1, config.body_mixed, channels),
             (config.n_species * config.n_body,),
         )
         mixing, scale = body if body is not None else tuple(jnp.zeros(s) for s in shapes)

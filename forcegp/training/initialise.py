@@ -78,7 +78,7 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
 
 
 def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The body-ordered invariants' channel mixing (the leading env_body4 principal directions
+    """The body-ordered invariants' channel mixing (the leading config.body_mixed principal directions
     of the channels of the atoms' densities in structures x, per l) and the scale of each
     column of their block: one over its RMS in x, so every invariant starts on the same
     footing and the prior scale and evidence weigh them together (gp.body_order)."""
@@ -87,12 +87,12 @@ def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray,
     xs = jnp.asarray(x)
     dens = np.asarray(jax.lax.map(lambda xi: body_order.densities(xi, element, env), xs, batch_size=16))
     mixing = body_order.channel_mixing(
-        dens.reshape(-1, *dens.shape[2:]), config.env_body4, config.env_body4_lmax
+        dens.reshape(-1, *dens.shape[2:]), config.body_mixed, config.env_body4_lmax
     )
-    w = jnp.asarray(mixing)
+    w, orders = jnp.asarray(mixing), body_order.orders(config)
 
     def terms(xi):
-        return body_order.structure_terms(xi, element, w, env, config.env_body4_lmax, jacobian=False)[0]
+        return body_order.structure_terms(xi, element, w, env, orders, jacobian=False)[0]
 
     values = np.asarray(jax.lax.map(terms, xs, batch_size=16)) / config.n_atoms
     rms = np.sqrt(np.mean(values**2, axis=0))

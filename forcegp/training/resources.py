@@ -71,7 +71,8 @@ def atom_bytes(config) -> int:
     )
     if config.env_body4 and config.explicit != "none":
         f, n4 = config.n_body, config.env_body4
-        density += local * (3 * f + config.n_species * config.env_radial * lm + 2 * n4**3)
+        n3 = config.body3_channels
+        density += local * (3 * f + config.n_species * config.env_radial * lm + 2 * n4**3 + n3 * n3)
         density += config.n_species * 3 * f
     return BYTES * (terms + density)
 
