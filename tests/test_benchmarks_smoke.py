@@ -181,6 +181,9 @@ def test_evidence_starts_quick(tmp_path):
     one, two = run_script("evidence_starts", tmp_path)["rows"]
     assert one["starts"].startswith("one") and two["starts"].startswith("two")
     assert one["K"] == two["K"] and two["nll_per_obs"] <= one["nll_per_obs"] + 1e-9
+    # one L-BFGS search from one start, two from two, each with its evaluations counted
+    assert len(one["evaluations"].split(" + ")) == 1 and len(two["evaluations"].split(" + ")) == 2
+    assert all(int(c) > 0 for c in two["evaluations"].split(" + "))
     assert np.isfinite(two["forces_mae_mev"]) and two["forces_mae_mev"] > 0
 
 

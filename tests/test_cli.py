@@ -90,15 +90,19 @@ def test_test_json(workdir, model):
 
 
 def test_train_an_atomic_model_and_report_it(workdir):
-    """--descriptor atomic trains from the command line, and info names the descriptor."""
+    """--descriptor atomic with body-ordered invariants trains from the command line, and info
+    names the descriptor and the body orders' channels."""
     path = workdir / "atomic.fgp"
     result = invoke("train", workdir / "small.extxyz", "-o", path, *TINY, "--descriptor", "atomic",
-                    "--env-dim", "4", "--env-cutoff", "4.0")  # fmt: skip
+                    "--env-dim", "4", "--env-cutoff", "4.0", "--env-radial", "2", "--env-lmax",
+                    "1", "--env-body4", "2", "--env-body4-lmax", "1", "--env-body3", "4")  # fmt: skip
     assert result.exit_code == 0, (result.output, result.exception)
     info = json.loads(invoke("info", path, "--json").stdout)
     config = info["config"]
     assert config["descriptor"] == "atomic" and config["n_species"] == 3
     assert config["env_dim"] == 4 and config["env_cutoff"] == 4.0 and config["n_permutations"] == 1
+    assert (config["env_body4"], config["env_body3"], config["env_body4_lmax"]) == (2, 4, 1)
+    assert "body orders 2-4: order 3 on 4 channels, 4 on 2, l <= 1" in invoke("info", path).stdout
 
 
 def test_predict(workdir, model):

@@ -165,9 +165,13 @@ def test_evidence_search_leaves_the_noise_plateau(monkeypatch):
     found = evidence.maximise(suff, groups, 1.0, 1.0)
     assert found[0][1] > 100 and found[2] < 0.02, found
     monkeypatch.setattr(evidence, "NOISE_RESTART", 1.0)  # the search from the given start only
+    searches = []
+    real = evidence._search
+    monkeypatch.setattr(evidence, "_search", lambda *a: searches.append(1) or real(*a))
     stuck = evidence.maximise(suff, groups, 1.0, 1.0)
     assert stuck[2] > 1.0, stuck
     assert nll(found) < nll(stuck) - 1.0
+    assert len(searches) == 1  # the same start is not searched twice
 
 
 def avals(tree):

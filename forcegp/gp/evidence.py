@@ -137,10 +137,12 @@ def maximise(
     start = start_at(1.0)
     start_value, start_grad = nll_and_grad(start, st, groups)
     best, best_value = start, start_value
+    searched = []
     for divide in (1.0, NOISE_RESTART):
         first = start_at(divide)
-        if divide != 1.0 and np.array_equal(first, start):
-            continue  # both noise levels already at the floor: the same search
+        if any(np.array_equal(first, s) for s in searched):
+            continue  # the same start (noise levels at the floor, or no restart): the same search
+        searched.append(first)
         x, value = _search(st, groups, first, bounds, max_iter, start_value, start_grad, start)
         if np.isfinite(value) and value < best_value:
             best, best_value = x, value
