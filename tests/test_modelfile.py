@@ -399,7 +399,7 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     # A file from before the env_products setting took products of all env_dim components (and
     # had no body-ordered invariants).
     header, payload = split(path)
-    added = ("env_products", "env_body4", "env_body4_lmax")
+    added = ("env_products", "env_body4", "env_body4_lmax", "env_body3")
     rewrite(path, {**header, "config": {k: v for k, v in header["config"].items()
                                         if k not in added}}, payload)  # fmt: skip
     loaded, _ = modelfile.load_model(path, numbers=data.numbers)
