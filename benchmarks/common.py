@@ -420,3 +420,51 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--out", default=None, help="results folder (benchmarks/results/; --quick: its tmp/)"
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+class EvidenceCalls:
+    """While active, records every forcegp.gp.evidence.nll_and_grad call (seconds, NLL per
+    observation) in ``calls`` and every L-BFGS search of evidence.maximise (evaluations, the
+    NLL per observation it ends at, seconds) in ``searches``; with ``tol``, sets
+    evidence.TOL_NATS to it meanwhile."""
+
+    def __init__(self, tol: float | None = None):
+        self.tol, self.calls, self.searches = tol, [], []
+
+    def __enter__(self):
+        from forcegp.gp import evidence
+
+        self.real = evidence.nll_and_grad, evidence._search, evidence.TOL_NATS
+
+        def counted(*args):
+            t0 = time.perf_counter()
+            out = self.real[0](*args)
+            self.calls.append((time.perf_counter() - t0, float(out[0])))
+            return out
+
+        def search(*args, **kwargs):
+            before, t0 = len(self.calls), time.perf_counter()
+            out = self.real[1](*args, **kwargs)
+            self.searches.append((len(self.calls) - before, out[1], time.perf_counter() - t0))
+            return out
+
+        evidence.nll_and_grad, evidence._search = counted, search
+        if self.tol is not None:
+            evidence.TOL_NATS = self.tol
+        return self
+
+    def __exit__(self, *exc):
+        from forcegp.gp import evidence
+
+        evidence.nll_and_grad, evidence._search, evidence.TOL_NATS = self.real
+
+    def seconds(self) -> float:
+        return sum(s for s, _ in self.calls)
+
+    def per_search(self) -> dict:
+        """Each search's evaluations, end value and seconds, as table cells."""
+        return {
+            "evaluations": " + ".join(str(n) for n, _, _ in self.searches),
+            "search_ends": " / ".join(f"{v:.4g}" for _, v, _ in self.searches),
+            "search_seconds": " + ".join(f"{t:.0f}" for _, _, t in self.searches),
+        }

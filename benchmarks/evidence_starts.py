@@ -35,42 +35,6 @@ QUICK = {"env_dim": 6, "env_radial": 3, "env_lmax": 2}
 SEARCHES = {"one": ("one (initial noise)", 1.0), "two": ("two (library)", None)}
 
 
-class Searches:
-    """Per L-BFGS search that evidence.maximise runs while active: its evaluations
-    (evidence.nll_and_grad calls), the NLL per observation it ends at and its seconds."""
-
-    def __enter__(self):
-        from forcegp.gp import evidence
-
-        self.real = evidence._search, evidence.nll_and_grad
-        self.calls, self.searches = 0, []
-
-        def counted(*args):
-            self.calls += 1
-            return self.real[1](*args)
-
-        def search(*args, **kwargs):
-            before, t0 = self.calls, time.perf_counter()
-            out = self.real[0](*args, **kwargs)
-            self.searches.append((self.calls - before, out[1], time.perf_counter() - t0))
-            return out
-
-        evidence._search, evidence.nll_and_grad = search, counted
-        return self
-
-    def __exit__(self, *exc):
-        from forcegp.gp import evidence
-
-        evidence._search, evidence.nll_and_grad = self.real
-
-    def summary(self) -> dict:
-        return {
-            "evaluations": " + ".join(str(n) for n, _, _ in self.searches),
-            "search_ends": " / ".join(f"{v:.4g}" for _, v, _ in self.searches),
-            "search_seconds": " + ".join(f"{t:.0f}" for _, _, t in self.searches),
-        }
-
-
 def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "two")) -> list[dict]:
     """One row per search in `searches` ("one": from the initial noise only; "two": the
     library's search) on one accumulation of the --config model's statistics."""
@@ -102,7 +66,7 @@ def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "t
         evidence.NOISE_RESTART = restart
         try:
             t0 = time.perf_counter()
-            with Searches() as counted:
+            with common.EvidenceCalls() as counted:
                 mult, ne, nf = evidence.maximise(suff, groups, float(h.noise_energy),
                                                  float(h.noise_force))  # fmt: skip
             search_s = time.perf_counter() - t0
@@ -121,7 +85,7 @@ def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "t
             "starts": starts, "nll_per_obs": float(evidence.nll_and_grad(params, st, groups)[0]),
             "multipliers": [float(v) for v in mult], "noise_energy": ne, "noise_force": nf,
             "accumulate_s": accumulate_s, "search_s": search_s, "n_test": n_test,
-            **counted.summary(),
+            **counted.per_search(),
             "forces_mae_mev": 1000 * float(np.mean(np.abs(f_err))),
             "energy_mae_mev": 1000 * float(np.mean(np.abs(e_err))),
         })  # fmt: skip

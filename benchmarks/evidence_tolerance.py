@@ -55,35 +55,6 @@ def read_split(molecule: str, n: int, quick: bool):
     return train, valid, test.subset(np.arange(50)) if quick else test
 
 
-class _Counted:
-    """Counts and times evidence.nll_and_grad calls while active; sets evidence.TOL_NATS."""
-
-    def __init__(self, tol: float):
-        self.tol, self.calls = tol, []
-
-    def __enter__(self):
-        from forcegp.gp import evidence
-
-        self.real, self.real_tol = evidence.nll_and_grad, evidence.TOL_NATS
-
-        def counted(*args):
-            t0 = time.perf_counter()
-            out = self.real(*args)
-            self.calls.append((time.perf_counter() - t0, float(out[0])))
-            return out
-
-        evidence.nll_and_grad, evidence.TOL_NATS = counted, self.tol
-        return self
-
-    def __exit__(self, *exc):
-        from forcegp.gp import evidence
-
-        evidence.nll_and_grad, evidence.TOL_NATS = self.real, self.real_tol
-
-    def seconds(self) -> float:
-        return sum(s for s, _ in self.calls)
-
-
 def test_metrics(model, test) -> dict:
     from forcegp.training import evaluation
 
@@ -111,7 +82,7 @@ def worker_whole(spec: dict) -> dict:
         return real_fit(*args, **kwargs)
 
     posterior.fit = fit
-    with _Counted(spec["tol"]) as counter:
+    with common.EvidenceCalls(spec["tol"]) as counter:
         t0 = time.perf_counter()
         model, meta = pipeline.train_model(train, valid=valid, seed=0, config_kwargs=config)
         train_s = time.perf_counter() - t0
@@ -183,7 +154,7 @@ def fit_with(tol: float, held: dict, valid, test) -> dict:
     from forcegp.gp import posterior
     from forcegp.training import evaluation
 
-    with _Counted(tol) as counter:
+    with common.EvidenceCalls(tol) as counter:
         t0 = time.perf_counter()
         model = posterior.fit(*held["args"], **{**held["kwargs"], "progress": None})
         fit_s = time.perf_counter() - t0

@@ -137,7 +137,7 @@ def model_summary(gp, header: dict) -> dict:
 def _explicit_shape(cfg: dict) -> str:
     if cfg.get("descriptor") == "atomic" and cfg.get("env_body4"):
         n, l_max = cfg["env_body4"], cfg["env_body4_lmax"]
-        n3 = cfg.get("env_body3") or n
+        n3 = Config(**cfg).body3_channels
         if n3 == n:
             return f"(per element, body orders 2-4 on {n} channels, l <= {l_max})"
         return f"(per element, body orders 2-4: order 3 on {n3} channels, 4 on {n}, l <= {l_max})"

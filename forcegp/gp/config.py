@@ -101,21 +101,26 @@ def body_l_triples(l_max: int) -> tuple[tuple[int, int, int], ...]:
     )
 
 
-def body_size(n_channels: int, n_three: int, n_four: int, l_max: int) -> int:
-    """Invariants per atom of gp.body_order: n_channels of body order two, the pairs of the
-    first n_three mixed channels per l of order three, and the distinct triples of the first
-    n_four per coupling of order four."""
+def body_sizes(n_channels: int, n_three: int, n_four: int, l_max: int) -> tuple[int, int, int]:
+    """Invariants per atom of gp.body_order of body order two (n_channels), three (the pairs
+    of the first n_three mixed channels per l) and four (the distinct triples of the first
+    n_four per coupling)."""
     n = n_four
     pairs = n * (n + 1) // 2
-    total = n_channels + (l_max + 1) * n_three * (n_three + 1) // 2
+    four = 0
     for l1, l2, l3 in body_l_triples(l_max):
         if l1 == l2 == l3:
-            total += n * (n + 1) * (n + 2) // 6
+            four += n * (n + 1) * (n + 2) // 6
         elif l1 == l2 or l2 == l3:
-            total += pairs * n
+            four += pairs * n
         else:
-            total += n**3
-    return total
+            four += n**3
+    return n_channels, (l_max + 1) * n_three * (n_three + 1) // 2, four
+
+
+def body_size(n_channels: int, n_three: int, n_four: int, l_max: int) -> int:
+    """Invariants per atom of gp.body_order, all body orders (body_sizes)."""
+    return sum(body_sizes(n_channels, n_three, n_four, l_max))
 
 
 def descriptor_size(config: Config) -> int:
@@ -213,11 +218,7 @@ class Config:
     @property
     def n_body(self) -> int:
         """Body-ordered invariants per atom (and per element in the block) with env_body4."""
-        if self.env_body4 <= 0:
-            return 0
-        return body_size(
-            self.n_species * self.env_radial, self.body3_channels, self.env_body4, self.env_body4_lmax
-        )
+        return sum(self.body_orders)
 
     @property
     def body3_channels(self) -> int:
@@ -236,9 +237,8 @@ class Config:
         each element's block holds them in this order), else (0, 0, 0)."""
         if self.env_body4 <= 0:
             return (0, 0, 0)
-        channels, n = self.n_species * self.env_radial, self.body3_channels
-        three = (self.env_body4_lmax + 1) * n * (n + 1) // 2
-        return (channels, three, self.n_body - channels - three)
+        channels = self.n_species * self.env_radial
+        return body_sizes(channels, self.body3_channels, self.env_body4, self.env_body4_lmax)
 
     @property
     def n_explicit_linear(self) -> int:
