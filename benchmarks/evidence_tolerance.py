@@ -125,8 +125,10 @@ class _Captured(Exception):
     """Raised by the patched posterior.fit once it holds train_model's arguments."""
 
 
-def trained_before_fit(molecule: str, n: int, quick: bool):
-    """(model, x, y, g, fit kwargs, valid, test): train_model's state at its posterior fit."""
+def trained_before_fit(molecule: str, n: int, quick: bool, config: dict | None = None):
+    """({"args": (model, x, y, g), "kwargs": fit kwargs}, valid, test, seconds): train_model's
+    state at its posterior fit; config: Config settings (default: the library's, or
+    common.QUICK_CONFIG with quick)."""
     from forcegp.gp import posterior
     from forcegp.training import pipeline
 
@@ -140,9 +142,9 @@ def trained_before_fit(molecule: str, n: int, quick: bool):
     posterior.fit = capture
     t0 = time.perf_counter()
     try:
-        pipeline.train_model(
-            train, valid=valid, seed=0, config_kwargs=common.QUICK_CONFIG if quick else None
-        )
+        if config is None:
+            config = common.QUICK_CONFIG if quick else None
+        pipeline.train_model(train, valid=valid, seed=0, config_kwargs=config)
     except _Captured:
         pass
     finally:

@@ -176,6 +176,19 @@ def test_evidence_tolerance_quick(tmp_path):
 
 
 @needs_data
+def test_fit_search_quick(tmp_path):
+    """Each search fits the same trained model: the one-start search runs one L-BFGS search, the
+    others two; every fit is tested."""
+    rows = run_script("fit_search", tmp_path)["rows"]
+    assert [r["search"] for r in rows] == ["all groups", "DSoftKI + noise", "DSoftKI + noise, one start"]
+    assert len({r["K"] for r in rows}) == 1 and len({r["before_fit_s"] for r in rows}) == 1
+    assert [len(r["evaluations"].split(" + ")) for r in rows] == [2, 2, 1]
+    assert all(np.isfinite(r["forces_mae_mev"]) and r["forces_mae_mev"] > 0 for r in rows)
+    # holding the explicit block's scales changes where the search ends
+    assert rows[0]["nll_per_obs"] != rows[1]["nll_per_obs"]
+
+
+@needs_data
 def test_evidence_starts_quick(tmp_path):
     """Both searches run on one set of statistics; the second start never ends worse."""
     one, two = run_script("evidence_starts", tmp_path)["rows"]

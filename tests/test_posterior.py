@@ -174,6 +174,30 @@ def test_evidence_search_leaves_the_noise_plateau(monkeypatch):
     assert len(searches) == 1  # the same start is not searched twice
 
 
+def test_evidence_search_of_some_groups_holds_the_others(small_problem):
+    """With search_groups the other groups keep multiplier 1 and the searched ones and the noise
+    levels end at a stationary point of the evidence in those coordinates; a search of every
+    group ends no higher."""
+    pb = small_problem
+    suff = statistics.accumulate(pb.model, pb.x, pb.y, pb.g)
+    groups = posterior.basis_groups(pb.model.config)
+    st, h = evidence.Statistics(suff), pb.model.hyper
+    noise = float(h.noise_energy), float(h.noise_force)
+
+    def nll_grad(result):
+        mult, ne, nf = result
+        return evidence.nll_and_grad(np.log([*mult, ne, nf]), st, groups)
+
+    part = evidence.maximise(suff, groups, *noise, search_groups=[0])
+    whole = evidence.maximise(suff, groups, *noise)
+    assert np.all(part[0][1:] == 1.0) and part[0][0] != 1.0
+    value, grad = nll_grad(part)
+    n_obs = st.n_e + st.n_f
+    assert np.all(np.abs(grad[[0, -2, -1]]) * n_obs < 0.5), grad * n_obs
+    assert np.abs(grad[1:-2]).max() * n_obs > 1.0  # the held groups are not at their optimum
+    assert nll_grad(whole)[0] <= value + 1e-9
+
+
 def avals(tree):
     return [(v.dtype, v.shape, v.weak_type) for v in jax.tree_util.tree_leaves(tree) if eqx.is_array(v)]
 

@@ -111,31 +111,44 @@ def maximise(
     noise_e: float,
     noise_f: float,
     *,
+    search_groups=None,
     max_iter: int = 40,
 ) -> tuple[np.ndarray, float, float]:
     """Column-group multipliers and noise levels of the exact maximum marginal likelihood.
 
-    groups: (K,) group index of every basis column (0..G-1). Searches from multipliers 1 with
-    the given noise levels and again with noise levels NOISE_RESTART times smaller, and keeps
-    the better optimum: a block whose columns start small against the noise has a vanishing
-    gradient (1 - P^-1_jj - beta_j^2 -> 0), so from a large noise the search can stop on the
-    plateau where the noise explains what that block would (docs/method.md §9). Noise levels
-    stay above twice the model's floor. Returns (multipliers (G,), noise_e, noise_f); the start
-    if no search improves on it.
+    groups: (K,) group index of every basis column (0..G-1). search_groups: the groups whose
+    multipliers are searched (default: all); the others stay at 1. Searches from multipliers 1
+    with the given noise levels and again with noise levels NOISE_RESTART times smaller, and
+    keeps the better optimum: a block whose columns start small against the noise has a
+    vanishing gradient (1 - P^-1_jj - beta_j^2 -> 0), so from a large noise the search can stop
+    on the plateau where the noise explains what that block would (docs/method.md §9). Noise
+    levels stay above twice the model's floor. Returns (multipliers (G,), noise_e, noise_f);
+    the start if no search improves on it.
     """
     st = Statistics(suff)
     groups = np.asarray(groups, dtype=np.int64)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
+    free = np.arange(n_groups) if search_groups is None else np.asarray(search_groups, dtype=np.int64)
     floor = np.log(2 * NOISE_FLOOR)
-    bounds = [(-20.0, 20.0)] * n_groups + [(floor, 10.0)] * 2
+    bounds = [(-20.0, 20.0)] * len(free) + [(floor, 10.0)] * 2
+
+    def full(params):  # every group's log multiplier (0 where not searched) and the noise levels
+        out = np.zeros(n_groups + 2)
+        out[free] = params[: len(free)]
+        out[-2:] = params[-2:]
+        return out
+
+    def objective(params):
+        value, grad = nll_and_grad(full(params), st, groups)
+        return value, np.concatenate([grad[free], grad[-2:]])
 
     def start_at(divide):
         lo = 2.5 * NOISE_FLOOR
         noise = [max(noise_e / divide, lo), max(noise_f / divide, lo)]
-        return np.concatenate([np.zeros(n_groups), np.log(noise)])
+        return np.concatenate([np.zeros(len(free)), np.log(noise)])
 
     start = start_at(1.0)
-    start_value, start_grad = nll_and_grad(start, st, groups)
+    start_value, start_grad = objective(start)
     best, best_value = start, start_value
     searched = []
     for divide in (1.0, NOISE_RESTART):
@@ -143,9 +156,10 @@ def maximise(
         if any(np.array_equal(first, s) for s in searched):
             continue  # the same start (noise levels at the floor, or no restart): the same search
         searched.append(first)
-        x, value = _search(st, groups, first, bounds, max_iter, start_value, start_grad, start)
+        x, value = _search(objective, st, first, bounds, max_iter, start_value, start_grad, start)
         if np.isfinite(value) and value < best_value:
             best, best_value = x, value
+    best = full(best)
     return np.exp(best[:n_groups]), float(np.exp(best[-2])), float(np.exp(best[-1]))
 
 
@@ -153,13 +167,14 @@ def maximise(
 NOISE_RESTART = 10.0
 
 
-def _search(st, groups, first, bounds, max_iter, start_value, start_grad, start):
-    """One L-BFGS-B search from ``first``; returns (params, NLL per observation)."""
+def _search(evaluate, st, first, bounds, max_iter, start_value, start_grad, start):
+    """One L-BFGS-B search of evaluate (params -> (NLL per observation, gradient)) from
+    ``first``; returns (params, NLL per observation)."""
 
     def objective(params):  # the evaluation at the start is done once
         if np.array_equal(params, start):
             return start_value, start_grad.copy()
-        return nll_and_grad(params, st, groups)
+        return evaluate(params)
 
     options = {"maxiter": max_iter}
     if TOL_NATS > 0:

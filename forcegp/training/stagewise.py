@@ -95,6 +95,16 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
     return model, res_y, res_g
 
 
+def fit_search_groups(config):
+    """The groups of posterior.basis_groups whose scales the final fit searches after
+    explicit_prefit (None: all). With the body-ordered block (three scales per element, K in
+    the thousands, so about K^3 flops per evaluation of the evidence) the explicit block keeps
+    the scales of its prefit and the fit searches DSoftKI's scale and the noise levels only:
+    that search takes a fraction of the evaluations for the same accuracy
+    (benchmarks/fit_search.py, docs/benchmarks.md)."""
+    return (0,) if config.env_body4 and config.explicit != "none" else None
+
+
 def soft_only(model: ForceGP) -> ForceGP:
     """The same model without the explicit block (for training DSoftKI on the residual)."""
     config = dataclasses.replace(model.config, explicit="none")
