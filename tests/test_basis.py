@@ -533,7 +533,7 @@ def test_more_mixed_channels_than_channels_are_refused(methanol_data, name, extr
 
     positions, e, f = methanol_data
     options = {"env_body4": 10, "env_body4_lmax": 2} | extra | {name: 10}
-    with pytest.raises(InputError, match=f"{name}=10 mixed channels .* give 9; use at most 9"):
+    with pytest.raises(InputError, match=f"`{name}`=10 mixed channels .* give 9; use at most 9"):
         build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_radial=3,
                     env_lmax=2, **options)  # fmt: skip
 

@@ -172,6 +172,11 @@ def test_bad_inputs(workdir, model):
     assert result.exit_code == 2 and "Traceback" not in result.output
     result = invoke("train", workdir / "small.extxyz", "-o", "x.fgp", "--max-memory", "lots")
     assert result.exit_code == 2
+    # Settings that do not fit this molecule are named by their flags.
+    body = ["--descriptor", "atomic", "--env-body4", "40"]
+    err = one_line_error(invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", *body), 2)
+    assert "--env-body4=40 mixed channels" in err and "--env-radial=" in err, err
+    assert not (workdir / "x.fgp").exists()
     # A memory cap the fit cannot meet: refused before training, with the basis size named.
     err = one_line_error(
         invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", "--max-memory", "1K"), 1

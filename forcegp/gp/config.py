@@ -325,8 +325,8 @@ def check_body_channels(config: Config) -> None:
     for name in ("env_body4", "env_body3"):
         if getattr(config, name) > channels:
             raise ConfigError(
-                f"{name}={getattr(config, name)} mixed channels asked for, but this molecule's "
-                f"{config.n_species} elements x env_radial={config.env_radial} give {channels}; "
+                f"`{name}`={getattr(config, name)} mixed channels asked for, but this molecule's "
+                f"{config.n_species} elements x `env_radial`={config.env_radial} give {channels}; "
                 f"use at most {channels}"
             )
 
@@ -349,25 +349,25 @@ def validate(values: dict, *, resolved: bool) -> Config:
         auto = not resolved and name in AUTO_FIELDS and value == AUTO
         if not (is_int(value) and (low <= value <= high or auto)):
             also = f" or {AUTO} (auto)" if name in AUTO_FIELDS and not resolved else ""
-            raise ConfigError(f"{name}={value!r} is not an integer in [{low}, {high}]{also}")
+            raise ConfigError(f"`{name}`={value!r} is not an integer in [{low}, {high}]{also}")
     for name, choices in CHOICE_FIELDS.items():
         if getattr(config, name) not in choices:
-            raise ConfigError(f"{name}={getattr(config, name)!r} is not one of {list(choices)}")
+            raise ConfigError(f"`{name}`={getattr(config, name)!r} is not one of {list(choices)}")
     for name, (low, high) in FLOAT_FIELDS.items():
         value = getattr(config, name)
         if not (_is_real(value) and low <= value < high):
-            raise ConfigError(f"{name}={value!r} is not a number in [{low:g}, {high:g})")
+            raise ConfigError(f"`{name}`={value!r} is not a number in [{low:g}, {high:g})")
     if config.env_body4 and config.descriptor != "atomic":
         raise ConfigError(
-            f"env_body4={config.env_body4}: body-ordered invariants need descriptor='atomic'"
+            f"`env_body4`={config.env_body4}: body-ordered invariants need `descriptor`='atomic'"
         )
     if config.env_body3 and not config.env_body4:
         raise ConfigError(
-            f"env_body3={config.env_body3}: body order three's channels need env_body4 > 0"
+            f"`env_body3`={config.env_body3}: body order three's channels need `env_body4` > 0"
         )
     if config.env_body4 and config.env_body4_lmax > config.env_lmax:
         raise ConfigError(
-            f"env_body4_lmax={config.env_body4_lmax} is above env_lmax={config.env_lmax}, the "
+            f"`env_body4_lmax`={config.env_body4_lmax} is above `env_lmax`={config.env_lmax}, the "
             "highest l of the density"
         )
     if resolved:
