@@ -15,7 +15,8 @@ trained model once per search:
 - "all groups": every block's scale and the noise levels (evidence.maximise's two starts);
 - "DSoftKI + noise": DSoftKI's scale and the noise levels, the explicit block keeping the
   prefit's scales (two starts);
-- "DSoftKI + noise, one start": the same from the trained noise levels only.
+- "DSoftKI + noise, one start": the same from the trained noise levels only (the library's
+  search for a model with the body-ordered block, stagewise.fit_search).
 
 Each fit is followed by the amplitude calibration on the held-out structures (no input-dependent
 noise) and tested on the 1000 structures of test_01: the fit's time, the evaluations and NLL
@@ -36,11 +37,11 @@ import evidence_tolerance  # noqa: E402
 
 CONFIG = ["descriptor=atomic", "env_body4=7", "env_radial=6"]
 
-#: name -> (search_groups of posterior.fit: None all, (0,) DSoftKI only; NOISE_RESTART or None)
+#: name -> posterior.fit's search (refine_blocks's search_groups and restart)
 SEARCHES = {
-    "all groups": (None, None),
-    "DSoftKI + noise": ((0,), None),
-    "DSoftKI + noise, one start": ((0,), 1.0),
+    "all groups": {},
+    "DSoftKI + noise": {"search_groups": (0,)},
+    "DSoftKI + noise, one start": {"search_groups": (0,), "restart": False},
 }
 
 COLUMNS = [
@@ -61,21 +62,14 @@ COLUMNS = [
 
 def fit_with(name: str, held: dict, valid, test) -> dict:
     """The fit from train_model's state with the search `name`, calibrated and tested."""
-    from forcegp.gp import evidence, posterior
+    from forcegp.gp import posterior
     from forcegp.training import evaluation
 
-    search_groups, restart = SEARCHES[name]
-    real_restart = evidence.NOISE_RESTART
-    if restart is not None:
-        evidence.NOISE_RESTART = restart
-    try:
-        with common.EvidenceCalls() as counted:
-            t0 = time.perf_counter()
-            kwargs = {**held["kwargs"], "progress": None, "search_groups": search_groups}
-            model = posterior.fit(*held["args"], **kwargs)
-            fit_s = time.perf_counter() - t0
-    finally:
-        evidence.NOISE_RESTART = real_restart
+    with common.EvidenceCalls() as counted:
+        t0 = time.perf_counter()
+        kwargs = {**held["kwargs"], "progress": None, "search": SEARCHES[name]}
+        model = posterior.fit(*held["args"], **kwargs)
+        fit_s = time.perf_counter() - t0
     model, calibration = evaluation.calibrate(model, valid)
     metrics = evaluation.evaluate(model, test)
     return {

@@ -112,16 +112,18 @@ def maximise(
     noise_f: float,
     *,
     search_groups=None,
+    restart: bool = True,
     max_iter: int = 40,
 ) -> tuple[np.ndarray, float, float]:
     """Column-group multipliers and noise levels of the exact maximum marginal likelihood.
 
     groups: (K,) group index of every basis column (0..G-1). search_groups: the groups whose
     multipliers are searched (default: all); the others stay at 1. Searches from multipliers 1
-    with the given noise levels and again with noise levels NOISE_RESTART times smaller, and
-    keeps the better optimum: a block whose columns start small against the noise has a
-    vanishing gradient (1 - P^-1_jj - beta_j^2 -> 0), so from a large noise the search can stop
-    on the plateau where the noise explains what that block would (docs/method.md §9). Noise
+    with the given noise levels and, with ``restart``, again with noise levels NOISE_RESTART
+    times smaller, and keeps the better optimum: a block whose columns start small against the
+    noise has a vanishing gradient (1 - P^-1_jj - beta_j^2 -> 0), so from a large noise the
+    search can stop on the plateau where the noise explains what that block would
+    (docs/method.md §9); a start already near the optimum needs no restart. Noise
     levels stay above twice the model's floor. Returns (multipliers (G,), noise_e, noise_f);
     the start if no search improves on it.
     """
@@ -151,7 +153,7 @@ def maximise(
     start_value, start_grad = objective(start)
     best, best_value = start, start_value
     searched = []
-    for divide in (1.0, NOISE_RESTART):
+    for divide in (1.0, NOISE_RESTART) if restart else (1.0,):
         first = start_at(divide)
         if any(np.array_equal(first, s) for s in searched):
             continue  # the same start (noise levels at the floor, or no restart): the same search

@@ -113,21 +113,23 @@ def scaled_statistics(suff: Sufficient, mult) -> Sufficient:
     )
 
 
-def refine_blocks(suff: Sufficient, model: ForceGP, search_groups=None):
+def refine_blocks(suff: Sufficient, model: ForceGP, search_groups=None, restart: bool = True):
     """Exact full-data maximum likelihood for one scale per block of basis functions (DSoftKI,
     explicit pair terms, explicit products) and both noise levels. search_groups: the groups
-    of basis_groups whose scales are searched (default: all; the others keep theirs). Returns
+    of basis_groups whose scales are searched (default: all; the others keep theirs); restart:
+    evidence.maximise's second start. Returns
     (multipliers (G,), noise_e, noise_f); multiply the columns of group g by multipliers[g]."""
     h = model.hyper
     groups = basis_groups(model.config)
     return evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force),
-                             search_groups=search_groups)  # fmt: skip
+                             search_groups=search_groups, restart=restart)  # fmt: skip
 
 
-def refined(suff: Sufficient, model: ForceGP, search_groups=None) -> tuple[ForceGP, Sufficient]:
+def refined(suff: Sufficient, model: ForceGP, **search) -> tuple[ForceGP, Sufficient]:
     """The model with the block scales and noise levels of refine_blocks folded in, and the
-    statistics of its (rescaled) basis, ready for solve with the new model's noise levels."""
-    mult, noise_e, noise_f = refine_blocks(suff, model, search_groups)
+    statistics of its (rescaled) basis, ready for solve with the new model's noise levels.
+    search: refine_blocks's search_groups and restart."""
+    mult, noise_e, noise_f = refine_blocks(suff, model, **search)
     model = with_multipliers(model, mult, noise_e, noise_f)
     return model, scaled_statistics(suff, np.asarray(mult)[basis_groups(model.config)])
 
@@ -207,16 +209,17 @@ def with_scale_and_noise(model: ForceGP, scale: float, noise_e: float, noise_f: 
     return with_multipliers(model, (scale,) * n_groups(model.config), noise_e, noise_f)
 
 
-def fit(model: ForceGP, x, y, g, *, refine: bool = True, search_groups=None, **kwargs) -> ForceGP:
+def fit(model: ForceGP, x, y, g, *, refine: bool = True, search: dict | None = None, **kwargs):
     """Return the model with its posterior fitted on standardised data x (n, D), y (n,), g (n, D).
 
-    With ``refine`` the scale of each block of basis functions (those of ``search_groups``,
-    default all) and the noise levels are first set by the exact marginal likelihood of the
-    whole training set (see refine_blocks); the basis functions are otherwise unchanged, so the
-    statistics need one pass only. The result is the exact posterior of the final model.
+    With ``refine`` the scale of each block of basis functions and the noise levels are first
+    set by the exact marginal likelihood of the whole training set (see refine_blocks, which
+    takes ``search``: the groups searched, default all, and whether to restart); the basis
+    functions are otherwise unchanged, so the statistics need one pass only. The result is the
+    exact posterior of the final model.
     """
     suff = accumulate(model, x, y, g, **kwargs)
     if refine:
-        model, suff = refined(suff, model, search_groups)
+        model, suff = refined(suff, model, **(search or {}))
     post = solve(suff, model.hyper.noise_energy, model.hyper.noise_force)
     return eqx.tree_at(lambda m: m.posterior, model, post, is_leaf=lambda v: v is None)

@@ -33,7 +33,7 @@ from .initialise import initialize, match_prior_scale, standardise_targets
 from .loop import TrainState, optimizer
 from .resources import check_step_memory, chunk_for, make_mesh, misfit_gammas_per_pass
 from .settings import TrainSettings, check_settings
-from .stagewise import explicit_prefit, fit_search_groups, soft_only
+from .stagewise import explicit_prefit, fit_search, soft_only
 
 #: Largest number of atom permutations the symmetrised model averages over.
 MAX_SYMMETRY_PERMUTATIONS = Config.n_permutations
@@ -204,7 +204,7 @@ def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, f
     try:
         model = posterior.fit(model, run.x, run.y, run.g, chunk=run.chunk, mesh=run.mesh,
                               progress=on_chunk,
-                              search_groups=fit_search_groups(model.config))  # fmt: skip
+                              search=fit_search(model.config))  # fmt: skip
     except KeyboardInterrupt:
         saved = _saved_epoch(checkpoint, run.fingerprint, run.run_settings)
         done = {"epoch": run.settings.epochs, "saved": saved}
