@@ -251,8 +251,8 @@ def check_config(path, raw) -> Config:
         )
     try:
         return validate(raw, resolved=True)
-    except ConfigError as err:
-        raise file_error(path, f"config: {err}") from None
+    except ConfigError as err:  # the file's fields, not the command line's flags: no backquotes
+        raise file_error(path, f"config: {str(err).replace('`', '')}") from None
 
 
 def checked_numbers(path, header: dict, config: Config) -> tuple[int, ...]:
