@@ -139,11 +139,11 @@ def trained_before_fit(molecule: str, n: int, quick: bool, config: dict | None =
         held.update(args=(model, x, y, g), kwargs=kwargs)
         raise _Captured
 
+    if config is None:
+        config = common.QUICK_CONFIG if quick else None
     posterior.fit = capture
     t0 = time.perf_counter()
     try:
-        if config is None:
-            config = common.QUICK_CONFIG if quick else None
         pipeline.train_model(train, valid=valid, seed=0, config_kwargs=config)
     except _Captured:
         pass
