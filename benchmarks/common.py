@@ -423,10 +423,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 class EvidenceCalls:
-    """While active, records every forcegp.gp.evidence.nll_and_grad call (seconds, NLL per
-    observation) in ``calls`` and every L-BFGS search of evidence.maximise (evaluations, the
-    NLL per observation it ends at, seconds) in ``searches``; with ``tol``, sets
-    evidence.TOL_NATS to it meanwhile."""
+    """While active, records every forcegp.gp.evidence evaluation (nll_and_grad or
+    nll_and_curvature: seconds, NLL per observation) in ``calls`` and every search of
+    evidence.maximise (L-BFGS or Newton's method: evaluations, the NLL per observation it ends
+    at, seconds) in ``searches``; with ``tol``, sets evidence.TOL_NATS to it meanwhile."""
+
+    WRAPPED = ("nll_and_grad", "nll_and_curvature", "_search", "_newton")
 
     def __init__(self, tol: float | None = None):
         self.tol, self.calls, self.searches = tol, [], []
@@ -434,21 +436,29 @@ class EvidenceCalls:
     def __enter__(self):
         from forcegp.gp import evidence
 
-        self.real = evidence.nll_and_grad, evidence._search, evidence.TOL_NATS
+        self.real = {name: getattr(evidence, name) for name in (*self.WRAPPED, "TOL_NATS")}
 
-        def counted(*args):
-            t0 = time.perf_counter()
-            out = self.real[0](*args)
-            self.calls.append((time.perf_counter() - t0, float(out[0])))
-            return out
+        def counted(real):
+            def call(*args):
+                t0 = time.perf_counter()
+                out = real(*args)
+                self.calls.append((time.perf_counter() - t0, float(out[0])))
+                return out
 
-        def search(*args, **kwargs):
-            before, t0 = len(self.calls), time.perf_counter()
-            out = self.real[1](*args, **kwargs)
-            self.searches.append((len(self.calls) - before, out[1], time.perf_counter() - t0))
-            return out
+            return call
 
-        evidence.nll_and_grad, evidence._search = counted, search
+        def search(real):
+            def call(*args, **kwargs):
+                before, t0 = len(self.calls), time.perf_counter()
+                out = real(*args, **kwargs)
+                self.searches.append((len(self.calls) - before, out[1], time.perf_counter() - t0))
+                return out
+
+            return call
+
+        for name in self.WRAPPED:
+            wrap = search if name.startswith("_") else counted
+            setattr(evidence, name, wrap(self.real[name]))
         if self.tol is not None:
             evidence.TOL_NATS = self.tol
         return self
@@ -456,7 +466,8 @@ class EvidenceCalls:
     def __exit__(self, *exc):
         from forcegp.gp import evidence
 
-        evidence.nll_and_grad, evidence._search, evidence.TOL_NATS = self.real
+        for name, value in self.real.items():
+            setattr(evidence, name, value)
 
     def seconds(self) -> float:
         return sum(s for s, _ in self.calls)

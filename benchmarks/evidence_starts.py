@@ -1,19 +1,22 @@
-"""The evidence search from one start against two (forcegp.gp.evidence.maximise).
+"""The evidence search (forcegp.gp.evidence.maximise) from one start against two, by L-BFGS
+or by Newton's method.
 
     python benchmarks/evidence_starts.py                          # atomic ethanol block, 500
     python benchmarks/evidence_starts.py --n 1000 --config descriptor=atomic pair_powers=3
+    python benchmarks/evidence_starts.py --n 1000 --config descriptor=atomic env_body4=7 \
+        env_radial=6 --searches two newton-one newton-two --name evidence_scoring
     python benchmarks/evidence_starts.py --quick                  # smoke test (tiny model)
 
 The model is the explicit block alone (a one-point DSoftKI block without MLP, as in
 explicit_ablation.py) of the --config model (default: the atomic descriptor without pair
 powers) on the first --n structures of rMD17 train_01, at its initial hyperparameters. Its
 statistics are accumulated once; then the block scales and both noise levels are searched by
-the exact marginal likelihood of all --n structures twice: from the initial noise only
-(evidence.maximise with restart=False) and with the second start from ten times smaller noise levels
-(the library's search). Reported per search: the NLL per observation it ends at, the block
-multipliers, the noise levels, its time, and the exact posterior's force and energy MAE on the
-1000 structures of test_01 (100 with --quick). Results: benchmarks/results/evidence_starts.json
-and .md.
+the exact marginal likelihood of all --n structures, once per --searches entry: L-BFGS or
+Newton's method (evidence.maximise's method), from the initial noise only (restart=False) or
+also from ten times smaller noise levels. Reported per search: the NLL per observation it
+ends at, the block multipliers, the noise levels, its time, and the exact posterior's force
+and energy MAE on the 1000 structures of test_01 (100 with --quick). Results:
+benchmarks/results/evidence_starts.json and .md (--name).
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ KCAL = common.KCAL_MOL
 QUICK = {"env_dim": 6, "env_radial": 3, "env_lmax": 2}
 
 
-SEARCHES = {"one": ("one (initial noise)", False), "two": ("two (library)", True)}
+#: key: (label, restart, method) of evidence.maximise.
+SEARCHES = {
+    "one": ("L-BFGS, one (initial noise)", False, "lbfgs"),
+    "two": ("L-BFGS, two", True, "lbfgs"),
+    "newton-one": ("Newton, one", False, "newton"),
+    "newton-two": ("Newton, two", True, "newton"),
+}
 
 
 def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "two")) -> list[dict]:
-    """One row per search in `searches` ("one": from the initial noise only; "two": the
-    library's search) on one accumulation of the --config model's statistics."""
+    """One row per search in `searches` (keys of SEARCHES: L-BFGS or Newton's method, from the
+    initial noise only or from two starts) on one accumulation of the --config model's
+    statistics."""
     import equinox as eqx
     import jax
 
@@ -61,11 +71,12 @@ def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "t
     st = evidence.Statistics(suff)
     h = model.hyper
     rows = []
-    for starts, restart in (SEARCHES[k] for k in searches):
+    for starts, restart, method in (SEARCHES[k] for k in searches):
         t0 = time.perf_counter()
         with common.EvidenceCalls() as counted:
             mult, ne, nf = evidence.maximise(suff, groups, float(h.noise_energy),
-                                             float(h.noise_force), restart=restart)  # fmt: skip
+                                             float(h.noise_force), restart=restart,
+                                             method=method)  # fmt: skip
         search_s = time.perf_counter() - t0
         params = np.log(np.concatenate([mult, [ne, nf]]))
         fitted = posterior.with_multipliers(model, mult, ne, nf)
@@ -98,7 +109,7 @@ RESULT_COLUMNS = [
     ("forces_mae_mev", "test F MAE (meV/Å)"),
     ("energy_mae_mev", "test E MAE (meV)"),
 ]
-COLUMNS = [("molecule", "molecule"), ("n", "structures"), ("K", "K"), ("starts", "search starts"),
+COLUMNS = [("molecule", "molecule"), ("n", "structures"), ("K", "K"), ("starts", "search, starts"),
            ("multipliers", "block multipliers"), *RESULT_COLUMNS]  # fmt: skip
 BASE_CONFIG = ["descriptor=atomic", "pair_powers=0"]
 
@@ -121,12 +132,13 @@ def structures(args) -> int:
 def main() -> None:
     ap = harness_args(__doc__, "evidence_starts")
     ap.add_argument("--config", nargs="*", default=BASE_CONFIG)
+    ap.add_argument("--searches", nargs="+", default=["one", "two"], choices=list(SEARCHES))
     args = ap.parse_args()
     common.enable_x64()
     overrides = common.config_options(args.config) | (QUICK if args.quick else {})
     n = structures(args)
     machine = common.machine_info()
-    rows = [row for m in args.molecules for row in run(m, n, overrides, args.quick)]
+    rows = [row for m in args.molecules for row in run(m, n, overrides, args.quick, args.searches)]
     for row in rows:
         row["multipliers"] = " ".join(f"{v:.3g}" for v in row["multipliers"])
     intro = (f"config {overrides}; explicit block alone (a one-point DSoftKI block without MLP), "

@@ -43,6 +43,17 @@ class Statistics:
         self.tt_f = float(suff.tt_f)
         self.n_e = float(suff.n_e)
         self.n_f = float(suff.n_f)
+        self._energy_factor = None
+
+    def energy_factor(self) -> np.ndarray:
+        """U (r x K) with U^T U = a_e, r its numerical rank (at most the number of structures):
+        LAPACK's pivoted Cholesky factorisation, once."""
+        if self._energy_factor is None:
+            c, piv, rank, _ = scipy.linalg.lapack.dpstrf(self.a_e, lower=0)
+            u = np.zeros((rank, len(self.a_e)))
+            u[:, piv - 1] = np.triu(c[:rank])
+            self._energy_factor = u
+        return self._energy_factor
 
 
 def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
@@ -52,6 +63,26 @@ def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
     factorisation and one inverse from it (LAPACK potri); everything else is a few passes over
     K x K arrays, in place where possible (K is in the thousands).
     """
+    return _evaluate(params, st, groups, False)[:2]
+
+
+def nll_and_curvature(params: np.ndarray, st: Statistics, groups: np.ndarray):
+    """nll_and_grad's value and gradient, and the Fisher information and the Hessian of the
+    same parameters, per observation ((G + 2) x (G + 2) each); None for both where P is not
+    positive definite.
+
+    For a Gaussian with covariance C, y^T C^-1 y / 2 + log|C| / 2 has the Hessian
+    F + alpha^T dC_a C^-1 dC_b alpha - tr(C^-1 dC_a C^-1 dC_b) + (tr(C^-1 dC_ab)
+    - alpha^T dC_ab alpha) / 2, F = tr(C^-1 dC_a C^-1 dC_b) / 2 its Fisher information and
+    alpha = C^-1 y. In the K-dimensional weight space, with S = P^-1, X_e = M a_e M and
+    a_e = U^T U (Statistics.energy_factor), every entry is a sum over S, S o S, Y = U M S and
+    a few products of S with vectors (docs/method.md §9): one r x K x K product beside the
+    evaluation.
+    """
+    return _evaluate(params, st, groups, True)
+
+
+def _evaluate(params: np.ndarray, st: Statistics, groups: np.ndarray, second: bool):
     n_groups = len(params) - 2
     m = np.exp(params[:n_groups])[groups]
     s_e, s_f = np.exp(params[-2:])
@@ -66,14 +97,17 @@ def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
     try:
         chol = scipy.linalg.cholesky(p, lower=True, overwrite_a=True, check_finite=False)
     except (np.linalg.LinAlgError, ValueError):
-        return np.inf, np.zeros_like(params)
+        return np.inf, np.zeros_like(params), None, None
     beta = scipy.linalg.cho_solve((chol, True), b, check_finite=False)
     logdet = 2.0 * np.sum(np.log(np.diag(chol)))
     # P^-1 in the lower triangle; the upper one keeps the cleaned factor's zeros.
     inv, info = scipy.linalg.lapack.dpotri(chol, lower=1, overwrite_c=1)
     if info != 0:
-        return np.inf, np.zeros_like(params)
+        return np.inf, np.zeros_like(params), None, None
     diag_inv = np.diag(inv).copy()
+    curvature = (None, None)
+    if second:
+        curvature = _curvature(inv, diag_inv, m, beta, (al_e, al_f), st, groups, n_groups)
     n = st.n_e + st.n_f
     value = (
         al_e * st.tt_e
@@ -102,7 +136,68 @@ def nll_and_grad(params: np.ndarray, st: Statistics, groups: np.ndarray):
     ):
         d_log_alpha = al * tt - 2 * al * (beta @ bx) + al * (mb @ (a @ mb)) + traces[i] - nx
         grad[n_groups + i] = -2.0 * d_log_alpha / (2 * n)
-    return float(value), grad
+    return float(value), grad, *curvature
+
+
+def _curvature(lower, diag_s, m, beta, alphas, st, groups, n_groups, chunk=512):
+    """The Fisher information and the Hessian per observation of (log m_1..log m_G, log s_e,
+    log s_f) from S = P^-1 (its lower triangle in ``lower``) and beta = S b; docs/method.md §9
+    derives each entry."""
+    k, (al_e, al_f) = len(m), alphas
+    s = lower + lower.T
+    s[np.diag_indices(k)] = diag_s
+    um = st.energy_factor() * m
+    y = um @ s  # U M S
+    d_sxs = np.einsum("ij,ij->j", y, y)  # diag(S X_e S)
+    t_sx = np.vdot(um, y)  # tr(S X_e)
+    t_s2x = np.vdot(y, y)  # tr(S^2 X_e)
+    t_sx2 = np.sum((y @ um.T) ** 2)  # tr((S X_e)^2)
+    # Block sums of S o S (group by group) and diag(S^2), row chunk by row chunk.
+    ind = np.zeros((n_groups, k))
+    ind[groups, np.arange(k)] = 1.0
+    blocks, d_s2 = np.zeros((n_groups, n_groups)), np.empty(k)
+    for start in range(0, k, chunk):
+        sq = s[start : start + chunk] ** 2
+        d_s2[start : start + chunk] = sq.sum(axis=1)
+        blocks += ind[:, start : start + chunk] @ (sq @ ind.T)
+    # The Hessian's terms in beta: E_g beta, S E_g beta (g = 1..G), S w_x with w_x = M b_x - X_x beta
+    # (M Phi_x^T times the residual r_x of observations x), and |r_x|^2.
+    mb = m * beta
+    split = ind.T * beta[:, None]
+    w = [m * (st.b_e - st.a_e @ mb), m * (st.b_f - st.a_f @ mb)]
+    r2 = [tt - 2.0 * mb @ bx + mb @ (a @ mb) for tt, bx, a in
+          ((st.tt_e, st.b_e, st.a_e), (st.tt_f, st.b_f, st.a_f))]  # fmt: skip
+    s_split, s_w = s @ split, s @ np.stack(w, axis=1)
+    del s
+    size = ind.sum(axis=1)
+    on_diag = ind @ diag_s
+    f = np.zeros((n_groups + 2, n_groups + 2))
+    # (I - S)^2 summed over the two groups' columns
+    f[:n_groups, :n_groups] = 2.0 * (blocks + np.diag(size - 2.0 * on_diag))
+    f[:n_groups, n_groups] = 2.0 * al_e * (ind @ d_sxs)
+    f[:n_groups, n_groups + 1] = 2.0 * (ind @ (diag_s - d_s2 - al_e * d_sxs))
+    tr_s, tr_s2 = np.sum(diag_s), np.sum(d_s2)
+    f[n_groups, n_groups] = 2.0 * (st.n_e - 2.0 * al_e * t_sx + al_e**2 * t_sx2)
+    tr_b = k - tr_s - al_e * t_sx  # B = alpha_f S X_f = I - S - alpha_e S X_e
+    tr_b2 = k - 2.0 * tr_s + tr_s2 - 2.0 * al_e * (t_sx - t_s2x) + al_e**2 * t_sx2
+    f[n_groups + 1, n_groups + 1] = 2.0 * (st.n_f - 2.0 * tr_b + tr_b2)
+    f[n_groups, n_groups + 1] = 2.0 * al_e * (t_sx - t_s2x - al_e * t_sx2)
+    f = np.triu(f) + np.triu(f, 1).T
+    h = -f
+    q_split = split - s_split  # (I - S) E_g beta
+    h[:n_groups, :n_groups] += 4.0 * split.T @ q_split + np.diag(
+        2.0 * (size - on_diag) - 2.0 * (ind @ beta**2)
+    )
+    al = np.array([al_e, al_f])
+    cross = 4.0 * split.T @ s_w * al  # 4 alpha_x (E_g beta)^T S w_x
+    h[:n_groups, n_groups:] += cross
+    h[n_groups:, :n_groups] += cross.T
+    h[n_groups:, n_groups:] -= 4.0 * np.outer(al, al) * (np.stack(w) @ s_w)
+    traces = (2.0 * (st.n_e - al_e * t_sx), 2.0 * (st.n_f - tr_b))  # tr(C^-1 dC_xx) / 2
+    for i in range(2):
+        h[n_groups + i, n_groups + i] += traces[i] + 2.0 * al[i] * r2[i]
+    n = st.n_e + st.n_f
+    return f / n, h / n
 
 
 def maximise(
@@ -113,6 +208,7 @@ def maximise(
     *,
     search_groups=None,
     restart: bool = True,
+    method: str = "lbfgs",
     max_iter: int = 40,
 ) -> tuple[np.ndarray, float, float]:
     """Column-group multipliers and noise levels of the exact maximum marginal likelihood.
@@ -124,9 +220,14 @@ def maximise(
     noise has a vanishing gradient (1 - P^-1_jj - beta_j^2 -> 0), so from a large noise the
     search can stop on the plateau where the noise explains what that block would
     (docs/method.md §9); a start already near the optimum needs no restart. Noise
-    levels stay above twice the model's floor. Returns (multipliers (G,), noise_e, noise_f);
-    the start if no search improves on it.
+    levels stay above twice the model's floor. method: "lbfgs" (scipy's L-BFGS-B on the value
+    and gradient) or "newton" (Newton's method on the exact Hessian with Levenberg-Marquardt
+    damping, _newton: one r x K x K product more per evaluation, several times fewer
+    evaluations where the scales are many). Returns (multipliers (G,), noise_e, noise_f); the
+    start if no search improves on it.
     """
+    if method not in ("lbfgs", "newton"):
+        raise ValueError(f"unknown evidence search {method!r}")
     st = Statistics(suff)
     groups = np.asarray(groups, dtype=np.int64)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
@@ -140,9 +241,17 @@ def maximise(
         out[-2:] = params[-2:]
         return out
 
+    searched_params = np.concatenate([free, [n_groups, n_groups + 1]])
+
     def objective(params):
         value, grad = nll_and_grad(full(params), st, groups)
-        return value, np.concatenate([grad[free], grad[-2:]])
+        return value, grad[searched_params]
+
+    def curved(params):
+        value, grad, *second = nll_and_curvature(full(params), st, groups)
+        if second[0] is not None:
+            second = [v[np.ix_(searched_params, searched_params)] for v in second]
+        return value, grad[searched_params], *second
 
     def start_at(divide):
         lo = 2.5 * NOISE_FLOOR
@@ -150,7 +259,8 @@ def maximise(
         return np.concatenate([np.zeros(len(free)), np.log(noise)])
 
     start = start_at(1.0)
-    start_value, start_grad = objective(start)
+    at_start = curved(start) if method == "newton" else objective(start)
+    start_value, start_grad = at_start[:2]
     best, best_value = start, start_value
     searched = []
     for divide in (1.0, NOISE_RESTART) if restart else (1.0,):
@@ -158,7 +268,11 @@ def maximise(
         if any(np.array_equal(first, s) for s in searched):
             continue  # the same start (noise levels at the floor, or no restart): the same search
         searched.append(first)
-        x, value = _search(objective, st, first, bounds, max_iter, start_value, start_grad, start)
+        if method == "newton":
+            known = at_start if np.array_equal(first, start) else None
+            x, value = _newton(curved, st, first, bounds, max_iter, known)
+        else:
+            x, value = _search(objective, st, first, bounds, max_iter, start_value, start_grad, start)
         if np.isfinite(value) and value < best_value:
             best, best_value = x, value
     best = full(best)
@@ -188,6 +302,62 @@ def _search(evaluate, st, first, bounds, max_iter, start_value, start_grad, star
         objective, first, jac=True, method="L-BFGS-B", bounds=bounds, options=options
     )
     return res.x, float(res.fun)
+
+
+#: Newton's method: the first damping and the largest change of one log-parameter in a step.
+NEWTON_DAMPING = 0.01
+NEWTON_STEP = 2.0
+
+
+def _newton(evaluate, st, first, bounds, max_iter, known=None):
+    """Newton's method on evaluate (params -> (NLL per observation, gradient, Fisher
+    information, Hessian)) from ``first`` (known: evaluate(first), if done). Each step solves
+    (H + lam diag(F)) d = -g, or (F + lam diag(F)) d = -g (Fisher scoring) where that matrix is
+    not positive definite, with Levenberg-Marquardt damping that grows eightfold while the step
+    does not lower the NLL and shrinks fourfold after a step that does; d is clipped to
+    NEWTON_STEP per parameter. A parameter at a bound that the gradient pushes out, or with no
+    information, is held. Stops when an accepted step, or the Newton prediction of the rest,
+    gains less than TOL_NATS of total log evidence, or after max_iter steps. Returns (params,
+    NLL per observation)."""
+    lo, hi = np.array(bounds).T
+    n_obs = st.n_e + st.n_f
+    x = np.clip(first, lo, hi)
+    value, grad, info, hess = known if known is not None and np.array_equal(x, first) else evaluate(x)
+    if info is None:
+        return x, value
+    lam = NEWTON_DAMPING
+    for _ in range(max_iter):
+        held = ((x <= lo) & (grad > 0)) | ((x >= hi) & (grad < 0)) | (np.diag(info) <= 0)
+        act = np.flatnonzero(~held)
+        if len(act) == 0:
+            break
+        g, h, damp = grad[act], hess[np.ix_(act, act)], np.diag(np.diag(info[np.ix_(act, act)]))
+        try:  # the rest that Newton's method predicts, where the Hessian is positive definite
+            rest = 0.5 * g @ scipy.linalg.cho_solve(scipy.linalg.cho_factor(h), g) * n_obs
+            if rest < TOL_NATS:
+                break
+        except np.linalg.LinAlgError:
+            pass
+        while lam <= 1e8:
+            try:
+                step = -scipy.linalg.cho_solve(scipy.linalg.cho_factor(h + lam * damp), g)
+            except np.linalg.LinAlgError:  # far from the optimum: Fisher scoring's step
+                f = info[np.ix_(act, act)]
+                step = -np.linalg.solve(f + lam * damp + 1e-12 * np.max(damp) * np.eye(len(act)), g)
+            trial = x.copy()
+            trial[act] = np.clip(x[act] + np.clip(step, -NEWTON_STEP, NEWTON_STEP), lo[act], hi[act])
+            t_value, t_grad, t_info, t_hess = evaluate(trial)
+            if t_info is not None and t_value < value:
+                break
+            lam *= 8.0
+        else:
+            break
+        gain = (value - t_value) * n_obs
+        x, value, grad, info, hess = trial, t_value, t_grad, t_info, t_hess
+        lam /= 4.0
+        if gain < TOL_NATS:
+            break
+    return x, float(value)
 
 
 def system(suff: Sufficient, scale, noise_e, noise_f):
