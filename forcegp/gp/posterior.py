@@ -113,22 +113,21 @@ def scaled_statistics(suff: Sufficient, mult) -> Sufficient:
     )
 
 
-def refine_blocks(suff: Sufficient, model: ForceGP, search_groups=None, restart: bool = True):
+def refine_blocks(suff: Sufficient, model: ForceGP, **search):
     """Exact full-data maximum likelihood for one scale per block of basis functions (DSoftKI,
-    explicit pair terms, explicit products) and both noise levels. search_groups: the groups
-    of basis_groups whose scales are searched (default: all; the others keep theirs); restart:
-    evidence.maximise's second start. Returns
+    explicit pair terms, explicit products) and both noise levels. search: evidence.maximise's
+    search_groups (the groups of basis_groups whose scales are searched; default all, the
+    others keep theirs), restart (its second start) and method. Returns
     (multipliers (G,), noise_e, noise_f); multiply the columns of group g by multipliers[g]."""
     h = model.hyper
     groups = basis_groups(model.config)
-    return evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force),
-                             search_groups=search_groups, restart=restart)  # fmt: skip
+    return evidence.maximise(suff, groups, float(h.noise_energy), float(h.noise_force), **search)
 
 
 def refined(suff: Sufficient, model: ForceGP, **search) -> tuple[ForceGP, Sufficient]:
     """The model with the block scales and noise levels of refine_blocks folded in, and the
     statistics of its (rescaled) basis, ready for solve with the new model's noise levels.
-    search: refine_blocks's search_groups and restart."""
+    search: refine_blocks's search_groups, restart and method."""
     mult, noise_e, noise_f = refine_blocks(suff, model, **search)
     model = with_multipliers(model, mult, noise_e, noise_f)
     return model, scaled_statistics(suff, np.asarray(mult)[basis_groups(model.config)])
