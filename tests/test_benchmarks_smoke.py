@@ -177,26 +177,36 @@ def test_evidence_tolerance_quick(tmp_path):
 
 @needs_data
 def test_fit_search_quick(tmp_path):
-    """Each search fits the same trained model: the one-start search runs one L-BFGS search, the
-    others two; every fit is tested."""
+    """Each search fits the same trained model: the one-start searches run one search (L-BFGS
+    or Newton's method), the others two; every fit is tested; the prefit's search before
+    them is counted."""
     rows = run_script("fit_search", tmp_path)["rows"]
-    assert [r["search"] for r in rows] == ["all groups", "DSoftKI + noise", "DSoftKI + noise, one start"]
+    assert [r["search"] for r in rows] == ["all groups", "DSoftKI + noise", "DSoftKI + noise, one start",
+                                           "DSoftKI + noise, one start, Newton"]  # fmt: skip
     assert len({r["K"] for r in rows}) == 1 and len({r["before_fit_s"] for r in rows}) == 1
-    assert [len(r["evaluations"].split(" + ")) for r in rows] == [2, 2, 1]
+    assert rows[0]["prefit_evaluations"] > 0 and rows[0]["prefit_search_s"] > 0
+    assert [len(r["evaluations"].split(" + ")) for r in rows] == [2, 2, 1, 1]
     assert all(np.isfinite(r["forces_mae_mev"]) and r["forces_mae_mev"] > 0 for r in rows)
     # holding the explicit block's scales changes where the search ends
     assert rows[0]["nll_per_obs"] != rows[1]["nll_per_obs"]
+    # Newton's method ends no worse than L-BFGS on the same search
+    n_obs = 60 * 0.95 * (1 + 27)
+    assert rows[3]["nll_per_obs"] <= rows[2]["nll_per_obs"] + 0.05 / n_obs
 
 
 @needs_data
 def test_evidence_starts_quick(tmp_path):
-    """Both searches run on one set of statistics; the second start never ends worse."""
-    one, two = run_script("evidence_starts", tmp_path)["rows"]
-    assert one["starts"].startswith("one") and two["starts"].startswith("two")
+    """The searches run on one set of statistics; the second start never ends worse, and
+    Newton's method from one start ends within 0.05 nats of L-BFGS from two."""
+    rows = run_script("evidence_starts", tmp_path, "--searches", "one", "two", "newton-one")["rows"]
+    one, two, newton = rows
+    assert one["starts"].startswith("L-BFGS, one") and two["starts"] == "L-BFGS, two"
+    assert newton["starts"] == "Newton, one"
     assert one["K"] == two["K"] and two["nll_per_obs"] <= one["nll_per_obs"] + 1e-9
-    # one L-BFGS search from one start, two from two, each with its evaluations counted
+    assert newton["nll_per_obs"] <= two["nll_per_obs"] + 0.05 / (60 * 28)  # 0.05 nats in all
+    # one search from one start, two from two, each with its evaluations counted
     assert len(one["evaluations"].split(" + ")) == 1 and len(two["evaluations"].split(" + ")) == 2
-    assert all(int(c) > 0 for c in two["evaluations"].split(" + "))
+    assert all(int(c) > 0 for c in two["evaluations"].split(" + ")) and int(newton["evaluations"]) > 0
     assert np.isfinite(two["forces_mae_mev"]) and two["forces_mae_mev"] > 0
 
 

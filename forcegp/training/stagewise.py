@@ -109,14 +109,15 @@ def prefit_search(config) -> dict:
 
 def fit_search(config) -> dict:
     """How the final fit searches the evidence after explicit_prefit (posterior.fit's
-    ``search``): every group's scale from two starts, or, with the body-ordered block (three
-    scales per element, K in the thousands, so about K^3 flops per evaluation), DSoftKI's
-    scale and the noise levels only, from one start: the explicit block keeps its prefit's
-    scales, and DSoftKI's scale and the noise levels start where training on the residual left
-    them, near the optimum. On rMD17 ethanol that search took 15 evaluations instead of
+    ``search``): every group's scale from two starts by L-BFGS, or, with the body-ordered block
+    (three scales per element, K in the thousands, so about K^3 flops per evaluation),
+    DSoftKI's scale and the noise levels only, from one start, by Newton's method: the
+    explicit block keeps its prefit's scales, and DSoftKI's scale and the noise levels start
+    where training on the residual left them, near the optimum. On rMD17 ethanol that search
+    took 3 evaluations (30 s) where L-BFGS took 15 (109 s) and every group from two starts
     45 + 53, for the same test errors (benchmarks/fit_search.py, docs/method.md §9)."""
     if config.env_body4 and config.explicit != "none":
-        return {"search_groups": (0,), "restart": False}
+        return {"search_groups": (0,), "restart": False, "method": "newton"}
     return {}
 
 
