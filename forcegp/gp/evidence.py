@@ -139,13 +139,24 @@ def _evaluate(params: np.ndarray, st: Statistics, groups: np.ndarray, second: bo
     return float(value), grad, *curvature
 
 
+def _mirror_lower(a: np.ndarray, chunk: int) -> np.ndarray:
+    """a with its lower triangle copied to the upper one, in place, block by block (no K x K
+    temporary)."""
+    for start in range(0, len(a), chunk):
+        end = start + chunk
+        a[start:end, end:] = a[end:, start:end].T
+        block = a[start:end, start:end]
+        upper = np.triu_indices(len(block), 1)
+        block[upper] = block.T[upper]
+    return a
+
+
 def _curvature(lower, diag_s, m, beta, alphas, st, groups, n_groups, chunk=512):
     """The Fisher information and the Hessian per observation of (log m_1..log m_G, log s_e,
-    log s_f) from S = P^-1 (its lower triangle in ``lower``) and beta = S b; docs/method.md §9
-    derives each entry."""
+    log s_f) from S = P^-1 (its lower triangle in ``lower``, which is filled and cleared
+    again in place) and beta = S b; docs/method.md §9 derives each entry."""
     k, (al_e, al_f) = len(m), alphas
-    s = lower + lower.T
-    s[np.diag_indices(k)] = diag_s
+    s = _mirror_lower(lower, chunk)  # S itself, in place; the upper triangle is cleared again below
     um = st.energy_factor() * m
     y = um @ s  # U M S
     d_sxs = np.einsum("ij,ij->j", y, y)  # diag(S X_e S)
@@ -168,7 +179,10 @@ def _curvature(lower, diag_s, m, beta, alphas, st, groups, n_groups, chunk=512):
     r2 = [tt - 2.0 * mb @ bx + mb @ (a @ mb) for tt, bx, a in
           ((st.tt_e, st.b_e, st.a_e), (st.tt_f, st.b_f, st.a_f))]  # fmt: skip
     s_split, s_w = s @ split, s @ np.stack(w, axis=1)
-    del s
+    for start in range(0, k, chunk):  # back to potri's lower triangle, for the gradient
+        s[start : start + chunk, start + chunk :] = 0.0
+        block = s[start : start + chunk, start : start + chunk]
+        block[np.triu_indices(len(block), 1)] = 0.0
     size = ind.sum(axis=1)
     on_diag = ind @ diag_s
     f = np.zeros((n_groups + 2, n_groups + 2))
