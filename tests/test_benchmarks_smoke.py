@@ -216,7 +216,7 @@ def test_env_sweep_quick(tmp_path):
     rows = run_script("env_sweep", tmp_path, "--variants", "", "env_lmax=1")["rows"]
     base, small = rows
     assert base["variant"] == "(base)" and small["variant"] == "env_lmax=1"
-    assert base["K"] == small["K"] and base["starts"].startswith("two")
+    assert base["K"] == small["K"] and base["starts"] == "L-BFGS, two"
     assert all(np.isfinite(r["forces_mae_mev"]) and r["forces_mae_mev"] > 0 for r in rows)
     assert base["forces_mae_mev"] != small["forces_mae_mev"]
 
