@@ -4,7 +4,7 @@ or by Newton's method.
     python benchmarks/evidence_starts.py                          # atomic ethanol block, 500
     python benchmarks/evidence_starts.py --n 1000 --config descriptor=atomic pair_powers=3
     python benchmarks/evidence_starts.py --n 1000 --config descriptor=atomic env_body4=7 \
-        env_radial=6 --searches two newton-one newton-two --name evidence_scoring
+        env_radial=6 --searches two newton-one newton-two --name evidence_newton
     python benchmarks/evidence_starts.py --quick                  # smoke test (tiny model)
 
 The model is the explicit block alone (a one-point DSoftKI block without MLP, as in

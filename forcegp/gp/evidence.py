@@ -105,9 +105,11 @@ def _evaluate(params: np.ndarray, st: Statistics, groups: np.ndarray, second: bo
     if info != 0:
         return np.inf, np.zeros_like(params), None, None
     diag_inv = np.diag(inv).copy()
+    mb = m * beta
+    a_mb = (st.a_e @ mb, st.a_f @ mb)  # a_x M beta, for the gradient and the curvature
     curvature = (None, None)
     if second:
-        curvature = _curvature(inv, diag_inv, m, beta, (al_e, al_f), st, groups, n_groups)
+        curvature = _curvature(inv, diag_inv, m, beta, a_mb, (al_e, al_f), st, groups, n_groups)
     n = st.n_e + st.n_f
     value = (
         al_e * st.tt_e
@@ -130,11 +132,10 @@ def _evaluate(params: np.ndarray, st: Statistics, groups: np.ndarray, second: bo
     traces = (al_e * tr_e, len(m) - np.sum(diag_inv) - al_e * tr_e)
     # d/d log alpha of 2 n NLL: alpha tt - 2 beta^T b_x alpha + alpha beta^T M a_x M beta
     # + alpha tr(P^-1 M a_x M) - n_x; and d log alpha = -2 d log s.
-    mb = m * beta
-    for i, (al, a, bx, tt, nx) in enumerate(
-        ((al_e, st.a_e, b_e, st.tt_e, st.n_e), (al_f, st.a_f, b_f, st.tt_f, st.n_f))
+    for i, (al, a_x, bx, tt, nx) in enumerate(
+        ((al_e, a_mb[0], b_e, st.tt_e, st.n_e), (al_f, a_mb[1], b_f, st.tt_f, st.n_f))
     ):
-        d_log_alpha = al * tt - 2 * al * (beta @ bx) + al * (mb @ (a @ mb)) + traces[i] - nx
+        d_log_alpha = al * tt - 2 * al * (beta @ bx) + al * (mb @ a_x) + traces[i] - nx
         grad[n_groups + i] = -2.0 * d_log_alpha / (2 * n)
     return float(value), grad, *curvature
 
@@ -151,10 +152,11 @@ def _mirror_lower(a: np.ndarray, chunk: int) -> np.ndarray:
     return a
 
 
-def _curvature(lower, diag_s, m, beta, alphas, st, groups, n_groups, chunk=512):
+def _curvature(lower, diag_s, m, beta, a_mb, alphas, st, groups, n_groups, chunk=512):
     """The Fisher information and the Hessian per observation of (log m_1..log m_G, log s_e,
     log s_f) from S = P^-1 (its lower triangle in ``lower``, which is filled and cleared
-    again in place) and beta = S b; docs/method.md §9 derives each entry."""
+    again in place), beta = S b and a_mb = (a_e M beta, a_f M beta); docs/method.md §9
+    derives each entry."""
     k, (al_e, al_f) = len(m), alphas
     s = _mirror_lower(lower, chunk)  # S itself, in place; the upper triangle is cleared again below
     um = st.energy_factor() * m
@@ -175,9 +177,9 @@ def _curvature(lower, diag_s, m, beta, alphas, st, groups, n_groups, chunk=512):
     # (M Phi_x^T times the residual r_x of observations x), and |r_x|^2.
     mb = m * beta
     split = ind.T * beta[:, None]
-    w = [m * (st.b_e - st.a_e @ mb), m * (st.b_f - st.a_f @ mb)]
-    r2 = [tt - 2.0 * mb @ bx + mb @ (a @ mb) for tt, bx, a in
-          ((st.tt_e, st.b_e, st.a_e), (st.tt_f, st.b_f, st.a_f))]  # fmt: skip
+    w = [m * (st.b_e - a_mb[0]), m * (st.b_f - a_mb[1])]
+    r2 = [tt - 2.0 * mb @ bx + mb @ a_x for tt, bx, a_x in
+          ((st.tt_e, st.b_e, a_mb[0]), (st.tt_f, st.b_f, a_mb[1]))]  # fmt: skip
     s_split, s_w = s @ split, s @ np.stack(w, axis=1)
     for start in range(0, k, chunk):  # back to potri's lower triangle, for the gradient
         s[start : start + chunk, start + chunk :] = 0.0
