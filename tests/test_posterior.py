@@ -68,6 +68,23 @@ def dense_fitted(small_problem, fitted_small):
     return dense_problem(fitted_small, pb.x, pb.y, pb.g)
 
 
+@pytest.mark.parametrize("k", [5, 16, 23])
+def test_gram_of_the_block_triangle_is_the_full_product(monkeypatch, k):
+    """gram's upper block triangle and its transposes give a^T a (rows summed over every
+    leading axis), symmetric to the last bit, for one block, equal and unequal blocks."""
+    monkeypatch.setattr(statistics, "GRAM_BLOCK", 8)
+    a = np.random.default_rng(k).normal(size=(2, 3, 5, k))  # 15 rows per device, 30 in all
+    flat = a.reshape(-1, k)
+    g = np.asarray(statistics.gram(jnp.asarray(a)))
+    np.testing.assert_allclose(g, flat.T @ flat, rtol=1e-13, atol=1e-12)
+    np.testing.assert_array_equal(g, g.T)
+    per_device = np.asarray(jax.vmap(statistics.gram)(jnp.asarray(a)))
+    for d in range(2):
+        np.testing.assert_allclose(
+            per_device[d], a[d].reshape(-1, k).T @ a[d].reshape(-1, k), rtol=1e-13, atol=1e-12
+        )
+
+
 def test_posterior_equals_dense_gp(fitted_small, dense_fitted):
     """theta | data from the streamed fit is the exact dense GP posterior of the final model."""
     check_posterior(fitted_small.posterior, *dense_posterior(*dense_fitted))

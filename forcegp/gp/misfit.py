@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .basis import basis_rows, noise_vector, soft_cholesky
 from .params import ForceGP, Posterior
 from .predict import random_projection
-from .statistics import device_mesh, stream
+from .statistics import device_mesh, gram, stream
 
 #: The candidate values of gamma (besides 0), one capacitance matrix each in the pass.
 GRID = (10.0, 30.0, 100.0, 300.0)
@@ -63,7 +63,7 @@ def _add_chunk(model: ForceGP, chol_zz, proj, gammas, acc, x, t, mask):
     for i in range(gammas.shape[0]):
         w = mask / (lam + gammas[i] * u)  # (n_dev, c, R)
         scaled = rows * jnp.sqrt(w)[..., None]
-        new_p.append(jnp.einsum("dcrk,dcrl->dkl", scaled, scaled))
+        new_p.append(jax.vmap(gram)(scaled))
         new_b.append(jnp.einsum("dcrk,dcr->dk", rows, w * t))
     return p + jnp.stack(new_p, axis=1), b + jnp.stack(new_b, axis=1)
 

@@ -79,17 +79,18 @@ def atom_bytes(config) -> int:
 
 def fit_memory_bytes(config, chunk: int, n_devices: int = 1, n_copies: int = 1) -> int:
     """Peak bytes of the streamed fit: a chunk's rows with their intermediates, and the K x K
-    blocks (one per device, the sum and two for the solve)."""
+    blocks (per device one and a chunk's addition, statistics.gram's blocks; the sum and two for
+    the solve)."""
     k = config.n_basis
-    return chunk * structure_bytes(config, n_copies) + BYTES * (n_devices + 3) * k * k
+    return chunk * structure_bytes(config, n_copies) + BYTES * (2 * n_devices + 3) * k * k
 
 
 def misfit_pass_bytes(config, chunk: int, n_devices: int, n_gammas: int, n_copies: int = 1) -> int:
     """Peak bytes of a pass of the input-dependent noise (gp.misfit.systems) for n_gammas
     candidates: a chunk's rows, and per candidate a K x K block per device, as many for a
-    chunk's additions and their sum, and two for a solve."""
+    chunk's additions, as many for statistics.gram's blocks, and their sum; two for a solve."""
     k = config.n_basis
-    blocks = (2 * n_devices + 1) * n_gammas + 2
+    blocks = (3 * n_devices + 1) * n_gammas + 2
     return chunk * structure_bytes(config, n_copies) + BYTES * blocks * k * k
 
 

@@ -22,12 +22,28 @@ import numpy as np
 from ..gp import evidence, posterior
 from ..gp.basis import explicit_rows
 from ..gp.params import ForceGP
-from ..gp.statistics import Sufficient
+from ..gp.statistics import Sufficient, gram
 
 
 @eqx.filter_jit
 def _explicit_chunk(model: ForceGP, x):
     return jax.vmap(lambda xi: explicit_rows(model.config, model.stats, model.hyper, xi))(x)
+
+
+@jax.jit
+def _add_rows(suff: Sufficient, rows, ye, gf) -> Sufficient:
+    """suff plus one chunk's explicit rows (C, 1 + D, F) and standardised targets."""
+    ve, vf = rows[:, 0], rows[:, 1:]
+    return Sufficient(
+        suff.a_e + gram(ve),
+        suff.a_f + gram(vf),
+        suff.b_e + ve.T @ ye,
+        suff.b_f + jnp.einsum("cik,ci->k", vf, gf),
+        suff.tt_e + ye @ ye,
+        suff.tt_f + jnp.sum(gf * gf),
+        suff.n_e + ve.shape[0],
+        suff.n_f + vf.shape[0] * vf.shape[1],
+    )
 
 
 def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int = 64):
@@ -49,18 +65,8 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
         jnp.zeros((f, f)), jnp.zeros((f, f)), jnp.zeros(f), jnp.zeros(f), zero, zero, zero, zero
     )
     for start, keep, rows in _rows_in_chunks(model, x, chunk):
-        ve, vf = rows[:, 0], rows[:, 1:]
         ye, gf = jnp.asarray(y[start : start + keep]), jnp.asarray(g[start : start + keep])
-        suff = Sufficient(
-            suff.a_e + ve.T @ ve,
-            suff.a_f + jnp.einsum("cik,cil->kl", vf, vf),
-            suff.b_e + ve.T @ ye,
-            suff.b_f + jnp.einsum("cik,ci->k", vf, gf),
-            suff.tt_e + ye @ ye,
-            suff.tt_f + jnp.sum(gf * gf),
-            suff.n_e + keep,
-            suff.n_f + keep * vf.shape[1],
-        )
+        suff = _add_rows(suff, rows, ye, gf)
     # The explicit columns' groups (linear terms, products, atomic pair powers, body-ordered
     # invariants per element and order) as the final refinement sees them; their scales and
     # both noise levels by the exact evidence of all data.
