@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -440,6 +442,17 @@ def test_budgeted_epochs_follow_the_same_cost(methanol_data):
     assert budgeted_epochs(few) == LONG == 60
     many = few.config.__class__(**{**few.config.to_dict(), "n_atoms": 40})  # 6 x 121 rows
     assert budgeted_epochs(type(few)(many, few.numbers, few.stats, few.hyper)) == SHORT == 40
+
+
+def test_budgeted_epochs_are_fewer_beside_the_body_ordered_block(methanol_data):
+    from forcegp.training.budget import LONG, RESIDUAL, budgeted_epochs
+
+    positions, e, f = methanol_data
+    body = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6, **BODY4)
+    assert budgeted_epochs(body) == RESIDUAL == 20
+    alone = type(body)(dataclasses.replace(body.config, explicit="none"), body.numbers, body.stats,
+                       body.hyper)  # fmt: skip
+    assert budgeted_epochs(alone) == LONG  # DSoftKI alone: no exact block fits first
 
 
 BODY4 = dict(env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2, env_body3=9)

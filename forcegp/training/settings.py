@@ -16,7 +16,7 @@ PRECISIONS = ("float32", "float64")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = AUTO  # AUTO: training.budget.budgeted_epochs chooses from the model's cost (40 or 60)
+    epochs: int = AUTO  # AUTO: training.budget.budgeted_epochs chooses from the model (20, 40 or 60)
     batch_size: int = 32
     lr: float = 5e-3
     lr_mlp: float = 1e-3
