@@ -434,6 +434,27 @@ def test_budgeted_width_follows_the_cost_of_a_training_structure(methanol_data):
     assert model.hyper.mlp.mlp.layers[0].weight.shape[0] == WIDE
 
 
+@pytest.mark.parametrize("descriptor", ["inverse-distance", "atomic"])
+def test_matched_prior_scale_gives_the_forces_their_variance(methanol_data, descriptor):
+    """After match_prior_scale, DSoftKI's prior variance of a gradient component (rows of the
+    first structures, computed here op by op) equals the mean square of the data's."""
+    from synthetic import standardised
+
+    from forcegp.training.initialise import match_prior_scale
+
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, descriptor=descriptor)
+    _, g = standardised(model, e, f)
+    x = np.asarray(positions).reshape(len(positions), -1)
+    matched = match_prior_scale(model, x, g, sample=8)
+    cfg = dataclasses.replace(matched.config, explicit="none")
+    chol = soft_cholesky(cfg, matched.hyper)
+    rows = np.stack([np.asarray(basis_rows(cfg, matched.stats, matched.hyper, chol, jnp.asarray(xi)))
+                     for xi in x[:8]])  # fmt: skip
+    assert float(matched.hyper.scale) != pytest.approx(float(model.hyper.scale), rel=1e-3)
+    np.testing.assert_allclose(np.mean(np.sum(rows[:, 1:] ** 2, axis=-1)), np.mean(g**2), rtol=1e-6)
+
+
 def test_budgeted_epochs_follow_the_same_cost(methanol_data):
     from forcegp.training.budget import LONG, SHORT, budgeted_epochs
 
