@@ -107,3 +107,28 @@ def test_held_out_nll_by_hand():
     z2 = (1 + 4 + 6 * 0.25) / 8
     expected = (2 * np.log(0.1) + 6 * np.log(0.4)) / 8 + 0.5 * np.log(z2)
     assert evaluation.held_out_nll(pred, Data()) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_noise_pass_reuses_the_fits_compiled_rows(small_problem, fitted_small):
+    """statistics.chunk_rows, compiled by the fit's pass, serves misfit.systems: the rows' graph
+    (the costly part to compile) is not compiled again for the same chunk."""
+    import jax.monitoring
+
+    from forcegp.gp import statistics
+
+    pb = small_problem
+    statistics.accumulate(fitted_small, pb.x, pb.y, pb.g, chunk=5)  # compiles chunk_rows
+    names = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        proj = misfit.projection(fitted_small, columns=8)
+        misfit.systems(fitted_small, proj, (3.0,), pb.x, pb.y, pb.g, chunk=5)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert names, "the candidates' accumulation itself is compiled here"
+    assert not [n for n in names if "chunk_rows" in n], names

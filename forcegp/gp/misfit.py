@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .basis import basis_rows, noise_vector, soft_cholesky
+from .basis import noise_vector, soft_cholesky
 from .params import ForceGP, Posterior
 from .predict import random_projection
-from .statistics import device_mesh, gram, stream
+from .statistics import chunk_rows, device_mesh, gram, stream, without_posterior
 
 #: The candidate values of gamma (besides 0), one capacitance matrix each in the pass.
 GRID = (10.0, 30.0, 100.0, 300.0)
@@ -45,15 +45,13 @@ def projection(model: ForceGP, columns: int = COLUMNS, seed: int = 0) -> jax.Arr
     return random_projection(model.posterior.inv_chol.T, columns, seed)
 
 
-@eqx.filter_jit
-def _add_chunk(model: ForceGP, chol_zz, proj, gammas, acc, x, t, mask):
-    """Add one chunk to acc = (p (n_dev, G, K, K), b (n_dev, G, K)): sum of phi^T phi / nu and
-    phi^T t / nu over the chunk's rows, nu = lam + gamma u(x) for each candidate gamma."""
+@jax.jit
+def _add_chunk(lam, proj, gammas, acc, rows, t, mask):
+    """Add one chunk's rows (C, R, K) to acc = (p (n_dev, G, K, K), b (n_dev, G, K)): sum of
+    phi^T phi / nu and phi^T t / nu over the rows, nu = lam + gamma u(x) for each candidate."""
     p, b = acc
     n_dev = p.shape[0]
-    rows = jax.vmap(lambda xi: basis_rows(model.config, model.stats, model.hyper, chol_zz, xi))(x)
     c, r, k = rows.shape
-    lam = noise_vector(model.config, model.hyper)
     u = jnp.sum((rows @ proj) ** 2, axis=2)  # (C, R)
     rows = rows.reshape(n_dev, c // n_dev, r, k)
     t = (t * mask[:, None]).reshape(n_dev, c // n_dev, r)
@@ -90,16 +88,16 @@ def systems(
     def zeros(n_dev):
         return jnp.zeros((n_dev, n_g, k, k)), jnp.zeros((n_dev, n_g, k))
 
-    # Everything a chunk's rows need, replicated over the mesh (the posterior is not needed).
+    # The rows as the fit computes them (statistics.chunk_rows: the same compiled function);
+    # the candidates' inputs replicated over the mesh.
     mesh = mesh or device_mesh(jax.devices()[:1])
-    base = eqx.tree_at(lambda m: m.posterior, model, None, is_leaf=lambda v: v is None)
+    base = without_posterior(model)
     chol_zz = soft_cholesky(model.config, model.hyper)
-    arrays, rest = eqx.partition((base, chol_zz, proj, gammas), eqx.is_array)
-    arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
-    base, chol_zz, proj, gammas = eqx.combine(arrays, rest)
+    lam = noise_vector(model.config, model.hyper)
+    lam, proj, gammas = jax.device_put((lam, proj, gammas), NamedSharding(mesh, PartitionSpec()))
 
     def step(acc, xc, tc, mc):
-        return _add_chunk(base, chol_zz, proj, gammas, acc, xc, tc, mc)
+        return _add_chunk(lam, proj, gammas, acc, chunk_rows(base, chol_zz, xc), tc, mc)
 
     p, b = stream(zeros, step, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
     p = 0.5 * (p + jnp.swapaxes(p, 1, 2)) + jnp.eye(k, dtype=p.dtype)

@@ -75,10 +75,23 @@ def gram(a: jax.Array) -> jax.Array:
 
 
 @eqx.filter_jit
-def _accumulate(model: ForceGP, chol_zz, acc: Sufficient, x, t, mask) -> Sufficient:
-    """Add one chunk. x (C, D), t (C, 1+D), mask (C,); acc leaves carry a leading device axis."""
+def chunk_rows(model: ForceGP, chol_zz, x) -> jax.Array:
+    """Basis rows (C, 1 + D, K) of a chunk of structures x (C, D). One compiled function for
+    every pass over the data (the fit, the input-dependent noise): the rows' graph, the costly
+    part to compile, is compiled once per chunk shape. ``model`` without its posterior."""
+    return jax.vmap(lambda xi: basis_rows(model.config, model.stats, model.hyper, chol_zz, xi))(x)
+
+
+def without_posterior(model: ForceGP) -> ForceGP:
+    """The model as chunk_rows takes it (its rows do not depend on the posterior)."""
+    return eqx.tree_at(lambda m: m.posterior, model, None, is_leaf=lambda v: v is None)
+
+
+@jax.jit
+def _add_rows(acc: Sufficient, rows, t, mask) -> Sufficient:
+    """Add one chunk's rows (C, 1+D, K), t (C, 1+D), mask (C,); acc leaves carry a leading
+    device axis."""
     n_dev = acc.a_e.shape[0]
-    rows = jax.vmap(lambda xi: basis_rows(model.config, model.stats, model.hyper, chol_zz, xi))(x)
     c, r, k = rows.shape
     rows = rows.reshape(n_dev, c // n_dev, r, k) * mask.reshape(n_dev, c // n_dev, 1, 1)
     t = t.reshape(n_dev, c // n_dev, r) * mask.reshape(n_dev, c // n_dev, 1)
@@ -118,7 +131,11 @@ def accumulate(
         )
 
     chol_zz = soft_cholesky(model.config, model.hyper)
-    step = lambda acc, xc, tc, mc: _accumulate(model, chol_zz, acc, xc, tc, mc)  # noqa: E731
+    base = without_posterior(model)
+
+    def step(acc, xc, tc, mc):
+        return _add_rows(acc, chunk_rows(base, chol_zz, xc), tc, mc)
+
     return stream(zeros, step, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
 
 
