@@ -109,15 +109,14 @@ def test_held_out_nll_by_hand():
     assert evaluation.held_out_nll(pred, Data()) == pytest.approx(expected, rel=1e-12)
 
 
-def test_the_noise_pass_reuses_the_fits_compiled_rows(small_problem, fitted_small):
-    """statistics.chunk_rows, compiled by the fit's pass, serves misfit.systems: the rows' graph
-    (the costly part to compile) is not compiled again for the same chunk."""
+def test_the_noise_pass_reuses_the_fits_compiled_rows(small_problem):
+    """statistics.chunk_rows, compiled by the fit's pass (on the model before its refinement,
+    as in training), serves misfit.systems on the fitted model: the rows' graph (the costly
+    part to compile) is not compiled again for the same chunk."""
     import jax.monitoring
 
-    from forcegp.gp import statistics
-
     pb = small_problem
-    statistics.accumulate(fitted_small, pb.x, pb.y, pb.g, chunk=5)  # compiles chunk_rows
+    fitted = posterior.fit(pb.model, pb.x, pb.y, pb.g, chunk=5)  # compiles chunk_rows
     names = []
 
     def listen(event, seconds, **kwargs):
@@ -126,8 +125,8 @@ def test_the_noise_pass_reuses_the_fits_compiled_rows(small_problem, fitted_smal
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        proj = misfit.projection(fitted_small, columns=8)
-        misfit.systems(fitted_small, proj, (3.0,), pb.x, pb.y, pb.g, chunk=5)
+        proj = misfit.projection(fitted, columns=8)
+        misfit.systems(fitted, proj, (3.0,), pb.x, pb.y, pb.g, chunk=5)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert names, "the candidates' accumulation itself is compiled here"
