@@ -216,6 +216,11 @@ class Config:
         return self.n_explicit_pair + self.n_local + q * (q + 1) // 2 + self.n_explicit_cubic
 
     @property
+    def body_block(self) -> bool:
+        """The explicit block carries the body-ordered invariants (env_body4 > 0, explicit on)."""
+        return bool(self.env_body4) and self.explicit != "none"
+
+    @property
     def n_body(self) -> int:
         """Body-ordered invariants per atom (and per element in the block) with env_body4."""
         return sum(self.body_orders)

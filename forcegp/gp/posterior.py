@@ -90,7 +90,7 @@ def basis_groups(config) -> np.ndarray:
     if config.explicit != "none":
         groups[start : start + config.n_explicit_linear] = 1
         start += config.n_explicit_linear
-    if config.env_body4 and config.explicit != "none":
+    if config.body_block:
         sizes = config.body_orders
         body = [
             np.full(size, BODY_GROUP + 3 * e + o)

@@ -119,7 +119,18 @@ def accumulate(
     progress: Callable[[int], None] | None = None,
 ) -> Sufficient:
     """Stream the sufficient statistics over structures x (n, D), y (n,), g (n, D) (standardised)."""
-    k = model.config.n_basis
+    chol_zz = soft_cholesky(model.config, model.hyper)
+    base = without_posterior(model)
+    rows = lambda xc: chunk_rows(base, chol_zz, xc)  # noqa: E731
+    return accumulate_rows(rows, model.config.n_basis, x, y, g, chunk=chunk, mesh=mesh,
+                           progress=progress)  # fmt: skip
+
+
+def accumulate_rows(rows, k: int, x, y, g, *, chunk: int = 64, mesh: Mesh | None = None,
+                    progress: Callable[[int], None] | None = None) -> Sufficient:  # fmt: skip
+    """The sufficient statistics of the rows (C, 1 + D, k) that rows(x_chunk) gives, streamed
+    over structures x (n, D), y (n,), g (n, D) (the full basis in accumulate; the explicit
+    block alone in training.stagewise)."""
 
     def zeros(n_dev):
         return Sufficient(
@@ -130,11 +141,8 @@ def accumulate(
             *(jnp.zeros((n_dev,)) for _ in range(4)),
         )
 
-    chol_zz = soft_cholesky(model.config, model.hyper)
-    base = without_posterior(model)
-
     def step(acc, xc, tc, mc):
-        return _add_rows(acc, chunk_rows(base, chol_zz, xc), tc, mc)
+        return _add_rows(acc, rows(xc), tc, mc)
 
     return stream(zeros, step, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
 

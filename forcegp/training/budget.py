@@ -65,7 +65,7 @@ SHORT, LONG, RESIDUAL = 40, 60, 20
 
 
 def budgeted_epochs(model: ForceGP) -> int:
-    if model.config.env_body4 and model.config.explicit != "none":
+    if model.config.body_block:
         return RESIDUAL
     return LONG if few_tangent_rows(model.config, model.n_copies) else SHORT
 

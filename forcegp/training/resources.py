@@ -69,7 +69,7 @@ def atom_bytes(config) -> int:
         slots * config.env_radial * lm * 4
         + config.env_dim * config.n_species * config.env_radial * lm * 2
     )
-    if config.env_body4 and config.explicit != "none":
+    if config.body_block:
         f, n4 = config.n_body, config.env_body4
         n3 = config.body3_channels
         density += local * (3 * f + config.n_species * config.env_radial * lm + 2 * n4**3 + n3 * n3)

@@ -22,28 +22,12 @@ import numpy as np
 from ..gp import evidence, posterior
 from ..gp.basis import explicit_rows
 from ..gp.params import ForceGP
-from ..gp.statistics import Sufficient, gram
+from ..gp.statistics import accumulate_rows
 
 
 @eqx.filter_jit
 def _explicit_chunk(model: ForceGP, x):
     return jax.vmap(lambda xi: explicit_rows(model.config, model.stats, model.hyper, xi))(x)
-
-
-@jax.jit
-def _add_rows(suff: Sufficient, rows, ye, gf) -> Sufficient:
-    """suff plus one chunk's explicit rows (C, 1 + D, F) and standardised targets."""
-    ve, vf = rows[:, 0], rows[:, 1:]
-    return Sufficient(
-        suff.a_e + gram(ve),
-        suff.a_f + gram(vf),
-        suff.b_e + ve.T @ ye,
-        suff.b_f + jnp.einsum("cik,ci->k", vf, gf),
-        suff.tt_e + ye @ ye,
-        suff.tt_f + jnp.sum(gf * gf),
-        suff.n_e + ve.shape[0],
-        suff.n_f + vf.shape[0] * vf.shape[1],
-    )
 
 
 def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int = 64):
@@ -59,14 +43,8 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
     chunk: structures per compiled call (resources.choose_chunk's, as for the fit)."""
     if model.config.explicit == "none":
         return model, y, g
-    f = model.config.n_explicit
-    zero = jnp.zeros(())
-    suff = Sufficient(
-        jnp.zeros((f, f)), jnp.zeros((f, f)), jnp.zeros(f), jnp.zeros(f), zero, zero, zero, zero
-    )
-    for start, keep, rows in _rows_in_chunks(model, x, chunk):
-        ye, gf = jnp.asarray(y[start : start + keep]), jnp.asarray(g[start : start + keep])
-        suff = _add_rows(suff, rows, ye, gf)
+    rows = lambda xc: _explicit_chunk(model, xc)  # noqa: E731
+    suff = accumulate_rows(rows, model.config.n_explicit, x, y, g, chunk=chunk)
     # The explicit columns' groups (linear terms, products, atomic pair powers, body-ordered
     # invariants per element and order) as the final refinement sees them; their scales and
     # both noise levels by the exact evidence of all data.
@@ -122,7 +100,7 @@ def fit_search(config) -> dict:
     where training on the residual left them, near the optimum. On rMD17 ethanol that search
     took 3 evaluations (30 s) where L-BFGS took 15 (109 s) and every group from two starts
     45 + 53, for the same test errors (benchmarks/fit_search.py, docs/method.md §9)."""
-    if config.env_body4 and config.explicit != "none":
+    if config.body_block:
         return {"search_groups": (0,), "restart": False, "method": "newton"}
     return {}
 
