@@ -4,7 +4,7 @@ The library never switches x64 on by itself; the CLI does it first thing and so 
 here, before any test module creates an array. The on-disk compilation cache only saves time:
 the tiny models of the tests spend most of their time in XLA compilation, and the cache is keyed
 by the compiled program, so stale entries are never used. Set FORCEGP_TEST_JAX_CACHE=0 to
-switch it off.
+switch it off (for the `forcegp` processes the tests start, too).
 """
 
 import os
@@ -19,6 +19,11 @@ if os.environ.get("FORCEGP_TEST_JAX_CACHE", "1") != "0":
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # `forcegp` processes that tests start keep theirs beside it (a bounded cache of its own
+    # layout), not in the user's ~/.cache.
+    os.environ.setdefault("FORCEGP_COMPILE_CACHE", _cache + "-cli")
+else:
+    os.environ.setdefault("FORCEGP_COMPILE_CACHE", "0")
 
 
 # --------------------------------------------------------------------------------------------

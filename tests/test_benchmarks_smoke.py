@@ -116,6 +116,12 @@ def test_body_order_quick(tmp_path):
 
 @pytest.mark.slow
 @needs_data
+def test_compile_cache_quick(tmp_path):
+    (row,) = run_script("compile_cache", tmp_path, "--cases", "default")["rows"]
+    assert row["same_test_errors"] and row["cache_mib"] > 0
+    assert all(row[f"{key}_s"] > 0 for key in ("train_cold", "train_warm", "test_off", "test_warm"))
+
+
 def test_md_speed_quick(tmp_path):
     r = run_script("md_speed", tmp_path)["result"]
     assert r["no_recompilation"], r["compiled_during_timing"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from forcegp.cli import cli
+from forcegp.cli.app import CACHE_MAX_BYTES, compile_cache_settings
 from forcegp.cli.options import AutoInt, ByteSize, defaults
 from forcegp.data import read_dataset
 from forcegp.files import write_extxyz_atomic
@@ -302,6 +304,46 @@ def test_python_dash_m_switches_on_float64(model):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "forcegp: error: model file missing.fgp not found"
+
+
+def test_compile_cache_settings():
+    """The command line keeps XLA's compiled programs on disk unless told not to, and leaves a
+    cache folder the user chose, or JAX settings of a process that imported JAX, alone."""
+    home = {"XDG_CACHE_HOME": "/scratch/cache"}
+    assert compile_cache_settings(home, jax_imported=False) == {
+        "JAX_COMPILATION_CACHE_DIR": "/scratch/cache/forcegp/jax",
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES),
+    }
+    chosen = compile_cache_settings({**home, "FORCEGP_COMPILE_CACHE": "/data/xla"}, False)
+    assert chosen["JAX_COMPILATION_CACHE_DIR"] == "/data/xla"
+    for off in ("0", "off", "OFF"):
+        assert compile_cache_settings({**home, "FORCEGP_COMPILE_CACHE": off}, False) == {}
+    assert compile_cache_settings({**home, "JAX_COMPILATION_CACHE_DIR": "/mine"}, False) == {}
+    assert compile_cache_settings(home, jax_imported=True) == {}
+    bounded = compile_cache_settings({**home, "JAX_COMPILATION_CACHE_MAX_SIZE": "1000"}, False)
+    assert bounded["JAX_COMPILATION_CACHE_MAX_SIZE"] == "1000"
+
+
+def test_the_command_keeps_its_compiled_programs(workdir, model, tmp_path):
+    """A `forcegp test` process writes its compiled programs into the cache folder; a second one
+    finds every program there (it writes none) and gives the same numbers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(FORCEGP_COMPILE_CACHE=str(tmp_path / "xla"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # fmt: skip
+    outputs, entries = [], []
+    for run in range(2):
+        out = tmp_path / f"metrics{run}.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "forcegp", "test", str(model[0]), str(workdir / "small.extxyz"),
+             "--json", str(out)],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(json.loads(out.read_text()))
+        entries.append(sorted(p.name for p in (tmp_path / "xla").glob("*-cache")))
+    assert entries[0], "no compiled program was written to the cache"
+    assert entries[1] == entries[0]
+    assert outputs[0]["forces_mae"] == outputs[1]["forces_mae"]
 
 
 def test_help_imports_no_jax():

@@ -24,6 +24,40 @@ def enable_x64() -> None:
         os.environ["JAX_ENABLE_X64"] = "1"
 
 
+#: The most disk the compilation cache takes; the least recently used programs go first.
+CACHE_MAX_BYTES = 2 * 1024**3
+
+
+def compile_cache_settings(environ, jax_imported: bool) -> dict:
+    """The environment variables that give a ``forcegp`` process JAX's persistent compilation
+    cache: XLA compiles the programs of a model's shapes (its prediction, training step and fit)
+    once per machine instead of once per command. A body-ordered model's programs take up to
+    minutes to compile; a later ``forcegp test``, ``predict``, ``md`` or retraining of the same model
+    shapes reads them from disk. The cache is keyed by the program, JAX version and backend, so a
+    stale entry is never used; at most CACHE_MAX_BYTES, least recently used entries dropped first.
+
+    FORCEGP_COMPILE_CACHE: a folder for the cache, or 0 (or off) for none; by default
+    $XDG_CACHE_HOME/forcegp/jax (~/.cache/forcegp/jax). A JAX_COMPILATION_CACHE_DIR the user
+    set wins. Nothing is set where JAX is imported already: a library caller's JAX settings are
+    its own."""
+    choice = environ.get("FORCEGP_COMPILE_CACHE", "").strip()
+    if (
+        jax_imported
+        or choice.lower() in ("0", "off", "no", "false")
+        or "JAX_COMPILATION_CACHE_DIR" in environ
+    ):
+        return {}
+    if not choice:
+        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        choice = os.path.join(base, "forcegp", "jax")
+    return {
+        "JAX_COMPILATION_CACHE_DIR": choice,
+        "JAX_COMPILATION_CACHE_MAX_SIZE": environ.get(
+            "JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES)
+        ),
+    }
+
+
 def error(message: str) -> None:
     click.echo(f"forcegp: error: {message}", err=True)
 
@@ -101,4 +135,5 @@ def cli(debug: bool) -> None:
 def main(argv=None) -> None:
     """Console entry point (``forcegp`` and ``python -m forcegp``)."""
     enable_x64()  # first thing: models are float64
+    os.environ.update(compile_cache_settings(os.environ, "jax" in sys.modules))
     cli.main(args=argv, prog_name="forcegp")
