@@ -106,6 +106,13 @@ def test_scaling_datasets():
 
 
 @needs_data
+@needs_data
+def test_body_compile_quick(tmp_path):
+    rows = run_script("body_compile", tmp_path)["rows"]
+    assert [r["form"] for r in rows] == ["library (one vmap)", "one vmap per element"]
+    assert all(r["compile_cpu_s"] > 0 and r["run_wall_s"] > 0 for r in rows)
+
+
 def test_body_order_quick(tmp_path):
     """The body-ordered invariants are invariant (rotation, reflection, permutation of equal
     atoms), with and without channel mixing, and the linear model is searched and tested."""

@@ -66,21 +66,15 @@ def atom_invariants(a: jax.Array, mixing: jax.Array, l_max: int, n3: int, n4: in
     return jnp.concatenate(parts)
 
 
-def _atom(local, species, mixing, env, ranges, orders, jacobian: bool):
+def _atom(local, species, mixing, env, orders, jacobian: bool):
     """Invariants (F,) of one atom and, with ``jacobian``, their derivatives (k+1, 3, F) with
     respect to its own position and its slots'. orders: (l_max, n3, n4) of atom_invariants."""
-    a, dg = environment._density(local, species, env, ranges, jacobian=jacobian)
+    a, dg = environment._density(local, species, env, None, jacobian=jacobian)
     f = atom_invariants(a, mixing, *orders)
     if not jacobian:
         return f, None
     k = dg.shape[0]
-    if ranges is not None:
-        onehot = np.zeros((k, env.n_species))
-        for s, (lo, hi) in enumerate(ranges):
-            onehot[lo:hi, s] = 1.0
-        onehot = jnp.asarray(onehot, dtype=a.dtype)
-    else:
-        onehot = jax.nn.one_hot(species, env.n_species, dtype=a.dtype)
+    onehot = jax.nn.one_hot(species, env.n_species, dtype=a.dtype)
     # Tangent of the density along each neighbour coordinate: that neighbour's term, in its
     # element's channels only (k, 3, C, L).
     tangents = jnp.einsum("ks,knlx->kxsnl", onehot, dg).reshape(k * 3, *a.shape)
@@ -93,26 +87,16 @@ def _atom(local, species, mixing, env, ranges, orders, jacobian: bool):
 def invariants(x, element: np.ndarray, mixing, env, orders, *, jacobian: bool):
     """Every atom's invariants (N, F) and, with ``jacobian``, their local blocks (N, k+1, 3, F)
     and the slots idx (N, k+1) (environment.descriptors' layout); (None, None) without.
-    orders: (l_max, n3, n4), the config's (env_body4_lmax, body3_channels, env_body4)."""
-    n = len(element)
+    orders: (l_max, n3, n4), the config's (env_body4_lmax, body3_channels, env_body4).
+
+    One vmap over all atoms, whatever their element (the channel mixing is shared; each slot's
+    element is data, not a static slice): XLA compiles one copy of the contractions, not one
+    per element (benchmarks/body_compile.py)."""
     idx, local, species = environment.local_environments(x, element, env.k)
-    outs, atoms_of = [], []
-    for e in range(env.n_species):
-        atoms = np.flatnonzero(element == e)
-        if len(atoms) == 0:
-            continue
-        ranges = environment.species_ranges(element, e, env.n_species) if env.k == n - 1 else None
-
-        def one(loc, s, ranges=ranges):
-            return _atom(loc, s, mixing, env, ranges, orders, jacobian)
-
-        outs.append(jax.vmap(one)(local[atoms], species[atoms]))
-        atoms_of.append(atoms)
-    order = np.argsort(np.concatenate(atoms_of))
-    f = jnp.concatenate([o[0] for o in outs])[order]
+    f, blocks = jax.vmap(lambda loc, s: _atom(loc, s, mixing, env, orders, jacobian))(local, species)
     if not jacobian:
         return f, (None, None)
-    return f, (jnp.concatenate([o[1] for o in outs])[order], idx)
+    return f, (blocks, idx)
 
 
 def densities(x, element: np.ndarray, env) -> jax.Array:
