@@ -107,11 +107,15 @@ def main() -> None:
             flags = CASES[name] + (QUICK_FLAGS if args.quick else [])
             work = Path(tmp) / name
             work.mkdir()
-            rows.append(run_case(name, flags, 40 if args.quick else args.n, work))
+            row = run_case(name, flags, 40 if args.quick else args.n, work)
             shutil.rmtree(work)
-    for row in rows:
-        if not row["same_test_errors"]:
-            raise SystemExit(f"{row['case']}: the warm run's model differs from the cold run's")
+            if not row["same_test_errors"]:
+                raise SystemExit(f"{name}: the warm run's model differs from the cold run's")
+            rows.append(row)
+            write(args, machine, rows)  # after every case: a cut run keeps what it measured
+
+
+def write(args, machine: dict, rows: list[dict]) -> None:
     columns = [
         ("case", "case"), ("flags", "flags"), ("n_train", "structures"),
         ("train_cold_s", "train, empty cache (s)"), ("train_warm_s", "train again (s)"),
