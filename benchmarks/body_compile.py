@@ -55,11 +55,13 @@ def per_element_invariants(x, element, mixing, env, orders, *, jacobian):
             for c, (lo, hi) in enumerate(ranges):
                 onehot[lo:hi, c] = 1.0
             t = jnp.einsum("ks,knlx->kxsnl", jnp.asarray(onehot, a.dtype), dg).reshape(k * 3, *a.shape)
-            df = jax.vmap(
-                lambda t: jax.jvp(lambda b: body_order.atom_invariants(b, mixing, *orders), (a,), (t,))[
-                    1
-                ]
-            )(t).reshape(k, 3, -1)
+
+            def along(tangent):
+                return jax.jvp(
+                    lambda b: body_order.atom_invariants(b, mixing, *orders), (a,), (tangent,)
+                )[1]
+
+            df = jax.vmap(along)(t).reshape(k, 3, -1)
             return f, jnp.concatenate([-jnp.sum(df, axis=0)[None], df], axis=0)
 
         outs.append(jax.vmap(one)(local[atoms], species[atoms]))

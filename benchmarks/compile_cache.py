@@ -47,8 +47,8 @@ QUICK_FLAGS = ["--inducing", "16", "--features", "4", "--width", "8", "--depth",
 ENV = {}
 
 
-def timed(args: list[str], cache: str) -> tuple[float, str]:
-    """Seconds of one `forcegp` subprocess with FORCEGP_COMPILE_CACHE=cache; its stdout."""
+def timed(args: list[str], cache: str) -> float:
+    """Seconds of one `forcegp` subprocess with FORCEGP_COMPILE_CACHE=cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env.update(ENV, FORCEGP_COMPILE_CACHE=cache)
     started = time.perf_counter()
@@ -57,7 +57,7 @@ def timed(args: list[str], cache: str) -> tuple[float, str]:
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"forcegp {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return seconds, proc.stdout
+    return seconds
 
 
 def folder_bytes(path: Path) -> int:
@@ -75,7 +75,7 @@ def run_case(name: str, flags: list[str], n: int, work: Path) -> dict:
     maes = []
     for run in ("cold", "warm"):
         model = work / f"{name}-{run}.fgp"
-        row[f"train_{run}_s"], _ = timed(["train", str(train), "-o", str(model), *flags], str(cache))
+        row[f"train_{run}_s"] = timed(["train", str(train), "-o", str(model), *flags], str(cache))
         print(f"{name}: train ({run}) {row[f'train_{run}_s']:.1f} s", flush=True)
         out = work / f"{name}-{run}.json"
         timed(["test", str(model), str(test), "--json", str(out)], "0")
@@ -83,7 +83,7 @@ def run_case(name: str, flags: list[str], n: int, work: Path) -> dict:
     row["cache_mib_after_training"] = folder_bytes(cache) / 2**20
     model = work / f"{name}-cold.fgp"
     for label, where in (("off", "0"), ("first", str(cache)), ("warm", str(cache))):
-        row[f"test_{label}_s"], _ = timed(["test", str(model), str(test)], where)
+        row[f"test_{label}_s"] = timed(["test", str(model), str(test)], where)
         print(f"{name}: test ({label}) {row[f'test_{label}_s']:.1f} s", flush=True)
     row["cache_mib"] = folder_bytes(cache) / 2**20
     row["same_test_errors"] = maes[0] == maes[1]

@@ -106,13 +106,13 @@ def test_scaling_datasets():
 
 
 @needs_data
-@needs_data
 def test_body_compile_quick(tmp_path):
     rows = run_script("body_compile", tmp_path)["rows"]
     assert [r["form"] for r in rows] == ["library (one vmap)", "one vmap per element"]
     assert all(r["compile_cpu_s"] > 0 and r["run_wall_s"] > 0 for r in rows)
 
 
+@needs_data
 def test_body_order_quick(tmp_path):
     """The body-ordered invariants are invariant (rotation, reflection, permutation of equal
     atoms), with and without channel mixing, and the linear model is searched and tested."""
@@ -122,13 +122,15 @@ def test_body_order_quick(tmp_path):
 
 
 @pytest.mark.slow
-@needs_data
 def test_compile_cache_quick(tmp_path):
+    """The shipped data/ethanol_*.extxyz, no rMD17 files needed."""
     (row,) = run_script("compile_cache", tmp_path, "--cases", "default")["rows"]
     assert row["same_test_errors"] and row["cache_mib"] > 0
     assert all(row[f"{key}_s"] > 0 for key in ("train_cold", "train_warm", "test_off", "test_warm"))
 
 
+@pytest.mark.slow
+@needs_data
 def test_md_speed_quick(tmp_path):
     r = run_script("md_speed", tmp_path)["result"]
     assert r["no_recompilation"], r["compiled_during_timing"]
