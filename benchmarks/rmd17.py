@@ -97,11 +97,8 @@ def run_one(molecule: str, split: str, args) -> dict:
         # The input-dependent noise's gamma and the seconds its choice took (0 / None: off).
         "misfit_gamma": calibration.get("misfit_gamma", 0.0),
         "misfit_seconds": calibration.get("misfit_seconds"),
-        # Held-out NLL per candidate: refitted, and the ranking without a refit that chose
-        # which candidates to refit (settings.misfit_refits of them); its seconds.
+        # The held-out NLL of each candidate gamma, refitted (what chose misfit_gamma).
         "misfit_valid_nll": calibration.get("misfit_valid_nll"),
-        "misfit_rank_nll": calibration.get("misfit_rank_nll"),
-        "misfit_rank_seconds": calibration.get("misfit_rank_seconds"),
         "config": meta["training"]["config"],
         "settings": meta["training"]["settings"],
         "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),

@@ -118,28 +118,6 @@ def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(etha
     assert any(t and "skipped" in t for t in events)
 
 
-def test_only_the_best_ranked_misfit_candidates_are_refitted(ethanol):
-    """Each candidate is ranked by the held-out NLL of the constant-noise posterior with gamma
-    u(x) added to its variances (computed here from the constant-noise model); only the
-    misfit_refits best are refitted, and the choice is the best refitted NLL (or 0)."""
-    quick = {"epochs": 1, "batch_size": 8}
-    constant, _ = train(ethanol, settings=TrainSettings(**quick, misfit_noise=False))
-    model, meta = train(ethanol, settings=TrainSettings(**quick, misfit_refits=2))
-    cal = meta["training"]["calibration"]
-    valid = ethanol.split(0.2, seed=0)[1]
-    proj = misfit.projection(constant)
-    for gamma in misfit.GRID:
-        unfitted = misfit.with_misfit(constant, constant.posterior, proj, gamma)
-        by_hand = evaluation.held_out_nll(evaluation.predict(unfitted, valid.positions), valid)
-        assert cal["misfit_rank_nll"][f"{gamma:g}"] == pytest.approx(by_hand, abs=2e-5)
-    rank = cal["misfit_rank_nll"]
-    assert set(cal["misfit_valid_nll"]) == {"0", *sorted(rank, key=rank.get)[:2]}
-    nll = cal["misfit_valid_nll"]
-    assert f"{cal['misfit_gamma']:g}" == min(nll, key=nll.get)
-    with pytest.raises(InputError, match="misfit_refits"):
-        train(ethanol, settings=TrainSettings(**quick, misfit_refits=0))
-
-
 def test_misfit_candidates_per_pass_follow_the_memory(ethanol, trained):
     model = trained[0]
     one = resources.misfit_pass_bytes(model.config, 8, 1, 1, model.n_copies)

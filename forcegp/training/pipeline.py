@@ -216,17 +216,14 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     """The input-dependent noise (gp.misfit, docs/method.md §15): gamma from misfit.GRID, or 0
     (the constant noise of the fit), whichever gives the validation data the highest Gaussian
     likelihood with the overall amplitude profiled out (evaluation.held_out_nll); the model
-    with the posterior refitted for it. The candidates are first ranked without a refit (the
-    constant-noise posterior with gamma u(x) added to each output's variance); only the
-    ``misfit_refits`` best are refitted, and the refitted likelihoods decide. One pass over the
-    training data serves as many refits as fit in memory; where not even one fits, the noise
-    stays constant. Returns (model, its prediction with stds on the validation data or None
-    where none was made, what was chosen)."""
+    with the posterior refitted for it. One pass over the training data serves as many
+    candidates as fit in memory (all of them, unless K is large); where not even one fits, the
+    noise stays constant. Returns (model, its prediction with stds on the validation data or
+    None where none was made, what was chosen)."""
     if not run.settings.misfit_noise:
         return model, None, {"misfit_gamma": 0.0}
     n_dev = int(run.mesh.devices.size)
-    refits = min(run.settings.misfit_refits, len(misfit.GRID))
-    per_pass = misfit_gammas_per_pass(model, run.chunk, n_dev, refits, run.max_memory)
+    per_pass = misfit_gammas_per_pass(model, run.chunk, n_dev, len(misfit.GRID), run.max_memory)
     if per_pass == 0:
         say("message", {"text": "input-dependent noise skipped: too little memory for its pass"})
         return model, None, {"misfit_gamma": 0.0, "misfit_skipped": "memory"}
@@ -236,15 +233,8 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     pred = predict(model, run.valid.positions)
     nll = {0.0: held_out_nll(pred, run.valid)}
     best = (model, pred)
-    rank = {}
-    for gamma in misfit.GRID:
-        unfitted = misfit.with_misfit(model, model.posterior, proj, gamma)
-        rank[gamma] = held_out_nll(predict(unfitted, run.valid.positions), run.valid)
-    ranked = time.perf_counter()
-    chosen = set(sorted(misfit.GRID, key=rank.get)[:refits])
-    candidates = [gamma for gamma in misfit.GRID if gamma in chosen]
-    for first in range(0, len(candidates), per_pass):
-        gammas = candidates[first : first + per_pass]
+    for first in range(0, len(misfit.GRID), per_pass):
+        gammas = misfit.GRID[first : first + per_pass]
         p, b = misfit.systems(model, proj, gammas, run.x, run.y, run.g, chunk=run.chunk,
                               mesh=run.mesh)  # fmt: skip
         for i, gamma in enumerate(gammas):
@@ -258,9 +248,7 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     return *best, {
         "misfit_gamma": min(nll, key=nll.get),
         "misfit_valid_nll": {f"{key:g}": round(value, 5) for key, value in nll.items()},
-        "misfit_rank_nll": {f"{key:g}": round(value, 5) for key, value in rank.items()},
         "misfit_seconds": round(time.perf_counter() - started, 3),
-        "misfit_rank_seconds": round(ranked - started, 3),
     }
 
 

@@ -33,9 +33,6 @@ class TrainSettings:
     # After the fit, an input-dependent noise (gp.misfit) where it makes the validation data
     # more likely; False: the constant noise levels alone.
     misfit_noise: bool = True
-    # Candidates of the input-dependent noise refitted (each a K x K pass over the training
-    # data), the best by the validation likelihood without a refit; len(gp.misfit.GRID): all.
-    misfit_refits: int = 4
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,8 +51,6 @@ def check_settings(settings: TrainSettings) -> None:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     if not isinstance(settings.misfit_noise, bool):
         raise InputError(f"misfit_noise must be True or False, got {settings.misfit_noise!r}")
-    if not is_int(settings.misfit_refits) or settings.misfit_refits < 1:
-        raise InputError(f"misfit_refits must be an integer >= 1, got {settings.misfit_refits!r}")
     for name in ("lr", "lr_mlp", "clip"):
         value = getattr(settings, name)
         if not np.isfinite(value) or value <= 0:
