@@ -28,6 +28,10 @@ if os.environ.get("FORCEGP_TEST_JAX_CACHE", "1") != "0":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", TEST_CACHE_MAX_BYTES)
+    # The same bound for the subprocesses the tests start with this cache (they copy the
+    # environment): an unbounded writer leaves entries without the access times that the
+    # bounded ones read.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(TEST_CACHE_MAX_BYTES))
     # `forcegp` processes that tests start keep theirs beside it (a bounded cache of its own
     # layout), not in the user's ~/.cache.
     os.environ.setdefault("FORCEGP_COMPILE_CACHE", _cache + "-cli")
