@@ -5,11 +5,6 @@ here, before any test module creates an array. The on-disk compilation cache onl
 the tiny models of the tests spend most of their time in XLA compilation, and the cache is keyed
 by the compiled program, so stale entries are never used. Set FORCEGP_TEST_JAX_CACHE=0 to
 switch it off (for the `forcegp` processes the tests start, too).
-
-The README's command runs the suite in two processes (pytest-xdist, `-n 2 --dist loadfile`: all
-tests of a file in one process, so a module's fixtures are built once). They share the cache
-with a size bound: JAX locks its cache files only where it evicts entries, and without the lock
-one process could read an entry that the other is still writing.
 """
 
 import os
@@ -19,19 +14,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-#: Bound of the tests' compilation cache (as benchmarks/common.use_quick_compile_cache sets it).
-TEST_CACHE_MAX_BYTES = 4 * 1024**3
-
 if os.environ.get("FORCEGP_TEST_JAX_CACHE", "1") != "0":
     _cache = os.path.join(tempfile.gettempdir(), f"forcegp-test-jax-cache-{os.getuid()}")
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", TEST_CACHE_MAX_BYTES)
-    # The same bound for the subprocesses the tests start with this cache (they copy the
-    # environment): an unbounded writer leaves entries without the access times that the
-    # bounded ones read.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(TEST_CACHE_MAX_BYTES))
     # `forcegp` processes that tests start keep theirs beside it (a bounded cache of its own
     # layout), not in the user's ~/.cache.
     os.environ.setdefault("FORCEGP_COMPILE_CACHE", _cache + "-cli")
