@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--base", nargs="*", default=evidence_starts.BASE_CONFIG)
     ap.add_argument("--variants", nargs="+", default=VARIANTS,
                     help='each one string of KEY=VALUE settings ("" for the base alone)')  # fmt: skip
+    ap.add_argument("--searches", nargs="+", default=["two"], choices=list(evidence_starts.SEARCHES),
+                    help="the evidence searches of evidence_starts.py, one row each")  # fmt: skip
     args = ap.parse_args()
     common.enable_x64()
     base = common.config_options(args.base)
@@ -50,10 +52,12 @@ def main() -> None:
         quick = evidence_starts.QUICK if args.quick else {}
         overrides = base | quick | common.config_options(variant.split())
         for m in args.molecules:
-            for row in evidence_starts.run(m, n, overrides, args.quick, searches=("two",)):
+            for row in evidence_starts.run(m, n, overrides, args.quick, searches=args.searches):
                 rows.append(row | {"variant": variant or "(base)"})
-    intro = (f"base {base}; explicit block alone (a one-point DSoftKI block without MLP), block "
-             "scales and noise levels from the exact evidence (two starts).")  # fmt: skip
+    intro = (
+        f"base {base}; explicit block alone (a one-point DSoftKI block without MLP), block "
+        f"scales and noise levels from the exact evidence (searches: {args.searches})."
+    )
     title = "Atomic explicit block: descriptor settings under the exact evidence"
     common.write_table(args.name, args, machine, title, intro, rows, COLUMNS)
 
