@@ -47,7 +47,6 @@ ADDED_FIELDS = {
     "env_body4": lambda raw: 0,
     "env_body4_lmax": lambda raw: 3,
     "env_body3": lambda raw: 0,
-    "env_body4_mixing": lambda raw: "shared",
 }
 MAX_HEADER_BYTES = 1 << 20
 #: Most columns a model file's input-dependent noise may have (gp.misfit.COLUMNS is the default).

@@ -93,13 +93,7 @@ def invariants(x, element: np.ndarray, mixing, env, orders, *, jacobian: bool):
     element is data, not a static slice): XLA compiles one copy of the contractions, not one
     per element (benchmarks/body_compile.py)."""
     idx, local, species = environment.local_environments(x, element, env.k)
-    if mixing.ndim == 4:  # one mixing per centre element: each atom takes its own
-        per_atom = mixing[np.asarray(element)]
-        f, blocks = jax.vmap(lambda loc, s, w: _atom(loc, s, w, env, orders, jacobian))(
-            local, species, per_atom
-        )
-    else:
-        f, blocks = jax.vmap(lambda loc, s: _atom(loc, s, mixing, env, orders, jacobian))(local, species)
+    f, blocks = jax.vmap(lambda loc, s: _atom(loc, s, mixing, env, orders, jacobian))(local, species)
     if not jacobian:
         return f, (None, None)
     return f, (blocks, idx)
@@ -127,18 +121,9 @@ def structure_terms(x, element: np.ndarray, mixing, env, orders, *, jacobian: bo
     return value, jnp.transpose(grad, (0, 3, 1, 2)).reshape(s * f.shape[1], 3 * n)
 
 
-def channel_mixing(
-    densities: np.ndarray, n: int, l_max: int, element: np.ndarray | None = None
-) -> np.ndarray:
+def channel_mixing(densities: np.ndarray, n: int, l_max: int) -> np.ndarray:
     """Per l <= l_max, the leading n principal directions (n, C) of the channels of the
-    densities (structures, atoms, C, L) at that l, all m together: the mixing W
-    (l_max + 1, n, C); with ``element`` (atoms,), one per centre element over its own atoms,
-    (elements, l_max + 1, n, C)."""
-    if element is not None:
-        return np.stack(
-            [channel_mixing(densities[:, element == e], n, l_max) for e in range(int(element.max()) + 1)]
-        )
-    densities = densities.reshape(-1, *densities.shape[2:])
+    densities (atoms, C, L) at that l, all m together: the mixing W (l_max + 1, n, C)."""
     c = densities.shape[1]
     out = np.zeros((l_max + 1, n, c))
     for l in range(l_max + 1):

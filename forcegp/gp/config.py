@@ -20,8 +20,6 @@ SCALE_FLOOR = 1e-6
 
 DESCRIPTORS = ("inverse-distance", "atomic", "cartesian")
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
-#: Channel mixings of the body-ordered invariants: one for all atoms, or one per centre element.
-BODY_MIXINGS = ("shared", "element")
 
 #: Columns of the random projection behind a monitored force std (forcegp md --max-force-std):
 #: the std is estimated (gp.predict.posterior_variances, docs/method.md §11) and its upper
@@ -81,11 +79,7 @@ INT_FIELDS = {
     "env_body3": (0, MAX_BODY_CHANNELS),
     "env_body4_lmax": (0, MAX_LMAX),
 }
-CHOICE_FIELDS = {
-    "descriptor": DESCRIPTORS,
-    "explicit": EXPLICIT_BLOCKS,
-    "env_body4_mixing": BODY_MIXINGS,
-}
+CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
 #: (lowest, highest-exclusive) of every real field.
 FLOAT_FIELDS = {"local_cutoff": (0.0, 1e3), "jitter": (0.0, 1.0), "env_cutoff": (1.0, 50.0)}
 
@@ -182,9 +176,6 @@ class Config:
     env_body4_lmax: int = 3
     # Mixed channels of body order three (0: env_body4's; the channels' count: all of them).
     env_body3: int = 0
-    # The channel mixing's principal directions: over all atoms ("shared") or over the atoms of
-    # each centre element ("element"), each element's atoms then mixed by their own.
-    env_body4_mixing: str = "shared"
 
     @property
     def dim(self) -> int:
@@ -328,13 +319,7 @@ def model_bytes(config: Config) -> int:
     if config.n_features == 0:
         mlp = 0
     env = config.n_species * config.spectrum_size * config.env_dim
-    env += (
-        (config.env_body4_lmax + 1)
-        * config.body_mixed
-        * config.n_species
-        * config.env_radial
-        * (config.n_species if config.env_body4_mixing == "element" else 1)
-    )
+    env += (config.env_body4_lmax + 1) * config.body_mixed * config.n_species * config.env_radial
     return 8 * (k * k + k + 2 * m * p + pd * (q + 2) + mlp + env)
 
 

@@ -40,8 +40,7 @@ class Stats(eqx.Module):
     pair_mean: jax.Array | None = None
     pair_std: jax.Array | None = None
     # "atomic" with env_body4: the channel mixing (env_body4_lmax + 1, body_mixed, channels) of
-    # the body-ordered invariants (one such per element first with env_body4_mixing "element")
-    # and each of their block's columns' scale (S * n_body,).
+    # the body-ordered invariants and each of their block's columns' scale (S * n_body,).
     env_mixing: jax.Array | None = None
     body_scale: jax.Array | None = None
     elements: tuple[int, ...] = eqx.field(static=True, default=())
@@ -172,9 +171,8 @@ def atomic_stats(config: Config, numbers, projection=None, pairs=None, body=None
         out.update(pair_mean=jnp.asarray(mean), pair_std=jnp.asarray(std))
     if config.env_body4:
         channels = config.n_species * config.env_radial
-        per_element = (config.n_species,) if config.env_body4_mixing == "element" else ()
         shapes = (
-            (*per_element, config.env_body4_lmax + 1, config.body_mixed, channels),
+            (config.env_body4_lmax + 1, config.body_mixed, channels),
             (config.n_species * config.n_body,),
         )
         mixing, scale = body if body is not None else tuple(jnp.zeros(s) for s in shapes)

@@ -79,16 +79,16 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
 
 def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The body-ordered invariants' channel mixing (the leading config.body_mixed principal directions
-    of the channels of the atoms' densities in structures x, per l, over all atoms or per
-    centre element by config.env_body4_mixing) and the scale of each
+    of the channels of the atoms' densities in structures x, per l) and the scale of each
     column of their block: one over its RMS in x, so every invariant starts on the same
     footing and the prior scale and evidence weigh them together (gp.body_order)."""
     element = environment.element_index(numbers)
     env = environment.EnvSettings(config)
     xs = jnp.asarray(x)
     dens = np.asarray(jax.lax.map(lambda xi: body_order.densities(xi, element, env), xs, batch_size=16))
-    per_element = element if config.env_body4_mixing == "element" else None
-    mixing = body_order.channel_mixing(dens, config.body_mixed, config.env_body4_lmax, per_element)
+    mixing = body_order.channel_mixing(
+        dens.reshape(-1, *dens.shape[2:]), config.body_mixed, config.env_body4_lmax
+    )
     w, orders = jnp.asarray(mixing), body_order.orders(config)
 
     def terms(xi):
