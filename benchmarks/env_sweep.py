@@ -3,13 +3,18 @@
     python benchmarks/env_sweep.py                                   # the variants below
     python benchmarks/env_sweep.py --variants "" "env_dim=64" "env_radial=12 env_lmax=6"
     python benchmarks/env_sweep.py --quick                           # smoke test (tiny model)
+    python benchmarks/env_sweep.py --n 1000 --molecules toluene --searches newton-one
+        --base descriptor=atomic pair_powers=3
+        --variants "env_body4=7 env_radial=6 env_lmax=5 env_body4_lmax=5"   # (one command)
 
 Each variant is a set of KEY=VALUE config settings on top of --base (the atomic descriptor
 without pair powers). The model is the explicit block alone on the first --n structures of
 rMD17 train_01 (the harness of evidence_starts.py); its block scales and noise levels are
-chosen by the library's exact evidence search (both starts), and its exact posterior is tested
-on the 1000 structures of test_01. The block's size K, the NLL per observation the search ends
-at (comparable across variants: the same observations) and the test errors are reported.
+chosen by the library's exact evidence search (L-BFGS from both starts, or the --searches
+given: "newton-one" is Newton's method from one start, as the library's prefit), and its exact
+posterior is tested on the 1000 structures of test_01. The block's size K, the NLL per
+observation the search ends at (comparable across variants: the same observations) and the
+test errors are reported.
 Results: benchmarks/results/env_sweep.{json,md}.
 """
 
