@@ -41,12 +41,10 @@ COLUMNS = [("molecule", "molecule"), ("n", "structures"), ("variant", "settings"
 
 
 def main() -> None:
-    ap = evidence_starts.harness_args(__doc__, "env_sweep")
+    ap = evidence_starts.harness_args(__doc__, "env_sweep", ["two"])
     ap.add_argument("--base", nargs="*", default=evidence_starts.BASE_CONFIG)
     ap.add_argument("--variants", nargs="+", default=VARIANTS,
                     help='each one string of KEY=VALUE settings ("" for the base alone)')  # fmt: skip
-    ap.add_argument("--searches", nargs="+", default=["two"], choices=list(evidence_starts.SEARCHES),
-                    help="the evidence searches of evidence_starts.py, one row each")  # fmt: skip
     args = ap.parse_args()
     common.enable_x64()
     base = common.config_options(args.base)

@@ -114,12 +114,15 @@ COLUMNS = [("molecule", "molecule"), ("n", "structures"), ("K", "K"), ("starts",
 BASE_CONFIG = ["descriptor=atomic", "pair_powers=0"]
 
 
-def harness_args(description: str, name: str) -> argparse.ArgumentParser:
-    """The options of run's harness (--molecules, --n, --name and the common ones)."""
+def harness_args(description: str, name: str, searches: list[str]) -> argparse.ArgumentParser:
+    """The options of run's harness (--molecules, --n, --name, --searches with its default
+    ``searches``, and the common ones)."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--molecules", nargs="+", default=["ethanol"])
     ap.add_argument("--n", type=int, default=500, help="training structures (first of train_01)")
     ap.add_argument("--name", default=name)
+    ap.add_argument("--searches", nargs="+", default=searches, choices=list(SEARCHES),
+                    help="the evidence searches (keys of SEARCHES), one row each")  # fmt: skip
     common.add_common_args(ap)
     return ap
 
@@ -130,9 +133,8 @@ def structures(args) -> int:
 
 
 def main() -> None:
-    ap = harness_args(__doc__, "evidence_starts")
+    ap = harness_args(__doc__, "evidence_starts", ["one", "two"])
     ap.add_argument("--config", nargs="*", default=BASE_CONFIG)
-    ap.add_argument("--searches", nargs="+", default=["one", "two"], choices=list(SEARCHES))
     args = ap.parse_args()
     common.enable_x64()
     overrides = common.config_options(args.config) | (QUICK if args.quick else {})
