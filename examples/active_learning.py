@@ -84,6 +84,20 @@ def label(calc, numbers, positions):
     return np.array(keep, dtype=int), np.array(energies), np.array(forces)
 
 
+def model_options(pairs: list[str]) -> dict:
+    """--config KEY=VALUE ... as config keyword arguments (numbers as numbers)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--config takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -109,6 +123,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--inducing", type=int, default=64)
     parser.add_argument("--explicit-dim", type=int, default=36)
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further model settings (forcegp.train_model's config_kwargs), e.g. "
+        "descriptor=atomic env_body4=7 env_radial=6",
+    )
     parser.add_argument("--md-runs", type=int, default=4, help="MD trajectories per round")
     parser.add_argument("--md-steps", type=int, default=400)
     parser.add_argument("--temperature", type=float, default=600.0, help="K")
@@ -186,7 +208,8 @@ def main() -> None:
         f"{formula(numbers).split()[0]}, {data.n_frames} initial structures, validation "
         f"{valid.n_frames} and test set "
         f"{test.n_frames} structures "
-        f"(labelled in {time.perf_counter() - started:.0f} s); model M={args.inducing}, "
+        f"(labelled in {time.perf_counter() - started:.0f} s); model M={args.inducing}"
+        f"{''.join(' ' + pair for pair in args.config)}, "
         f"{args.epochs} epochs of batches of {args.batch_size}; {args.md_runs} MD runs x "
         f"{args.md_steps} steps at "
         f"{args.temperature:g} K per round, {args.pick} picks per round"
@@ -197,7 +220,11 @@ def main() -> None:
         # validation for nothing else); the test set is only evaluated, so it never shapes a model.
         model, _ = train_model(
             train,
-            config_kwargs={"n_inducing": args.inducing, "explicit_dim": args.explicit_dim},
+            config_kwargs={
+                "n_inducing": args.inducing,
+                "explicit_dim": args.explicit_dim,
+                **model_options(args.config),
+            },
             settings=TrainSettings(epochs=args.epochs, batch_size=args.batch_size),
             seed=args.seed,
             valid=valid,

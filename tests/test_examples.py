@@ -50,8 +50,10 @@ def test_active_learning_example(tmp_path):
         "active_learning.py", "--initial", 10, "--rounds", 1, "--pick", 4, "--test", 5,
         "--valid", 5, "--batch-size", 4, "--md-runs", 1, "--md-steps", 10, "--interval", 2,
         "--reference", "emt", "--no-baseline", "--workdir", tmp_path / "md", *TINY,
-        "--objective", "integrated", "--targets", "typical", cwd=tmp_path,
+        "--objective", "integrated", "--targets", "typical", "--config", "width=32",
+        cwd=tmp_path,
     )  # fmt: skip
+    assert "model M=" in out and " width=32," in out, out
     table = out[out.index("by round:") :]
     rows = re.findall(r"^\s+(\d)\s+(\d+)\s+[\d.]+", table, re.M)
     # Round 1 adds the picks (up to 4: as many as the MD run left candidate frames).
