@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rounds' rows to this JSON file")
     args = parser.parse_args()
+    options = model_options(args.config)  # before any labelling: a malformed pair stops here
 
     jax.config.update("jax_enable_x64", True)  # first thing: models are float64
     import ase.io
@@ -223,7 +224,7 @@ def main() -> None:
             config_kwargs={
                 "n_inducing": args.inducing,
                 "explicit_dim": args.explicit_dim,
-                **model_options(args.config),
+                **options,
             },
             settings=TrainSettings(epochs=args.epochs, batch_size=args.batch_size),
             seed=args.seed,
