@@ -39,19 +39,28 @@ def every(data, n: int):
 
 
 def part_metrics(pred: dict, data, mask: np.ndarray) -> dict:
+    """The library's prediction_metrics on the frames of ``mask``, in meV and percent, with the
+    mean force std against the RMS force error."""
+    from forcegp.training.evaluation import prediction_metrics
+
     if not mask.any():
         return {"n": 0}
-    df = pred["forces"][mask] - data.forces[mask]
-    de = pred["energy"][mask] - data.energies[mask]
-    std = pred["forces_std"][mask]
+    m = prediction_metrics({key: value[mask] for key, value in pred.items()}, data.subset(mask))
     return {
         "n": int(mask.sum()),
-        "forces_mae_meV": 1e3 * float(np.mean(np.abs(df))),
-        "forces_mae_percent": 100 * float(np.mean(np.abs(df)) / np.mean(np.abs(data.forces[mask]))),
-        "energy_mae_meV": 1e3 * float(np.mean(np.abs(de))),
-        "forces_coverage_95": float(np.mean(np.abs(df) <= 1.959964 * std)),
-        "std_ratio": float(np.mean(std) / np.sqrt(np.mean(df**2))),
+        "forces_mae_meV": 1e3 * m["forces_mae"],
+        "forces_mae_percent": 100 * m["forces_mae"] / m["forces_mean_abs"],
+        "energy_mae_meV": 1e3 * m["energy_mae"],
+        "forces_coverage_95": m["forces_coverage_95"],
+        "std_ratio": m["forces_std_mean"] / m["forces_rmse"],
     }
+
+
+COLUMNS = [("molecule", "molecule"), ("variant", "variant"), ("n_train", "n train"),
+           ("part", "part"), ("n", "frames"), ("forces_mae_meV", "F MAE (meV/Å)"),
+           ("forces_mae_percent", "% of mean abs F"), ("energy_mae_meV", "E MAE (meV)"),
+           ("forces_coverage_95", "F cov. 95"), ("std_ratio", "std ratio"),
+           ("train_s", "train (s)"), ("commit", "commit")]  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -101,23 +110,15 @@ def main(argv=None) -> int:
         }
         rows = common.append_record(out / "extrapolation.jsonl", row, machine, args.quick)
         print({k: row[k] for k in ("variant", "K", "train_s", "all", "inside", "outside")})
-    lines = ["| molecule | variant | n train | part | frames | F MAE (meV/Å) | % of mean abs F | "
-             "E MAE (meV) | F cov. 95 | std ratio | train (s) | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        for part in ("all", "inside", "outside"):
-            m = r[part]
-            if not m["n"]:
-                continue
-            lines.append(
-                f"| {r['molecule']} | {r['variant']} | {r['n_train']} | {part} | {m['n']} | "
-                f"{m['forces_mae_meV']:.1f} | {m['forces_mae_percent']:.1f} | "
-                f"{m['energy_mae_meV']:.0f} | {m['forces_coverage_95']:.3f} | {m['std_ratio']:.2f} | "
-                f"{r['train_s']} | {r['commit']} |"
-            )
-    common.write_results("extrapolation", {"quick": args.quick, "machine": machine, "rows": rows},
-                         "# Inside and outside the training distribution\n\n" + "\n".join(lines),
-                         out)  # fmt: skip
+    parts = [{**r, "part": part, **r[part]} for r in rows for part in ("all", "inside", "outside")
+             if r[part]["n"]]  # fmt: skip
+    table = common.md_table(parts, COLUMNS)
+    common.write_results(
+        "extrapolation",
+        {"quick": args.quick, "machine": machine, "rows": rows},
+        "# Inside and outside the training distribution\n\n" + table,
+        out,
+    )
     return 0
 
 
