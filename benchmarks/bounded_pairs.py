@@ -3,15 +3,17 @@ explicit block alone, outside the library.
 
     python benchmarks/bounded_pairs.py                  # aspirin (rMD17 01) and DHA (xTB)
     python benchmarks/bounded_pairs.py --bounds 2 3 5   # the tanh widths to try
+    python benchmarks/bounded_pairs.py --no-reference --bounds --margins 1   # range clamps only
     python benchmarks/bounded_pairs.py --quick          # smoke run (tiny)
 
 An atomic model's pair powers are z^k (k = 1..3) of each atom pair's inverse distance,
 standardised over the training frames (z: that pair's distance in units of its own spread).
 They buy accuracy where the test frames stay within the training shapes and extrapolate
 without bound where far atoms come close: a folding chain sends z of its new close pairs to
-tens. The variants here replace z by C tanh(z / C) before the powers (near z = 0 the same,
-never beyond C: the pair terms then hold their value outside the training range), beside
-the library's powers and no pair terms at all.
+tens. The variants here replace z before the powers by C tanh(z / C) (near z = 0 the same,
+never beyond C), or by z clamped smoothly to that pair's range over the training frames
+(unchanged within it, at most a margin beyond it): outside the training shapes the pair terms
+then hold their value. Beside them the library's powers and no pair terms at all.
 
 The model is the explicit block alone (a one-point DSoftKI block without MLP, as in
 evidence_starts.py) of the body-ordered atomic model (descriptor=atomic env_body4=7
@@ -44,8 +46,40 @@ BASE = ["descriptor=atomic", "env_body4=7", "env_radial=6"]
 QUICK = {"env_body4": 2, "env_radial": 3, "env_lmax": 2, "env_body4_lmax": 1, "env_dim": 6}
 
 
-def bounded_pair_powers(bound: float):
-    """forcegp.gp.explicit._pair_powers with z replaced by bound * tanh(z / bound)."""
+#: Per-pair range of z over the training frames (lo, hi), filled by fit_and_test before the
+#: statistics are accumulated (the clamped variant's traces read it).
+TRAINING_RANGE: dict = {}
+
+
+def tanh_bound(bound: float):
+    """z -> bound * tanh(z / bound) and its derivative."""
+    import jax.numpy as jnp
+
+    def warp(z):
+        t = jnp.tanh(z / bound)
+        return bound * t, 1.0 - t**2
+
+    return warp
+
+
+def range_clamp(margin: float):
+    """z -> z within each pair's training range [lo, hi], beyond it hi + margin tanh((z - hi) /
+    margin) (and the same below lo): the library's powers on the training data, at most
+    `margin` past the range outside it; continuous with its first derivative."""
+    import jax.numpy as jnp
+
+    def warp(z):
+        lo, hi = TRAINING_RANGE["lo"], TRAINING_RANGE["hi"]
+        above, below = jnp.tanh((z - hi) / margin), jnp.tanh((lo - z) / margin)
+        out = jnp.where(z > hi, hi + margin * above, jnp.where(z < lo, lo - margin * below, z))
+        slope = jnp.where(z > hi, 1.0 - above**2, jnp.where(z < lo, 1.0 - below**2, 1.0))
+        return out, slope
+
+    return warp
+
+
+def bounded_pair_powers(warp):
+    """forcegp.gp.explicit._pair_powers with z replaced by warp(z)."""
     import jax.numpy as jnp
 
     from forcegp.gp import descriptors
@@ -54,8 +88,7 @@ def bounded_pair_powers(bound: float):
         n = config.n_atoms
         first, second, grad = descriptors.inverse_distance_pairs(x, n, jnp.arange(n)[None])
         z = (descriptors.raw_descriptor("inverse-distance", x, n) - stats.pair_mean) / stats.pair_std
-        t = jnp.tanh(z / bound)
-        vp, dvp = bound * t, 1.0 - t**2
+        vp, dvp = warp(z)
         ks = range(1, config.pair_powers + 1)
         value = hyper.scale_pair * jnp.concatenate([vp**k for k in ks])
         if not with_grad:
@@ -105,6 +138,14 @@ def fit_and_test(train, test, inside, overrides: dict) -> dict:
                     **overrides)  # fmt: skip
     r, e, f = train.positions, train.energies, train.forces
     model = initialise.initialize(config, z, r, e, f, key=jax.random.key(0))
+    if config.pair_powers:
+        from forcegp.gp import descriptors
+
+        raw = jax.vmap(lambda xi: descriptors.raw_descriptor("inverse-distance", xi, len(z)))
+        zs = (np.asarray(raw(r.reshape(n, -1))) - np.asarray(model.stats.pair_mean)) / np.asarray(
+            model.stats.pair_std
+        )
+        TRAINING_RANGE.update(lo=zs.min(axis=0), hi=zs.max(axis=0))
     y, g = initialise.standardise_targets(e, f, model.stats.energy_mean, model.stats.energy_scale)
     t0 = time.perf_counter()
     suff = posterior.accumulate(model, r.reshape(n, -1), y, g)
@@ -143,7 +184,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["aspirin", "dha"], choices=("aspirin", "dha", "ala3"))
     ap.add_argument("--n", type=int, default=1000, help="aspirin training structures")
-    ap.add_argument("--bounds", nargs="+", type=float, default=[3.0])
+    ap.add_argument("--bounds", nargs="*", type=float, default=[3.0], help="tanh widths C")
+    ap.add_argument(
+        "--margins",
+        nargs="*",
+        type=float,
+        default=[],
+        help="range clamps: margins beyond each pair's training range (std units)",
+    )
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="leave out the library's powers and the model without pair terms",
+    )
     ap.add_argument("--config", nargs="*", default=[], help="KEY=VALUE beside " + " ".join(BASE))
     ap.add_argument("--name", default="bounded_pairs")
     common.add_common_args(ap)
@@ -151,8 +204,10 @@ def main(argv=None) -> int:
     common.enable_x64()
     base = common.config_options(BASE + args.config) | (QUICK if args.quick else {})
     library = explicit._pair_powers
-    variants = [("powers (library)", 3, library), ("none", 0, library)]
-    variants += [(f"tanh, C = {c:g}", 3, bounded_pair_powers(c)) for c in args.bounds]
+    variants = [] if args.no_reference else [("powers (library)", 3, library), ("none", 0, library)]
+    variants += [(f"tanh, C = {c:g}", 3, bounded_pair_powers(tanh_bound(c))) for c in args.bounds]
+    variants += [(f"training range, margin {m:g}", 3, bounded_pair_powers(range_clamp(m)))
+                 for m in args.margins]  # fmt: skip
     machine = common.machine_info()
     rows = []
     for case in args.cases:
