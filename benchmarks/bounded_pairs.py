@@ -60,14 +60,10 @@ UNIT_SCALE = types.SimpleNamespace(scale_pair=1.0)
 
 
 def tanh_bound(bound: float):
-    """z -> bound * tanh(z / bound) and its derivative."""
-    import jax.numpy as jnp
+    """z -> bound * tanh(z / bound) and its derivative (the library's --pair-bound form)."""
+    from forcegp.gp.explicit import bounded_pair_distance
 
-    def warp(z):
-        t = jnp.tanh(z / bound)
-        return bound * t, 1.0 - t**2
-
-    return warp
+    return lambda z: bounded_pair_distance(z, bound)
 
 
 def range_clamp(margin: float):

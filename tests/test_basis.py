@@ -57,6 +57,8 @@ VARIANTS = {
     "cartesian-polynomial-mlp-sym": dict(descriptor="cartesian", n_permutations=6),
     "atomic-polynomial-mlp": dict(descriptor="atomic", env_dim=6, explicit_dim=4),
     "atomic-polynomial-products": dict(descriptor="atomic", env_dim=6, env_products=3, n_features=0),
+    # Pair powers of C tanh(z / C) with C small enough that the new structure's pairs bend it.
+    "atomic-polynomial-bounded": dict(descriptor="atomic", env_dim=6, pair_bound=0.5),
     # Body-ordered invariants in place of the products: order three on 5 mixed channels, four
     # on 3, couplings to l = 2.
     "atomic-body4-mlp": dict(
@@ -477,6 +479,35 @@ def test_budgeted_epochs_are_fewer_beside_the_body_ordered_block(methanol_data):
 
 
 BODY4 = dict(env_radial=3, env_lmax=2, env_body4=3, env_body4_lmax=2, env_body3=9)
+
+
+def test_bounded_pair_powers_stay_bounded_where_pairs_leave_the_training_range(methanol_data):
+    """With pair_bound C the pair columns are scale_pair (C tanh(z/C))^k: they follow the
+    unbounded powers near the training mean and stay below scale_pair C^k where the molecule is
+    compressed far beyond any training structure, where the unbounded powers grow with z^k."""
+    from forcegp.gp.explicit import _pair_powers, bounded_pair_distance
+
+    z = jnp.array([-50.0, -1e-3, 0.0, 1e-3, 3.0, 50.0])
+    w, dw = bounded_pair_distance(z, 2.0)
+    np.testing.assert_allclose(w[1:4], z[1:4], rtol=1e-6)
+    assert float(jnp.max(jnp.abs(w))) <= 2.0 and float(w[-1]) > 1.99 and float(w[4]) < 3.0
+    np.testing.assert_allclose(dw, jax.vmap(jax.grad(lambda t: bounded_pair_distance(t, 2.0)[0]))(z))
+    positions, e, f = methanol_data
+    bound = 1.5
+    models = {b: build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6,
+                             pair_bound=b) for b in (0.0, bound)}  # fmt: skip
+    n_pair = models[bound].config.n_explicit_pair
+    assert n_pair == 3 * 15
+    squeezed = jnp.asarray(0.6 * np.asarray(positions[0]).reshape(-1))
+    for b, model in models.items():
+        value, _ = _pair_powers(model.config, model.stats, model.hyper, squeezed, False)
+        assert value.shape == (n_pair,)
+        pairs = np.abs(np.asarray(value)) / float(model.hyper.scale_pair)
+        limit = np.repeat([bound, bound**2, bound**3], 15)
+        if b:
+            assert np.all(pairs <= limit) and pairs.max() > 0.9 * bound**3
+        else:
+            assert pairs.max() > 10 * bound**3  # the unbounded powers of the same structure
 
 
 @pytest.mark.parametrize("extra", [{}, BODY4], ids=["products", "body4"])

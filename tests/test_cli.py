@@ -97,14 +97,17 @@ def test_train_an_atomic_model_and_report_it(workdir):
     path = workdir / "atomic.fgp"
     result = invoke("train", workdir / "small.extxyz", "-o", path, *TINY, "--descriptor", "atomic",
                     "--env-dim", "4", "--env-cutoff", "4.0", "--env-radial", "2", "--env-lmax",
-                    "1", "--env-body4", "2", "--env-body4-lmax", "1", "--env-body3", "4")  # fmt: skip
+                    "1", "--env-body4", "2", "--env-body4-lmax", "1", "--env-body3", "4",
+                    "--pair-bound", "2")  # fmt: skip
     assert result.exit_code == 0, (result.output, result.exception)
     info = json.loads(invoke("info", path, "--json").stdout)
     config = info["config"]
     assert config["descriptor"] == "atomic" and config["n_species"] == 3
     assert config["env_dim"] == 4 and config["env_cutoff"] == 4.0 and config["n_permutations"] == 1
     assert (config["env_body4"], config["env_body3"], config["env_body4_lmax"]) == (2, 4, 1)
-    assert "body orders 2-4: order 3 on 4 channels, 4 on 2, l <= 1" in invoke("info", path).stdout
+    assert config["pair_bound"] == 2.0 and config["pair_powers"] == 3
+    text = invoke("info", path).stdout
+    assert "body orders 2-4: order 3 on 4 channels, 4 on 2, l <= 1) + pair powers 3 bounded by 2" in text
 
 
 def test_predict(workdir, model):
@@ -178,6 +181,10 @@ def test_bad_inputs(workdir, model):
     body = ["--descriptor", "atomic", "--env-body4", "40"]
     err = one_line_error(invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", *body), 2)
     assert "--env-body4=40 mixed channels" in err and "--env-radial=" in err, err
+    assert not (workdir / "x.fgp").exists()
+    bounded = ["--descriptor", "inverse-distance", "--pair-bound", "2"]
+    err = one_line_error(invoke("train", workdir / "small.extxyz", "-o", workdir / "x.fgp", *bounded), 2)
+    assert "--pair-bound=2" in err and "--descriptor='atomic'" in err, err
     assert not (workdir / "x.fgp").exists()
     # A memory cap the fit cannot meet: refused before training, with the basis size named.
     err = one_line_error(

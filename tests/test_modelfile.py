@@ -397,9 +397,9 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     loaded = assert_round_trip(path, model, data)
     assert loaded.stats.elements == (1, 1, 2, 0, 0, 0, 0, 0, 0)
     # A file from before the env_products setting took products of all env_dim components (and
-    # had no body-ordered invariants).
+    # had no body-ordered invariants, and unbounded pair powers).
     header, payload = split(path)
-    added = ("env_products", "env_body4", "env_body4_lmax", "env_body3")
+    added = ("env_products", "env_body4", "env_body4_lmax", "env_body3", "pair_bound")
     rewrite(path, {**header, "config": {k: v for k, v in header["config"].items()
                                         if k not in added}}, payload)  # fmt: skip
     loaded, _ = modelfile.load_model(path, numbers=data.numbers)

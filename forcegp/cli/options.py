@@ -22,6 +22,7 @@ FLAGS = {
     "explicit_dim": "--explicit-dim",
     "explicit_cubic": "--explicit-cubic",
     "pair_powers": "--pair-powers",
+    "pair_bound": "--pair-bound",
     "local_cutoff": "--local-cutoff",
     "n_permutations": "--no-symmetrize",
     "env_cutoff": "--env-cutoff",

@@ -129,6 +129,15 @@ def _shown(name: str, fields: dict = CONFIG):
     "with the number of atom pairs.",
 )
 @click.option(
+    "--pair-bound",
+    default=CONFIG["pair_bound"],
+    show_default=True,
+    type=click.FloatRange(min=0, max=1e3, max_open=True),
+    help="Atomic descriptor: take the pair powers of C tanh(z/C), z each pair's standardised "
+    "inverse distance, C this bound (0: of z itself). Bounded, they cannot blow up where pairs "
+    "come closer than in any training structure (a folding chain); 4 is a good start.",
+)
+@click.option(
     "--env-cutoff",
     default=CONFIG["env_cutoff"],
     show_default=True,
@@ -303,6 +312,7 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "explicit_cubic": opts["explicit_cubic"],
         "local_cutoff": opts["local_cutoff"],
         "pair_powers": opts["pair_powers"],
+        "pair_bound": opts["pair_bound"],
         "env_cutoff": opts["env_cutoff"],
         "env_dim": opts["env_dim"],
         "env_products": opts["env_products"],

@@ -81,7 +81,12 @@ INT_FIELDS = {
 }
 CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
 #: (lowest, highest-exclusive) of every real field.
-FLOAT_FIELDS = {"local_cutoff": (0.0, 1e3), "jitter": (0.0, 1.0), "env_cutoff": (1.0, 50.0)}
+FLOAT_FIELDS = {
+    "local_cutoff": (0.0, 1e3),
+    "jitter": (0.0, 1.0),
+    "env_cutoff": (1.0, 50.0),
+    "pair_bound": (0.0, 1e3),
+}
 
 
 class ConfigError(ValueError):
@@ -152,6 +157,9 @@ class Config:
     # it from the number of training structures and atoms.
     explicit_cubic: int = AUTO
     pair_powers: int = PAIR_POWERS  # powers of each descriptor entry ("atomic": of inverse distances)
+    # "atomic": the pair powers are of C tanh(z / C) for each pair's standardised inverse distance
+    # z, bounded by C where a pair leaves its training range (docs/method.md §14); 0: of z itself.
+    pair_bound: float = 0.0
     local_cutoff: float = 4.0  # Å; pairs in local products are typically shorter ("polynomial")
     n_local: int = 0  # local product terms; set by training.initialise from the geometries
     # Atom permutations (graph automorphisms) the model is averaged over, at most; 1 = none.
@@ -365,6 +373,10 @@ def validate(values: dict, *, resolved: bool) -> Config:
     if config.env_body4 and config.descriptor != "atomic":
         raise ConfigError(
             f"`env_body4`={config.env_body4}: body-ordered invariants need `descriptor`='atomic'"
+        )
+    if config.pair_bound and config.descriptor != "atomic":
+        raise ConfigError(
+            f"`pair_bound`={config.pair_bound:g}: bounded pair powers need `descriptor`='atomic'"
         )
     if config.env_body3 and not config.env_body4:
         raise ConfigError(

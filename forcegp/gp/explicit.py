@@ -78,19 +78,30 @@ def explicit_terms(config, stats, hyper, v, jac=None, x=None):
     return value, (jnp.concatenate(grads, axis=0) if with_grad else None)
 
 
+def bounded_pair_distance(z, bound: float):
+    """Each pair's standardised inverse distance z as the pair powers take it, and its
+    derivative: z itself (bound 0), else C tanh(z / C) with C = bound, which follows z near the
+    training mean (|z| << C) and stays within (-C, C) where a pair leaves its training range."""
+    if not bound:
+        return z, jnp.ones_like(z)
+    t = jnp.tanh(z / bound)
+    return bound * t, 1.0 - t * t
+
+
 def _pair_powers(config, stats, hyper, x, with_grad: bool):
     """Powers 1..pair_powers of the structure's standardised inverse distances (the global pair
-    terms of an "atomic" model) and, with ``with_grad``, their gradients (pair_powers * P, D),
-    scattered from each pair's two atoms."""
+    terms of an "atomic" model; bounded by config.pair_bound: bounded_pair_distance) and, with
+    ``with_grad``, their gradients (pair_powers * P, D), scattered from each pair's two atoms."""
     n = config.n_atoms
     first, second, grad = descriptors.inverse_distance_pairs(x, n, jnp.arange(n)[None])
-    vp = (descriptors.raw_descriptor("inverse-distance", x, n) - stats.pair_mean) / stats.pair_std
+    z = (descriptors.raw_descriptor("inverse-distance", x, n) - stats.pair_mean) / stats.pair_std
+    vp, dvp = bounded_pair_distance(z, config.pair_bound)
     ks = range(1, config.pair_powers + 1)
     value = hyper.scale_pair * jnp.concatenate([vp**k for k in ks])
     if not with_grad:
         return value, None
     g = grad[0] / stats.pair_std[:, None]  # (P, 3)
-    coef = jnp.concatenate([k * vp ** (k - 1) for k in ks])  # (T,)
+    coef = jnp.concatenate([k * vp ** (k - 1) * dvp for k in ks])  # (T,)
     rows = jnp.arange(coef.shape[0])
     cols = jnp.tile(jnp.arange(vp.shape[0]), config.pair_powers)
     out = jnp.zeros((coef.shape[0], n, 3), x.dtype)
