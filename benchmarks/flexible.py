@@ -62,6 +62,13 @@ def run_one(molecule: str, variant: str, flags: list[str], work: Path, quick: bo
         row["error"] = tested["stderr"].strip().splitlines()[-1:]
         return row
     m = json.loads(metrics.read_text())
+    # Whether the model has the input-dependent noise (0: constant noise; skipped for memory
+    # where its pass would not fit): it shapes the calibration.
+    info = common.run_measured([*forcegp, "info", model, "--json"])
+    summary = json.loads(info["stdout"]) if info["rc"] == 0 else {}
+    calibration = summary.get("training", {}).get("calibration") or {}
+    row["misfit_gamma"] = calibration.get("misfit_gamma")
+    row["misfit_skipped"] = calibration.get("misfit_skipped")
     row.update(
         {
             "forces_mae_meV": 1e3 * m["forces_mae"],

@@ -110,7 +110,7 @@ def test_the_input_dependent_noise_is_chosen_on_the_validation_data(ethanol, tra
 def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(ethanol, monkeypatch):
     model, meta = train(ethanol, epochs=1, settings=TrainSettings(epochs=1, misfit_noise=False))
     assert model.posterior.misfit is None and meta["training"]["calibration"]["misfit_gamma"] == 0.0
-    monkeypatch.setattr(pipeline, "misfit_gammas_per_pass", lambda *a: 0)
+    monkeypatch.setattr(pipeline, "misfit_pass_plan", lambda *a: (0, 8))
     events = []
     model, meta = train(ethanol, epochs=1, progress=lambda e, i: events.append(i.get("text")))
     assert model.posterior.misfit is None
@@ -119,13 +119,29 @@ def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(etha
 
 
 def test_misfit_candidates_per_pass_follow_the_memory(ethanol, trained):
+    """As many candidates per pass as fit beside the fit's chunk of rows; where fewer passes
+    (or any pass at all) need a smaller chunk, the largest such chunk."""
     model = trained[0]
-    one = resources.misfit_pass_bytes(model.config, 8, 1, 1, model.n_copies)
-    two = resources.misfit_pass_bytes(model.config, 8, 1, 2, model.n_copies)
-    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, one) == 1
-    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, two) == 2
-    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, one - 1) == 0
-    assert resources.misfit_gammas_per_pass(model, 8, 1, 4, 1e15) == 4
+
+    def need(chunk, gammas):
+        return resources.misfit_pass_bytes(model.config, chunk, 1, gammas, model.n_copies)
+
+    plan = resources.misfit_pass_plan
+    assert plan(model, 8, 1, 4, 1e15) == (4, 8)
+    assert plan(model, 8, 1, 4, need(8, 2)) == (2, 8)
+    # A candidate fits only beside a smaller chunk: the largest that leaves room for it.
+    assert need(8, 1) > need(4, 1)
+    assert plan(model, 8, 1, 4, need(8, 1) - 1) == (1, 4)
+    assert plan(model, 8, 1, 4, need(1, 1) - 1) == (0, 8)
+    # Fewer passes beside a smaller chunk rather than four beside the fit's 8: the largest
+    # chunk that takes the most candidates.
+    limit = need(2, 2)
+    assert need(8, 1) < limit < min(need(4, 2), need(1, 3))  # (this model's sizes)
+    assert plan(model, 8, 1, 4, limit) == (2, 2)
+    # Chunks stay multiples of the devices.
+    assert plan(model, 8, 2, 4, 1e15) == (4, 8)
+    six = resources.misfit_pass_bytes(model.config, 6, 2, 1, model.n_copies)
+    assert plan(model, 8, 2, 1, six) == (1, 4)
 
 
 def assert_close(a, b, what: str) -> None:

@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluation import amplified, calibrate, held_out_nll, predict, prediction_metrics
 from .initialise import initialize, match_prior_scale, standardise_targets
 from .loop import TrainState, optimizer
-from .resources import check_step_memory, chunk_for, make_mesh, misfit_gammas_per_pass
+from .resources import check_step_memory, chunk_for, make_mesh, misfit_pass_plan
 from .settings import TrainSettings, check_settings
 from .stagewise import explicit_prefit, fit_search, soft_only
 
@@ -223,7 +223,7 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     if not run.settings.misfit_noise:
         return model, None, {"misfit_gamma": 0.0}
     n_dev = int(run.mesh.devices.size)
-    per_pass = misfit_gammas_per_pass(model, run.chunk, n_dev, len(misfit.GRID), run.max_memory)
+    per_pass, chunk = misfit_pass_plan(model, run.chunk, n_dev, len(misfit.GRID), run.max_memory)
     if per_pass == 0:
         say("message", {"text": "input-dependent noise skipped: too little memory for its pass"})
         return model, None, {"misfit_gamma": 0.0, "misfit_skipped": "memory"}
@@ -235,7 +235,7 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     best = (model, pred)
     for first in range(0, len(misfit.GRID), per_pass):
         gammas = misfit.GRID[first : first + per_pass]
-        p, b = misfit.systems(model, proj, gammas, run.x, run.y, run.g, chunk=run.chunk,
+        p, b = misfit.systems(model, proj, gammas, run.x, run.y, run.g, chunk=chunk,
                               mesh=run.mesh)  # fmt: skip
         for i, gamma in enumerate(gammas):
             candidate = misfit.with_misfit(model, posterior.solve_system(p[i], b[i]), proj, gamma)

@@ -94,19 +94,26 @@ def misfit_pass_bytes(config, chunk: int, n_devices: int, n_gammas: int, n_copie
     return chunk * structure_bytes(config, n_copies) + BYTES * blocks * k * k
 
 
-def misfit_gammas_per_pass(
+def misfit_pass_plan(
     model: ForceGP, chunk: int, n_devices: int, n_gammas: int, max_memory: float | None
-) -> int:
-    """Most candidates of the input-dependent noise one pass can take within max_memory (or
-    the memory available, as memory_limit); 0 where not even one fits."""
+) -> tuple[int, int]:
+    """(candidates per pass, structures per chunk) of the input-dependent noise within
+    max_memory (or the memory available, as memory_limit); (0, chunk) where not even one
+    candidate fits. Each pass computes every structure's rows again, so the plan takes the
+    fewest passes, then the largest chunk: the fit's ``chunk`` or a smaller one (halved, a
+    multiple of n_devices), whose rows leave room for a candidate's K x K blocks."""
     limit, _ = memory_limit(max_memory, n_devices)
     if limit is None:
-        return n_gammas
-
-    def need(g):
-        return misfit_pass_bytes(model.config, chunk, n_devices, g, model.n_copies)
-
-    return max((g for g in range(1, n_gammas + 1) if need(g) <= limit), default=0)
+        return n_gammas, chunk
+    chunks = sorted({max(n_devices, (chunk >> i) // n_devices * n_devices)
+                     for i in range(chunk.bit_length())}, reverse=True)  # fmt: skip
+    best = (0, chunk)
+    for c in chunks:
+        fit = [g for g in range(1, n_gammas + 1)
+               if misfit_pass_bytes(model.config, c, n_devices, g, model.n_copies) <= limit]  # fmt: skip
+        if fit and (not best[0] or -(-n_gammas // fit[-1]) < -(-n_gammas // best[0])):
+            best = (fit[-1], c)
+    return best
 
 
 def available_memory_bytes() -> int | None:
