@@ -116,6 +116,11 @@ def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(etha
     assert model.posterior.misfit is None
     assert meta["training"]["calibration"]["misfit_skipped"] == "memory"
     assert any(t and "skipped" in t for t in events)
+    from forcegp.cli import display
+
+    summary = display.model_summary(model, meta)
+    assert summary["hyperparameters"]["misfit_skipped"] == "memory"
+    assert "its pass was skipped, too little memory" in display.format_summary("m.fgp", summary)
 
 
 def test_misfit_candidates_per_pass_follow_the_memory(ethanol, trained):

@@ -113,6 +113,8 @@ def model_summary(gp, header: dict) -> dict:
             "noise_forces_eV_per_Ang": float(hyper.noise_force) * scale,
             # gamma of the input-dependent noise (gp.misfit); 0: constant noise
             "misfit_gamma": float((training.get("calibration") or {}).get("misfit_gamma", 0.0)),
+            # why it is constant where its pass was skipped ("memory"), else None
+            "misfit_skipped": (training.get("calibration") or {}).get("misfit_skipped"),
             "scale": float(hyper.scale),
             "scale_linear": float(hyper.scale_linear),
             "scale_quadratic": float(hyper.scale_quadratic),
@@ -166,7 +168,9 @@ def _explicit_scales(h: dict) -> str:
     return out if h.get("scale_pair") is None else f"{out} / pair powers {h['scale_pair']:.4g}"
 
 
-def _misfit(gamma: float) -> str:
+def _misfit(gamma: float, skipped: str | None = None) -> str:
+    if skipped:
+        return f"none (constant noise: its pass was skipped, too little {skipped})"
     if not gamma:
         return "none (constant noise)"
     return f"gamma {gamma:g} (noise + gamma x posterior variance of the constant-noise fit)"
@@ -197,7 +201,7 @@ def format_summary(path, s: dict) -> str:
     rows = [
         ("noise energy", f"{h['noise_energy_eV'] * 1e3:.3f}", "meV"),
         ("noise forces", f"{h['noise_forces_eV_per_Ang'] * 1e3:.3f}", "meV/Å"),
-        ("misfit noise", _misfit(h["misfit_gamma"]), ""),
+        ("misfit noise", _misfit(h["misfit_gamma"], h.get("misfit_skipped")), ""),
         ("energy mean / scale", f"{h['energy_mean_eV']:.4f} / {h['energy_scale_eV']:.4f}", "eV"),
         ("kernel scale", f"{h['scale']:.4g}", ""),
         ("explicit scales", _explicit_scales(h), ""),
