@@ -139,14 +139,15 @@ def model_summary(gp, header: dict) -> dict:
 def _explicit_shape(cfg: dict) -> str:
     if cfg.get("descriptor") != "atomic":
         return f"(PCA {cfg['explicit_dim']}, cubic {cfg['explicit_cubic']})"
+    config = Config(**cfg)
     out = "(per element, degree 2)"
     if cfg.get("env_body4"):
         n, l_max = cfg["env_body4"], cfg["env_body4_lmax"]
-        n3 = Config(**cfg).body3_channels
+        n3 = config.body3_channels
         out = f"(per element, body orders 2-4 on {n} channels, l <= {l_max})"
         if n3 != n:
             out = f"(per element, body orders 2-4: order 3 on {n3} channels, 4 on {n}, l <= {l_max})"
-    if Config(**cfg).n_explicit_pair:
+    if config.n_explicit_pair:
         bound = cfg.get("pair_bound") or 0
         out += f" + pair powers {cfg['pair_powers']}" + (f" bounded by {bound:g}" if bound else "")
     return out

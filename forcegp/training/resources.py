@@ -105,15 +105,17 @@ def misfit_pass_plan(
     limit, _ = memory_limit(max_memory, n_devices)
     if limit is None:
         return n_gammas, chunk
-    chunks = sorted({max(n_devices, (chunk >> i) // n_devices * n_devices)
-                     for i in range(chunk.bit_length())}, reverse=True)  # fmt: skip
-    best = (0, chunk)
-    for c in chunks:
-        fit = [g for g in range(1, n_gammas + 1)
-               if misfit_pass_bytes(model.config, c, n_devices, g, model.n_copies) <= limit]  # fmt: skip
-        if fit and (not best[0] or -(-n_gammas // fit[-1]) < -(-n_gammas // best[0])):
-            best = (fit[-1], c)
-    return best
+
+    def most(c: int) -> int:
+        def need(g: int) -> int:
+            return misfit_pass_bytes(model.config, c, n_devices, g, model.n_copies)
+
+        return max((g for g in range(1, n_gammas + 1) if need(g) <= limit), default=0)
+
+    plans = [(g, c) for c in halved_chunks(chunk, n_devices) if (g := most(c))]
+    if not plans:
+        return 0, chunk
+    return min(plans, key=lambda plan: (-(-n_gammas // plan[0]), -plan[1]))
 
 
 def available_memory_bytes() -> int | None:
@@ -166,6 +168,15 @@ def memory_limit(max_memory: float | None, n_devices: int = 1) -> tuple[float | 
     return AVAILABLE_SHARE * available, "the memory this machine has available"
 
 
+def halved_chunks(chunk: int, n_devices: int):
+    """``chunk``, then halved (rounded down to a multiple of n_devices) down to n_devices: the
+    chunk sizes a memory plan tries, largest first."""
+    yield chunk
+    while chunk > n_devices:
+        chunk = max(n_devices, (chunk // 2) - (chunk // 2) % n_devices)
+        yield chunk
+
+
 def choose_chunk(
     config, max_memory: float | None, n_devices: int = 1, default: int = 64, *, n_copies: int = 1
 ) -> int:
@@ -173,12 +184,13 @@ def choose_chunk(
     K x K blocks fit in max_memory, or without it in AVAILABLE_SHARE of the memory available
     now (memory_limit: the devices' own on accelerators, the machine's on CPU). Raises
     ResourceError, before anything is allocated, where even the smallest chunk does not fit."""
-    chunk = max(n_devices, default - default % n_devices)
+    largest = max(n_devices, default - default % n_devices)
     limit, what = memory_limit(max_memory, n_devices)
     if limit is None:
-        return chunk
-    while chunk > n_devices and fit_memory_bytes(config, chunk, n_devices, n_copies) > limit:
-        chunk = max(n_devices, (chunk // 2) - (chunk // 2) % n_devices)
+        return largest
+    for chunk in halved_chunks(largest, n_devices):
+        if fit_memory_bytes(config, chunk, n_devices, n_copies) <= limit:
+            break
     need = fit_memory_bytes(config, chunk, n_devices, n_copies)
     if need > limit:
         sizes = config.basis_parts()
