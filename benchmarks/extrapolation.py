@@ -105,6 +105,7 @@ def main(argv=None) -> int:
             "K": int(model.config.n_basis),
             "misfit_gamma": meta["training"]["calibration"].get("misfit_gamma"),
             "misfit_skipped": meta["training"]["calibration"].get("misfit_skipped"),
+            "misfit_seconds": meta["training"]["calibration"].get("misfit_seconds"),
             "all": part_metrics(pred, test, np.ones_like(inside)),
             "inside": part_metrics(pred, test, inside),
             "outside": part_metrics(pred, test, ~inside),

@@ -69,6 +69,7 @@ def run_one(molecule: str, variant: str, flags: list[str], work: Path, quick: bo
     calibration = summary.get("training", {}).get("calibration") or {}
     row["misfit_gamma"] = calibration.get("misfit_gamma")
     row["misfit_skipped"] = calibration.get("misfit_skipped")
+    row["misfit_seconds"] = calibration.get("misfit_seconds")
     row.update(
         {
             "forces_mae_meV": 1e3 * m["forces_mae"],
