@@ -204,8 +204,10 @@ def format_summary(path, s: dict) -> str:
         ("noise forces", f"{h['noise_forces_eV_per_Ang'] * 1e3:.3f}", "meV/Å"),
         ("misfit noise", _misfit(h["misfit_gamma"], h.get("misfit_skipped")), ""),
         ("energy mean / scale", f"{h['energy_mean_eV']:.4f} / {h['energy_scale_eV']:.4f}", "eV"),
-        ("kernel scale", f"{h['scale']:.4g}", ""),
-        ("explicit scales", _explicit_scales(h), ""),
+        # Amplitudes of the blocks' contributions to the standardised energy (energy - mean) /
+        # scale: multiply by the energy scale for eV.
+        ("kernel scale", f"{h['scale']:.4g}", "x energy scale"),
+        ("explicit scales", _explicit_scales(h), "x energy scale"),
         ("mean temperature", f"{h['temperature_mean']:.4g}", ""),
         (
             "lengthscales",
