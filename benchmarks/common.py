@@ -307,6 +307,14 @@ def thermalize(atoms, temperature_K: float, seed: int) -> None:
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
 
 
+def noise_record(calibration: dict | None) -> dict:
+    """The input-dependent noise's part of a training's calibration record (train_model's
+    meta["training"]["calibration"], or `forcegp info --json`'s): gamma (0: constant noise),
+    why it was skipped (None: not skipped) and its seconds, None where absent."""
+    calibration = calibration or {}
+    return {key: calibration.get(key) for key in ("misfit_gamma", "misfit_skipped", "misfit_seconds")}
+
+
 # ----------------------------------------------------------------------------- output
 
 

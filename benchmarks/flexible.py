@@ -66,10 +66,7 @@ def run_one(molecule: str, variant: str, flags: list[str], work: Path, quick: bo
     # where its pass would not fit): it shapes the calibration.
     info = common.run_measured([*forcegp, "info", model, "--json"])
     summary = json.loads(info["stdout"]) if info["rc"] == 0 else {}
-    calibration = summary.get("training", {}).get("calibration") or {}
-    row["misfit_gamma"] = calibration.get("misfit_gamma")
-    row["misfit_skipped"] = calibration.get("misfit_skipped")
-    row["misfit_seconds"] = calibration.get("misfit_seconds")
+    row.update(common.noise_record(summary.get("training", {}).get("calibration")))
     row.update(
         {
             "forces_mae_meV": 1e3 * m["forces_mae"],
