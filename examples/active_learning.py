@@ -8,7 +8,8 @@
 Round 0 trains on 50 structures drawn from --geometries (by default rMD17 ethanol; only their
 positions are used). Each round then
 
-1. runs a few Langevin MD trajectories with the current model from training structures, each
+1. runs a few Langevin MD trajectories with the current model from training structures (or,
+   ``--starts typical``, from the unlabelled typical geometries), each
    stopping when the largest predicted force std exceeds a threshold (forcegp.md.run_md): twice
    the median such std over typical geometries (200 unlabelled frames of --geometries), so "unsure"
    means "less sure than on the structures it should know";
@@ -137,6 +138,13 @@ def main() -> None:
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
     parser.add_argument("--interval", type=int, default=4, help="keep every N-th MD frame")
     parser.add_argument(
+        "--starts",
+        choices=["training", "typical"],
+        default="training",
+        help="where the MD runs start: labelled training structures, or the unlabelled typical "
+        "geometries (a cheap trajectory's frames, so the runs explore the data's distribution)",
+    )
+    parser.add_argument(
         "--threshold-factor",
         type=float,
         default=2.0,
@@ -154,6 +162,13 @@ def main() -> None:
         choices=["pool", "typical"],
         default="pool",
         help="for --objective integrated: the round's MD frames, or the typical geometries",
+    )
+    parser.add_argument(
+        "--misfit",
+        choices=["noise", "error"],
+        default="noise",
+        help="how picking counts the input-dependent noise: as noise a label cannot lower, or as "
+        "model error that labels remove (forcegp.select.select_structures)",
     )
     parser.add_argument("--reference", choices=["auto", "xtb", "emt"], default="auto")
     parser.add_argument(
@@ -181,9 +196,10 @@ def main() -> None:
     started = time.perf_counter()
     calc, reference = reference_calculator(args.reference)
     rng = np.random.default_rng(args.seed)
-    geometries = read_dataset(args.geometries)  # positions only; every label is the reference's
+    # Positions only (unlabelled files are fine): every label is the reference's.
+    geometries = read_dataset(args.geometries, require_labels=False)
     numbers = geometries.numbers
-    test_set = read_dataset(args.test_geometries)
+    test_set = read_dataset(args.test_geometries, require_labels=False)
     if not np.array_equal(test_set.numbers, numbers):
         raise SystemExit(
             f"{args.test_geometries}: atoms {formula(test_set.numbers)}, but {args.geometries} "
@@ -219,7 +235,7 @@ def main() -> None:
     def fit(train: Dataset):
         # A fixed validation set of its own calibrates the std's amplitude (train_model uses
         # validation for nothing else); the test set is only evaluated, so it never shapes a model.
-        model, _ = train_model(
+        model, meta = train_model(
             train,
             config_kwargs={
                 "n_inducing": args.inducing,
@@ -230,7 +246,9 @@ def main() -> None:
             seed=args.seed,
             valid=valid,
         )
-        return model, evaluate(model, test)
+        metrics = evaluate(model, test)
+        metrics["gamma"] = meta["training"]["calibration"].get("misfit_gamma")  # noise's choice
+        return model, metrics
 
     rows, baseline = [], data
     for round_ in range(args.rounds + 1):
@@ -242,9 +260,11 @@ def main() -> None:
             "mae": 1e3 * metrics["forces_mae"],
             "emae": 1e3 * metrics["energy_mae"],
             "cov": 100 * metrics["forces_coverage_95"],
+            "gamma": metrics["gamma"],
         }
         if args.baseline and round_ > 0:
-            row["random"] = 1e3 * fit(baseline)[1]["forces_mae"]
+            other = fit(baseline)[1]
+            row["random"], row["random_gamma"] = 1e3 * other["forces_mae"], other["gamma"]
         if round_ == args.rounds:
             row["seconds"] = time.perf_counter() - tick
             rows.append(row)
@@ -257,7 +277,8 @@ def main() -> None:
         md_calc = make_calculator(model, monitor=True)  # compiled once, reused by every run
         pool, steps_run, stops = [], [], 0
         for run in range(args.md_runs):
-            start = data.positions[rng.integers(data.n_frames)]
+            starts = data.positions if args.starts == "training" else typical
+            start = starts[rng.integers(len(starts))]
             out = workdir / f"round{round_}_md{run}.extxyz"
             try:
                 summary = run_md(
@@ -276,19 +297,31 @@ def main() -> None:
             except NumericalError:  # the frames before the blow-up were written
                 stops += 1
             frames = ase.io.read(out, ":")
-            pool += [f.positions for f in frames[1:]]  # not the start: it is labelled already
+            pool += [f.positions for f in frames[1:]]  # not the start: labelled, or a target
         candidates = np.array(pool)
 
         # 2. pick; 3. label and add
         k = min(args.pick, len(candidates))
         targets = typical if args.targets == "typical" else None
         picks = select_structures(
-            model, candidates, k, numbers=numbers, objective=args.objective, targets=targets
+            model,
+            candidates,
+            k,
+            numbers=numbers,
+            objective=args.objective,
+            targets=targets,
+            misfit=args.misfit,
         )
-        data = concatenate([data, labelled(candidates[picks.indices], f"round {round_}")])
+        chosen = labelled(candidates[picks.indices], f"round {round_}")
+        data = concatenate([data, chosen])
+        # The current model's error on the frames it picked: whether the std found the frames
+        # it gets most wrong (the labels exist anyway; nothing here shapes a model).
+        row["pick_mae"] = 1e3 * evaluate(model, chosen)["forces_mae"]
         if args.baseline:
             random = rng.permutation(len(candidates))[:k]
-            baseline = concatenate([baseline, labelled(candidates[random], "random")])
+            drawn = labelled(candidates[random], "random")
+            baseline = concatenate([baseline, drawn])
+            row["random_pick_mae"] = 1e3 * evaluate(model, drawn)["forces_mae"]
         row.update(
             threshold=1e3 * threshold,
             md_steps=float(np.mean(steps_run)) if steps_run else 0.0,
@@ -327,8 +360,10 @@ def _row_text(r: dict) -> str:
         text += (
             f"\n  MD stop at max force std > {r['threshold']:.0f} meV/Å: {r['stops']} runs "
             f"stopped, mean {r['md_steps']:.0f} steps; {r['pool']} candidate frames; picked "
-            f"frames' RMS force std {r['pick_std']:.0f} meV/Å"
+            f"frames' RMS force std {r['pick_std']:.0f} meV/Å, force MAE {r['pick_mae']:.0f} meV/Å"
         )
+        if "random_pick_mae" in r:
+            text += f" (random picks' {r['random_pick_mae']:.0f})"
     return text + f"  [{r['seconds']:.0f} s]"
 
 

@@ -82,22 +82,37 @@ class Selection:
         return np.sqrt(np.maximum(self.scores, 0.0) / self.n_dim)
 
 
-@eqx.filter_jit
-def _whitened_rows(model: ForceGP, x: jax.Array) -> jax.Array:
-    """S = phi A^T for structures x (C, D): (C, 1+D, K), in standardised units."""
-    return batch_rows(model, model.hyper, x) @ model.posterior.inv_chol.T
+MISFIT_CHOICES = ("noise", "error")
+
+
+def _factor(model: ForceGP, misfit: str) -> jax.Array:
+    """The factor B (K, K') with S = phi B: A^T, or with ``misfit="error"`` and a model with an
+    input-dependent noise [A^T | misfit], so S S^T is the posterior covariance plus the misfit."""
+    factor = model.posterior.inv_chol.T
+    if misfit == "error" and model.posterior.misfit is not None:
+        factor = jnp.concatenate([factor, model.posterior.misfit], axis=1)
+    return factor
 
 
 @eqx.filter_jit
-def _summaries(model: ForceGP, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """S (C, 1+D, K) as _whitened_rows, and the noise variances (C, 1+D) of the same rows: the
-    constant levels plus, for a model with an input-dependent noise (gp.misfit), its misfit
-    ||phi misfit||^2 per row; one evaluation of the rows serves both."""
+def _whitened_rows(model: ForceGP, factor: jax.Array, x: jax.Array) -> jax.Array:
+    """S = phi B for structures x (C, D): (C, 1+D, K'), in standardised units (B: _factor)."""
+    return batch_rows(model, model.hyper, x) @ factor
+
+
+@eqx.filter_jit
+def _summaries(
+    model: ForceGP, factor: jax.Array, x: jax.Array, misfit_noise: bool
+) -> tuple[jax.Array, jax.Array]:
+    """S (C, 1+D, K') as _whitened_rows, and the noise variances (C, 1+D) of the same rows: the
+    constant levels plus, with ``misfit_noise`` (the misfit counted as noise, not in B), the
+    input-dependent noise ||phi misfit||^2 per row (gp.misfit); one evaluation of the rows
+    serves both."""
     rows = batch_rows(model, model.hyper, x)
     noise = jnp.broadcast_to(noise_vector(model.config, model.hyper), rows.shape[:2])
-    if model.posterior.misfit is not None:
+    if misfit_noise and model.posterior.misfit is not None:
         noise = noise + jnp.sum((rows @ model.posterior.misfit) ** 2, axis=2)
-    return rows @ model.posterior.inv_chol.T, noise
+    return rows @ factor, noise
 
 
 @jax.jit
@@ -147,21 +162,24 @@ def _padded_chunks(n: int, chunk: int) -> list[np.ndarray]:
 
 
 def _rows_in_chunks(
-    model: ForceGP, x: np.ndarray, chunk: int
+    model: ForceGP, factor: jax.Array, x: np.ndarray, chunk: int, misfit_noise: bool
 ) -> tuple[list[jax.Array], list[jax.Array]]:
     """S and noise variances (_summaries) of every candidate x (n, D), in padded chunks."""
-    pairs = [_summaries(model, jnp.asarray(x[idx])) for idx in _padded_chunks(len(x), chunk)]
+    idx = _padded_chunks(len(x), chunk)
+    pairs = [_summaries(model, factor, jnp.asarray(x[i]), misfit_noise) for i in idx]
     return [s for s, _ in pairs], [noise for _, noise in pairs]
 
 
-def _target_factor(model: ForceGP, x: np.ndarray, chunk: int, rtol: float) -> jax.Array:
-    """E (r, K) with E^T E the leading eigen-part of Q = T_f^T T_f of the targets x (m, D)."""
+def _target_factor(
+    model: ForceGP, factor: jax.Array, x: np.ndarray, chunk: int, rtol: float
+) -> jax.Array:
+    """E (r, K') with E^T E the leading eigen-part of Q = T_f^T T_f of the targets x (m, D)."""
     m = len(x)
     q = 0.0
     for c, idx in enumerate(_padded_chunks(m, chunk)):
         # the padding repeats count zero
         weight = jnp.asarray((c * chunk + np.arange(chunk) < m).astype(np.float64))
-        q = q + _force_gram(_whitened_rows(model, jnp.asarray(x[idx])), weight)
+        q = q + _force_gram(_whitened_rows(model, factor, jnp.asarray(x[idx])), weight)
     values, vectors = np.linalg.eigh(np.asarray(q))
     keep = values > rtol * max(values[-1], 0.0)
     if not np.any(keep):
@@ -180,6 +198,7 @@ def select_structures(
     objective: str = "variance",
     targets=None,
     rtol: float = 1e-10,
+    misfit: str = "noise",
 ) -> Selection:
     """Pick ``k`` of the candidate structures ``positions`` (n, N, 3) Å whose labels would
     reduce the model's force uncertainty most (see the module docstring).
@@ -187,8 +206,12 @@ def select_structures(
     numbers: the candidates' atomic numbers, checked against the model's. chunk: structures per
     compiled call (memory of the rows is training.resources.memory_bytes). objective:
     ``variance`` or ``integrated``; targets (m, N, 3): the structures whose force variance
-    ``integrated`` lowers (None: the candidates); rtol: its eigenvalue cut. Raises InputError for
-    a bad k, objective or targets.
+    ``integrated`` lowers (None: the candidates); rtol: its eigenvalue cut. misfit: how a model's
+    input-dependent noise (gp.misfit) counts: ``noise``, as the likelihood treats it (a label
+    cannot lower it, and it makes a label less informative), or ``error``, as model error that
+    labels remove where they correlate (the variances are then those of the std the user sees,
+    less the constant noise); no effect on a model with a constant noise. Raises InputError for
+    a bad k, objective, targets or misfit.
     """
     if model.posterior is None:
         raise InputError("the model has no fitted posterior; train it first")
@@ -201,13 +224,17 @@ def select_structures(
         raise InputError(f"cannot pick {k!r} of {n} candidates; pick between 1 and {n}")
     if objective not in ("variance", "integrated"):
         raise InputError(f"unknown objective {objective!r}; use 'variance' or 'integrated'")
-    chunks, noises = _rows_in_chunks(model, positions.reshape(n, -1), chunk)
+    if misfit not in MISFIT_CHOICES:
+        raise InputError(f"unknown misfit {misfit!r}; use 'noise' or 'error'")
+    basis = _factor(model, misfit)
+    x = positions.reshape(n, -1)
+    chunks, noises = _rows_in_chunks(model, basis, x, chunk, misfit_noise=misfit == "noise")
     factor = None
     if objective == "integrated":
         t = positions if targets is None else np.asarray(targets, dtype=np.float64)
         if t.ndim != 3 or t.shape[1:] != (model.n_atoms, 3) or len(t) == 0:
             raise InputError(f"targets must have shape (m, {model.n_atoms}, 3), got {t.shape}")
-        factor = _target_factor(model, t.reshape(len(t), -1), chunk, rtol)
+        factor = _target_factor(model, basis, t.reshape(len(t), -1), chunk, rtol)
 
     def gather(parts) -> np.ndarray:
         return np.concatenate([np.asarray(p) for p in parts])[:n]

@@ -3,6 +3,7 @@ meaningful; that they train, write a model, run MD and print their tables is wha
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_active_learning_example(tmp_path):
         "--valid", 5, "--batch-size", 4, "--md-runs", 1, "--md-steps", 10, "--interval", 2,
         "--reference", "emt", "--no-baseline", "--workdir", tmp_path / "md", *TINY,
         "--objective", "integrated", "--targets", "typical", "--config", "width=32",
+        "--starts", "typical", "--misfit", "error", "--json", tmp_path / "rounds.json",
         cwd=tmp_path,
     )  # fmt: skip
     assert "model M=" in out and " width=32," in out, out
@@ -59,6 +61,8 @@ def test_active_learning_example(tmp_path):
     # Round 1 adds the picks (up to 4: as many as the MD run left candidate frames).
     assert [r[0] for r in rows] == ["0", "1"] and rows[0][1] == "10", out
     assert 10 < int(rows[1][1]) <= 14, out
+    first = json.loads((tmp_path / "rounds.json").read_text())["rounds"][0]
+    assert first["pick_mae"] > 0 and "gamma" in first, first  # round 0's model on its picks
 
 
 def test_active_learning_refuses_a_test_set_of_another_molecule(tmp_path):

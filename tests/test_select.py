@@ -14,7 +14,7 @@ from forcegp.gp import misfit
 from forcegp.gp.basis import noise_vector
 from forcegp.gp.likelihood import batch_rows
 from forcegp.modelfile import save_model
-from forcegp.select import _whitened_rows, read_candidates, select_structures
+from forcegp.select import read_candidates, select_structures
 from forcegp.training import evaluation
 
 
@@ -44,21 +44,34 @@ def test_first_pick_has_the_largest_force_variance(fitted_small, pool, initial):
     assert np.all(sel.rms_force_std() > 0)
 
 
-@pytest.mark.parametrize("with_misfit", [False, True])
-def test_square_root_update_equals_dense_conditioning(fitted_small, pool, with_misfit):
-    """With an input-dependent noise (gp.misfit) a pick is conditioned on its own noise."""
-    model = fitted_small
-    if with_misfit:
-        model = misfit.with_misfit(model, model.posterior, misfit.projection(model, 8), 30.0)
-    sel = select_structures(model, pool, 5, chunk=4)
+def with_misfit(model):
+    return misfit.with_misfit(model, model.posterior, misfit.projection(model, 8), 30.0)
+
+
+def dense_factor(model, misfit_as: str):
+    """The factor B of the weights' covariance B B^T (whitened: the identity is A^T's)."""
+    rows_factor = np.asarray(model.posterior.inv_chol.T)
+    if misfit_as == "error" and model.posterior.misfit is not None:
+        return np.concatenate([rows_factor, np.asarray(model.posterior.misfit)], axis=1)
+    return rows_factor
+
+
+@pytest.mark.parametrize("misfit_as", [None, "noise", "error"])
+def test_square_root_update_equals_dense_conditioning(fitted_small, pool, misfit_as):
+    """With an input-dependent noise (gp.misfit) counted as noise a pick is conditioned on its
+    own noise; counted as error, the misfit is a second, correlated term of the covariance that
+    a pick lowers like the posterior's, and only the constant noise is the labels'."""
+    model = fitted_small if misfit_as is None else with_misfit(fitted_small)
+    sel = select_structures(model, pool, 5, chunk=4, misfit=misfit_as or "noise")
     x = pool.reshape(len(pool), -1)
-    s = np.asarray(_whitened_rows(model, x))  # (n, 1+D, K)
+    rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
+    s = rows @ dense_factor(model, misfit_as)  # (n, 1+D, K')
     noise = np.tile(np.asarray(noise_vector(model.config, model.hyper)), (len(pool), 1))
-    if with_misfit:
-        rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
+    if misfit_as is not None:
         extra = np.sum((rows @ np.asarray(model.posterior.misfit)) ** 2, axis=2)
         assert np.all(extra > 0.01 * noise)  # large enough to change the picks' conditioning
-        noise = noise + extra
+        if misfit_as == "noise":
+            noise = noise + extra
     cov = np.eye(s.shape[2])  # covariance of the whitened weights
     scale2 = float(model.stats.energy_scale) ** 2
     for t, j in enumerate(sel.indices):
@@ -68,6 +81,25 @@ def test_square_root_update_equals_dense_conditioning(fitted_small, pool, with_m
         np.testing.assert_allclose(sel.scores[t], scores[j], rtol=1e-8)
         u = s[j]
         cov = cov - cov @ u.T @ np.linalg.solve(u @ cov @ u.T + np.diag(noise[j]), u @ cov)
+
+
+def test_misfit_as_error_scores_the_std_the_user_sees(fitted_small, pool):
+    """misfit="error": a candidate's score is its summed force variance as the prediction
+    reports it (posterior plus misfit), less only the constant noise; "noise" leaves the misfit
+    out; a model without a misfit scores the same either way."""
+    model = with_misfit(fitted_small)
+    pred = evaluation.predict(model, pool, with_std=True)
+    scale = float(model.stats.energy_scale)
+    noise = float(model.hyper.noise_force) * scale
+    total = np.sum(pred["forces_std"] ** 2, axis=(1, 2)) - pool[0].size * noise**2
+    error = select_structures(model, pool, 1, misfit="error").initial_scores
+    plain = select_structures(model, pool, 1, misfit="noise").initial_scores
+    np.testing.assert_allclose(error, total, rtol=1e-8, atol=1e-12)
+    assert np.all(plain < error - 1e-3 * error)  # the misfit is a visible part of the std
+    same = select_structures(fitted_small, pool, 1, misfit="error").initial_scores
+    np.testing.assert_allclose(same, select_structures(fitted_small, pool, 1).initial_scores)
+    with pytest.raises(InputError, match="unknown misfit"):
+        select_structures(model, pool, 1, misfit="both")
 
 
 def test_batch_aware_skips_duplicates(fitted_small, pool, initial):
@@ -106,7 +138,7 @@ def test_cli_writes_picks_with_labels_but_not_predictions(tmp_path, fitted_small
     ase.io.write(tmp_path / "md.extxyz", predicted)
     out = tmp_path / "picked.extxyz"
     args = ["select", str(tmp_path / "m.fgp"), str(tmp_path / "pool.extxyz"),
-            str(tmp_path / "md.extxyz"), "-n", "6", "-o", str(out)]  # fmt: skip
+            str(tmp_path / "md.extxyz"), "-n", "6", "-o", str(out), "--misfit", "error"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "picked 6 of 15 candidates (batch-aware, variance)" in result.output
@@ -126,26 +158,28 @@ def test_cli_writes_picks_with_labels_but_not_predictions(tmp_path, fitted_small
     assert any(f.info["select_source"].endswith("md.extxyz") for f in frames)
 
 
-@pytest.mark.parametrize("with_misfit", [False, True])
+@pytest.mark.parametrize("misfit_as", [None, "noise", "error"])
 @pytest.mark.parametrize("own_targets", [False, True])
 def test_integrated_objective_equals_dense_variance_reduction(
-    fitted_small, small_problem, pool, with_misfit, own_targets
+    fitted_small, small_problem, pool, misfit_as, own_targets
 ):
     """Each pick lowers the targets' summed force variance the most, by exactly its gain, with
     the targets either the candidates themselves or another set."""
-    model = fitted_small
-    if with_misfit:
-        model = misfit.with_misfit(model, model.posterior, misfit.projection(model, 8), 30.0)
+    model = fitted_small if misfit_as is None else with_misfit(fitted_small)
     targets = None if own_targets else small_problem.positions[:6] + 0.01
-    sel = select_structures(model, pool, 5, chunk=4, objective="integrated", targets=targets)
+    sel = select_structures(
+        model, pool, 5, chunk=4, objective="integrated", targets=targets, misfit=misfit_as or "noise"
+    )
     x = pool.reshape(len(pool), -1)
-    s = np.asarray(_whitened_rows(model, x))
+    factor = dense_factor(model, misfit_as)
+    rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
+    s = rows @ factor
     t_pos = pool if targets is None else targets
-    tf = np.asarray(_whitened_rows(model, t_pos.reshape(len(t_pos), -1)))[:, 1:]
+    t_rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(t_pos.reshape(len(t_pos), -1))))
+    tf = (t_rows @ factor)[:, 1:]
     tf = tf.reshape(-1, tf.shape[-1])  # all target force rows
     noise = np.tile(np.asarray(noise_vector(model.config, model.hyper)), (len(pool), 1))
-    if with_misfit:
-        rows = np.asarray(batch_rows(model, model.hyper, jnp.asarray(x)))
+    if misfit_as == "noise":
         noise = noise + np.sum((rows @ np.asarray(model.posterior.misfit)) ** 2, axis=2)
     cov = np.eye(s.shape[2])
     scale2 = float(model.stats.energy_scale) ** 2

@@ -233,8 +233,18 @@ def md(model, start, output, frame, **opts) -> None:
     help="Structures whose force uncertainty --objective integrated lowers (repeatable; labels "
     "not needed). Default: the candidates themselves.",
 )
+@click.option(
+    "--misfit",
+    type=click.Choice(["noise", "error"]),
+    default="noise",
+    show_default=True,
+    help="How a model's input-dependent noise counts: as noise that a label cannot lower, or as "
+    "model error that labels remove nearby (the picks then follow the std the model reports).",
+)
 @reader_options
-def select_command(model, candidates, count, output, batch_aware, objective, targets, **opts) -> None:
+def select_command(
+    model, candidates, count, output, batch_aware, objective, targets, misfit, **opts
+) -> None:
     """Pick the frames of CANDIDATES whose labels would teach MODEL most.
 
     Greedy by posterior force variance (--objective); with --batch-aware each pick is treated as
@@ -259,7 +269,7 @@ def select_command(model, candidates, count, output, batch_aware, objective, tar
         target_positions = concatenate(parts).positions  # positions only: no label checks
     selection = select_structures(
         gp, pool.data.positions, count, batch_aware=batch_aware, numbers=pool.data.numbers,
-        objective=objective, targets=target_positions,
+        objective=objective, targets=target_positions, misfit=misfit,
     )  # fmt: skip
     write_extxyz_atomic(output, picked_atoms(pool, selection))
     rms = selection.rms_force_std()
