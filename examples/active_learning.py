@@ -196,10 +196,12 @@ def main() -> None:
     started = time.perf_counter()
     calc, reference = reference_calculator(args.reference)
     rng = np.random.default_rng(args.seed)
-    # Positions only (unlabelled files are fine): every label is the reference's.
-    geometries = read_dataset(args.geometries, require_labels=False)
+    # Positions only: every label is the reference's, so a file's own labels (and their units:
+    # the energy unit named here only lets a unit-less MD17 npz be read) are dropped.
+    positions_only = {"require_labels": False, "energy_unit": "eV"}
+    geometries = read_dataset(args.geometries, **positions_only)
     numbers = geometries.numbers
-    test_set = read_dataset(args.test_geometries, require_labels=False)
+    test_set = read_dataset(args.test_geometries, **positions_only)
     if not np.array_equal(test_set.numbers, numbers):
         raise SystemExit(
             f"{args.test_geometries}: atoms {formula(test_set.numbers)}, but {args.geometries} "
