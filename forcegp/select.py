@@ -33,6 +33,12 @@ it by gain_c = tr(G_c^-1 U_c Q U_c^T), G_c = U_c U_c^T + Lambda_c. Q is kept as 
 of its leading eigen-directions (Q ~ E^T E; the dropped ones, each below ``rtol`` times the
 largest eigenvalue, change a gain by at most (1+D) rtol lambda_max), and conditioning on a pick
 updates it like S: E <- E - (E U^T) W U. Per pick O(n_cand (1+D) K (1+D+r)).
+
+The misfit as error (``misfit="error"``): a model's input-dependent noise ||phi misfit||^2
+joins the summary instead of Lambda, S = phi [A^T | misfit], so the scores are the force
+variances the prediction reports (less the constant noise) and a pick lowers the misfit of
+the candidates it correlates with, as labels there would lower the model's error; the same
+updates apply with K' = K + the misfit's columns (docs/method.md §12).
 """
 
 from __future__ import annotations
@@ -226,15 +232,15 @@ def select_structures(
         raise InputError(f"unknown objective {objective!r}; use 'variance' or 'integrated'")
     if misfit not in MISFIT_CHOICES:
         raise InputError(f"unknown misfit {misfit!r}; use 'noise' or 'error'")
-    basis = _factor(model, misfit)
+    cov_factor = _factor(model, misfit)
     x = positions.reshape(n, -1)
-    chunks, noises = _rows_in_chunks(model, basis, x, chunk, misfit_noise=misfit == "noise")
+    chunks, noises = _rows_in_chunks(model, cov_factor, x, chunk, misfit_noise=misfit == "noise")
     factor = None
     if objective == "integrated":
         t = positions if targets is None else np.asarray(targets, dtype=np.float64)
         if t.ndim != 3 or t.shape[1:] != (model.n_atoms, 3) or len(t) == 0:
             raise InputError(f"targets must have shape (m, {model.n_atoms}, 3), got {t.shape}")
-        factor = _target_factor(model, basis, t.reshape(len(t), -1), chunk, rtol)
+        factor = _target_factor(model, cov_factor, t.reshape(len(t), -1), chunk, rtol)
 
     def gather(parts) -> np.ndarray:
         return np.concatenate([np.asarray(p) for p in parts])[:n]
