@@ -278,8 +278,8 @@ def main() -> None:
         threshold = args.threshold_factor * float(np.median(typical_std))
         md_calc = make_calculator(model, monitor=True)  # compiled once, reused by every run
         pool, steps_run, stops = [], [], 0
+        starts = data.positions if args.starts == "training" else typical
         for run in range(args.md_runs):
-            starts = data.positions if args.starts == "training" else typical
             start = starts[rng.integers(len(starts))]
             out = workdir / f"round{round_}_md{run}.extxyz"
             try:
