@@ -20,6 +20,10 @@ SCALE_FLOOR = 1e-6
 
 DESCRIPTORS = ("inverse-distance", "atomic", "cartesian")
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
+#: How the body-ordered invariants' columns are put on one footing before the prior scales
+#: (training.initialise.body_statistics): each column by its own RMS, or each group (element,
+#: body order) by its RMS over the group, keeping the columns' relative sizes within it.
+BODY_SCALINGS = ("column", "group")
 
 #: Columns of the random projection behind a monitored force std (forcegp md --max-force-std):
 #: the std is estimated (gp.predict.posterior_variances, docs/method.md §11) and its upper
@@ -79,7 +83,11 @@ INT_FIELDS = {
     "env_body3": (0, MAX_BODY_CHANNELS),
     "env_body4_lmax": (0, MAX_LMAX),
 }
-CHOICE_FIELDS = {"descriptor": DESCRIPTORS, "explicit": EXPLICIT_BLOCKS}
+CHOICE_FIELDS = {
+    "descriptor": DESCRIPTORS,
+    "explicit": EXPLICIT_BLOCKS,
+    "body_scaling": BODY_SCALINGS,
+}
 #: (lowest, highest-exclusive) of every real field.
 FLOAT_FIELDS = {
     "local_cutoff": (0.0, 1e3),
@@ -184,6 +192,7 @@ class Config:
     env_body4_lmax: int = 3
     # Mixed channels of body order three (0: env_body4's; the channels' count: all of them).
     env_body3: int = 0
+    body_scaling: str = "column"  # one of BODY_SCALINGS
 
     @property
     def dim(self) -> int:

@@ -81,7 +81,10 @@ def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray,
     """The body-ordered invariants' channel mixing (the leading config.body_mixed principal directions
     of the channels of the atoms' densities in structures x, per l) and the scale of each
     column of their block: one over its RMS in x, so every invariant starts on the same
-    footing and the prior scale and evidence weigh them together (gp.body_order)."""
+    footing and the prior scale and evidence weigh them together (gp.body_order). With
+    config.body_scaling "group", one over its group's RMS (element, body order): within a
+    group the columns keep their relative sizes, so the prior weighs the invariants of the
+    stronger mixed channels more."""
     element = environment.element_index(numbers)
     env = environment.EnvSettings(config)
     xs = jnp.asarray(x)
@@ -95,7 +98,12 @@ def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray,
         return body_order.structure_terms(xi, element, w, env, orders, jacobian=False)[0]
 
     values = np.asarray(jax.lax.map(terms, xs, batch_size=16)) / config.n_atoms
-    rms = np.sqrt(np.mean(values**2, axis=0))
+    ms = np.mean(values**2, axis=0)
+    if config.body_scaling == "group":  # one RMS per (element, body order) group
+        sizes = np.tile(config.body_orders, config.n_species)
+        group = np.repeat(np.arange(len(sizes)), sizes)
+        ms = (np.bincount(group, ms) / np.maximum(sizes, 1))[group]
+    rms = np.sqrt(ms)
     return mixing, 1.0 / np.maximum(rms, 1e-12 * max(float(np.max(rms)), 1e-300))
 
 
