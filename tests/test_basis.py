@@ -559,6 +559,33 @@ def test_body_ordered_groups_fold_into_their_column_scales(methanol_data):
     np.testing.assert_allclose(after[keep] / before[keep], expected[keep], rtol=1e-9)
 
 
+def test_group_scaling_keeps_the_columns_relative_sizes_within_a_group(methanol_data):
+    """body_scaling "column" gives every body-ordered column unit RMS over the training
+    structures; "group" gives each (element, body order) group unit mean square over its columns
+    and leaves their ratios as the invariants have them. The same invariants either way."""
+    positions, e, f = methanol_data
+    models = {
+        scaling: build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6,
+                             body_scaling=scaling, **BODY4)  # fmt: skip
+        for scaling in ("column", "group")
+    }
+    cfg = models["column"].config
+    x = jnp.asarray(positions.reshape(len(positions), -1))
+    body = slice(cfg.n_basis - 3 * cfg.n_body, cfg.n_basis)
+    groups = posterior.basis_groups(cfg)[body]
+    cols = {scaling: np.asarray(values(model, x))[:, body] for scaling, model in models.items()}
+    live = np.any(cols["column"] != 0, axis=0)  # some channels' invariants vanish here
+    assert live.sum() > 0.5 * len(live)
+    column_rms = np.sqrt(np.mean(cols["column"] ** 2, axis=0))
+    np.testing.assert_allclose(column_rms[live], 1.0, rtol=1e-8)
+    group_ms = np.mean(cols["group"] ** 2, axis=0)
+    for g in np.unique(groups):
+        np.testing.assert_allclose(np.mean(group_ms[groups == g]), 1.0, rtol=1e-8)
+        assert np.ptp(np.sqrt(group_ms[(groups == g) & live])) > 0.1
+    ratio = cols["group"][:, live] / cols["column"][:, live]  # per column: the same invariants
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1], ratio.shape), rtol=1e-8)
+
+
 def _carbon_chain(n_atoms: int) -> np.ndarray:
     """A zigzag carbon chain (n_atoms, 3) Å with 1.5 Å bonds."""
     a = np.arange(n_atoms)
