@@ -41,13 +41,15 @@ FORMAT_VERSION = 3
 PAIR_SCALE_VERSION = 2
 #: Config fields newer than some files, with the value that reproduces those files' models:
 #: an "atomic" model took the products of all env_dim environment components and had no
-#: body-ordered invariants, and its pair powers were of the unbounded standardised distances.
+#: body-ordered invariants, and its pair powers were of the unbounded standardised distances;
+#: a body-ordered model's columns were scaled one by one.
 ADDED_FIELDS = {
     "pair_bound": lambda raw: 0.0,
     "env_products": lambda raw: raw.get("env_dim"),
     "env_body4": lambda raw: 0,
     "env_body4_lmax": lambda raw: 3,
     "env_body3": lambda raw: 0,
+    "body_scaling": lambda raw: "column",
 }
 MAX_HEADER_BYTES = 1 << 20
 #: Most columns a model file's input-dependent noise may have (gp.misfit.COLUMNS is the default).

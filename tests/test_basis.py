@@ -564,11 +564,9 @@ def test_group_scaling_keeps_the_columns_relative_sizes_within_a_group(methanol_
     structures; "group" gives each (element, body order) group unit mean square over its columns
     and leaves their ratios as the invariants have them. The same invariants either way."""
     positions, e, f = methanol_data
-    models = {
-        scaling: build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6,
-                             body_scaling=scaling, **BODY4)  # fmt: skip
-        for scaling in ("column", "group")
-    }
+    kwargs = dict(descriptor="atomic", env_dim=6, **BODY4)
+    models = {s: build_model(METHANOL_NUMBERS, positions, e, f, body_scaling=s, **kwargs)
+              for s in ("column", "group")}  # fmt: skip
     cfg = models["column"].config
     x = jnp.asarray(positions.reshape(len(positions), -1))
     body = slice(cfg.n_basis - 3 * cfg.n_body, cfg.n_basis)

@@ -34,6 +34,7 @@ FLAGS = {
     "env_body4": "--env-body4",
     "env_body4_lmax": "--env-body4-lmax",
     "env_body3": "--env-body3",
+    "body_scaling": "--body-scaling",
     "epochs": "--epochs",
     "batch_size": "--batch-size",
     "lr": "--lr",

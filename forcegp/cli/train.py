@@ -10,6 +10,7 @@ import click
 from ..gp.config import (
     AUTO,
     AUTO_DESCRIPTOR,
+    BODY_SCALINGS,
     DESCRIPTORS,
     EXPLICIT_BLOCKS,
     LARGE_MOLECULE_ATOMS,
@@ -205,6 +206,14 @@ def _shown(name: str, fields: dict = CONFIG):
     "elements x --env-radial: every pair of channels).",
 )
 @click.option(
+    "--body-scaling",
+    default=CONFIG["body_scaling"],
+    show_default=True,
+    type=click.Choice(BODY_SCALINGS),
+    help="Atomic descriptor with --env-body4: the prior's footing for the invariants, one RMS "
+    "per element and body order (keeps the stronger channels' invariants larger) or per column.",
+)
+@click.option(
     "--symmetrize/--no-symmetrize",
     default=CONFIG["n_permutations"] > 1,
     show_default=True,
@@ -322,6 +331,7 @@ def train(data, output, valid, valid_fraction, symmetrize, seed, devices, max_me
         "env_body4": opts["env_body4"],
         "env_body4_lmax": opts["env_body4_lmax"],
         "env_body3": opts["env_body3"],
+        "body_scaling": opts["body_scaling"],
         "n_permutations": MAX_SYMMETRY_PERMUTATIONS if symmetrize else 1,
     }
     settings = TrainSettings(

@@ -21,9 +21,9 @@ SCALE_FLOOR = 1e-6
 DESCRIPTORS = ("inverse-distance", "atomic", "cartesian")
 EXPLICIT_BLOCKS = ("polynomial", "quadratic", "none")
 #: How the body-ordered invariants' columns are put on one footing before the prior scales
-#: (training.initialise.body_statistics): each column by its own RMS, or each group (element,
-#: body order) by its RMS over the group, keeping the columns' relative sizes within it.
-BODY_SCALINGS = ("column", "group")
+#: (training.initialise.body_statistics): each group (element, body order) by its RMS over the
+#: group, keeping the columns' relative sizes within it, or each column by its own RMS.
+BODY_SCALINGS = ("group", "column")
 
 #: Columns of the random projection behind a monitored force std (forcegp md --max-force-std):
 #: the std is estimated (gp.predict.posterior_variances, docs/method.md §11) and its upper
@@ -192,7 +192,7 @@ class Config:
     env_body4_lmax: int = 3
     # Mixed channels of body order three (0: env_body4's; the channels' count: all of them).
     env_body3: int = 0
-    body_scaling: str = "column"  # one of BODY_SCALINGS
+    body_scaling: str = "group"  # one of BODY_SCALINGS
 
     @property
     def dim(self) -> int:
