@@ -8,7 +8,8 @@ seed, as a user runs it, and the force MAE per round as mean and standard deviat
 Each seed draws its own initial structures, MD starts and random picks. Rows: one JSON line per
 seed in benchmarks/results/active_learning_seeds.jsonl (the example's rows, its command, the
 commit and the machine); the .md table gives, per round, the mean ± standard deviation over the
-seeds of that file's rows that share the newest row's arguments and commit.
+seeds of that file's rows that share the newest row's arguments (each seed's newest run, with
+its commit).
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ QUICK = ["--initial", "10", "--rounds", "1", "--pick", "4", "--test", "5", "--va
 def table(rows: list[dict]) -> str:
     import numpy as np
 
-    newest, commit = rows[-1]["example_args"], rows[-1]["commit"]
-    runs = [r for r in rows if (r["example_args"], r["commit"]) == (newest, commit) and "rounds" in r]
+    newest = rows[-1]["example_args"]
+    # The newest completed run of each seed with the newest row's arguments, whatever its commit
+    # (each row names it: a seed added later joins the earlier ones).
+    by_seed = {r["seed"]: r for r in rows if r["example_args"] == newest and "rounds" in r}
+    runs = [by_seed[s] for s in sorted(by_seed)]
+    commits = ", ".join(f"seed {r['seed']} {r['commit']}" for r in runs)
     lines = [
-        f"Seeds {sorted(r['seed'] for r in runs)}; reference {runs[-1]['reference']}; example "
-        f"arguments `{' '.join(newest) or '(defaults)'}`; commit {runs[-1]['commit']}, "
-        f"{runs[-1]['cpu']}.",
+        f"Seeds {sorted(by_seed)}; reference {runs[-1]['reference']}; example "
+        f"arguments `{' '.join(newest) or '(defaults)'}`; commits: {commits}; {runs[-1]['cpu']}.",
         "",
         "| round | structures | selected: force MAE (meV/Å) | random picks: force MAE (meV/Å) | "
         "selected / random | selected: 95% coverage |",
