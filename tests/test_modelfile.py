@@ -397,13 +397,17 @@ def test_an_atomic_model_round_trips_with_identical_predictions(tmp_path, proble
     loaded = assert_round_trip(path, model, data)
     assert loaded.stats.elements == (1, 1, 2, 0, 0, 0, 0, 0, 0)
     # A file from before the env_products setting took products of all env_dim components (and
-    # had no body-ordered invariants, and unbounded pair powers).
+    # had no body-ordered invariants, unbounded pair powers and column-by-column invariant scales).
     header, payload = split(path)
-    added = ("env_products", "env_body4", "env_body4_lmax", "env_body3", "pair_bound")
+    added = ("env_products", "env_body4", "env_body4_lmax", "env_body3", "pair_bound",
+             "body_scaling")  # fmt: skip
     rewrite(path, {**header, "config": {k: v for k, v in header["config"].items()
                                         if k not in added}}, payload)  # fmt: skip
     loaded, _ = modelfile.load_model(path, numbers=data.numbers)
-    assert loaded.config == dataclasses.replace(model.config, env_products=model.config.env_dim)
+    assert model.config.body_scaling == "group"
+    assert loaded.config == dataclasses.replace(
+        model.config, env_products=model.config.env_dim, body_scaling="column"
+    )
     assert loaded.config.n_basis == model.config.n_basis
     for a, b in zip(arrays(loaded), arrays(model), strict=True):
         np.testing.assert_array_equal(a, b)
