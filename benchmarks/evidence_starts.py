@@ -52,7 +52,7 @@ def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "t
     import jax
 
     from forcegp.gp import evidence, posterior
-    from forcegp.gp.config import Config
+    from forcegp.gp.config import validate
     from forcegp.training import evaluation, initialise
 
     tr = np.load(common.rmd17_path(molecule, "train"))
@@ -60,8 +60,9 @@ def run(molecule: str, n: int, overrides: dict, quick: bool, searches=("one", "t
     r, e, f = tr["coords"][:n], tr["energies"][:n] * KCAL, tr["forces"][:n] * KCAL
     z = tr["nuclear_charges"]
     n_test = 100 if quick else len(te["coords"])
-    config = Config(n_atoms=len(z), n_species=len(set(z.tolist())), n_inducing=1, n_features=0,
-                    **overrides)  # fmt: skip
+    # Checked as the library checks user options: a bad combination is named, not an XLA error.
+    config = validate(dict(n_atoms=len(z), n_species=len(set(z.tolist())), n_inducing=1,
+                           n_features=0, **overrides), resolved=False)  # fmt: skip
     model = initialise.initialize(config, z, r, e, f, key=jax.random.key(0))
     y, g = initialise.standardise_targets(e, f, model.stats.energy_mean, model.stats.energy_scale)
     t0 = time.perf_counter()
