@@ -80,11 +80,11 @@ def atomic_statistics(config: Config, numbers: np.ndarray, x: np.ndarray) -> tup
 def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The body-ordered invariants' channel mixing (the leading config.body_mixed principal directions
     of the channels of the atoms' densities in structures x, per l) and the scale of each
-    column of their block: one over its RMS in x, so every invariant starts on the same
-    footing and the prior scale and evidence weigh them together (gp.body_order). With
-    config.body_scaling "group", one over its group's RMS (element, body order): within a
-    group the columns keep their relative sizes, so the prior weighs the invariants of the
-    stronger mixed channels more."""
+    column of their block (gp.body_order): by default (config.body_scaling "group") one over
+    the RMS in x of its group (element, body order), so the groups start on the same footing
+    and within a group the columns keep their relative sizes (the prior weighs the stronger
+    mixed channels' invariants more); with "column", one over the column's own RMS, so every
+    invariant starts on the same footing. The evidence then fits one multiplier per group."""
     element = environment.element_index(numbers)
     env = environment.EnvSettings(config)
     xs = jnp.asarray(x)
