@@ -91,15 +91,19 @@ def basis_groups(config) -> np.ndarray:
         groups[start : start + config.n_explicit_linear] = 1
         start += config.n_explicit_linear
     if config.body_block:
-        sizes = config.body_orders
-        body = [
-            np.full(size, BODY_GROUP + 3 * e + o)
-            for e in range(config.n_species)
-            for o, size in enumerate(sizes)
-        ]
-        body = np.concatenate(body)
+        body = BODY_GROUP + body_groups(config)
         groups[start : start + len(body)] = body
     return groups
+
+
+def body_groups(config) -> np.ndarray:
+    """Group 3 e + o of each column of the body-ordered block (element e's invariants of body
+    order o + 2, in the block's order): BODY_GROUP less than its group in basis_groups."""
+    return np.concatenate([
+        np.full(size, 3 * e + o, dtype=np.int64)
+        for e in range(config.n_species)
+        for o, size in enumerate(config.body_orders)
+    ])  # fmt: skip
 
 
 def scaled_statistics(suff: Sufficient, mult) -> Sufficient:
@@ -176,7 +180,7 @@ def _with_body_multipliers(model: ForceGP, mult) -> ForceGP:
     if not model.config.env_body4 or not len(mult) or all(v == 1.0 for v in mult):
         return model
     cfg = model.config
-    groups = basis_groups(cfg)[cfg.n_basis - cfg.n_species * cfg.n_body :] - BODY_GROUP
+    groups = body_groups(cfg)
     factor = np.ones(3 * cfg.n_species)
     factor[: len(mult)] = mult[: len(factor)]
     scale = model.stats.body_scale * jnp.asarray(factor[groups], dtype=model.stats.body_scale.dtype)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from ..gp import body_order, descriptors, environment
+from ..gp import body_order, descriptors, environment, posterior
 from ..gp.basis import basis_rows, soft_cholesky
 from ..gp.config import NOISE_FLOOR, SCALE_FLOOR, T_FLOOR, Config, ConfigError, check_body_channels
 from ..gp.deep_kernel import DeepKernel
@@ -100,9 +100,8 @@ def body_statistics(config: Config, numbers, x: np.ndarray) -> tuple[np.ndarray,
     values = np.asarray(jax.lax.map(terms, xs, batch_size=16)) / config.n_atoms
     ms = np.mean(values**2, axis=0)
     if config.body_scaling == "group":  # one RMS per (element, body order) group
-        sizes = np.tile(config.body_orders, config.n_species)
-        group = np.repeat(np.arange(len(sizes)), sizes)
-        ms = (np.bincount(group, ms) / np.maximum(sizes, 1))[group]
+        group = posterior.body_groups(config)
+        ms = (np.bincount(group, ms) / np.bincount(group))[group]
     rms = np.sqrt(ms)
     return mixing, 1.0 / np.maximum(rms, 1e-12 * max(float(np.max(rms)), 1e-300))
 
