@@ -109,6 +109,27 @@ def test_gradient_rows_equal_autodiff(methanol_data, variant):
         np.testing.assert_allclose(rows[1:], jac.T, rtol=1e-9, atol=1e-11 * scale)
 
 
+PREFIT_VARIANTS = ["invdist-polynomial-mlp-sym", "atomic-polynomial-bounded", "atomic-body4-mlp"]
+
+
+@pytest.mark.parametrize("variant", PREFIT_VARIANTS)
+def test_the_prefit_residual_pass_equals_the_explicit_rows(methanol_data, variant):
+    """explicit_prefit takes the block's posterior mean energy and gradient by one reverse-mode
+    pass of phi(x) . theta: the same numbers as the block's value and gradient rows times theta."""
+    from forcegp.gp.basis import explicit_rows
+    from forcegp.training import stagewise
+
+    positions, e, f = methanol_data
+    model = build_model(METHANOL_NUMBERS, positions, e, f, **VARIANTS[variant])
+    x = jnp.asarray(positions.reshape(len(positions), -1))
+    theta = jnp.asarray(np.random.default_rng(3).normal(size=model.config.n_explicit))
+    value, grad = stagewise._explicit_fitted(model, theta, x)
+    rows = jax.vmap(lambda xi: explicit_rows(model.config, model.stats, model.hyper, xi))(x)
+    t = np.asarray(rows @ theta)
+    np.testing.assert_allclose(value, t[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(grad, t[:, 1:], rtol=0, atol=1e-10 * np.max(np.abs(t[:, 1:])))
+
+
 # ------------------------------------------------------------------ predictions after a fit
 
 

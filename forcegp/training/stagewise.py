@@ -21,6 +21,8 @@ import numpy as np
 
 from ..gp import evidence, posterior
 from ..gp.basis import explicit_rows
+from ..gp.explicit import explicit_terms
+from ..gp.features import copies
 from ..gp.params import ForceGP
 from ..gp.statistics import accumulate_rows
 
@@ -30,12 +32,16 @@ def _explicit_chunk(model: ForceGP, x):
     return jax.vmap(lambda xi: explicit_rows(model.config, model.stats, model.hyper, xi))(x)
 
 
-def _rows_in_chunks(model: ForceGP, x: np.ndarray, chunk: int = 64):
-    n = len(x)
-    for start in range(0, n, chunk):
-        idx = np.arange(start, start + chunk) % n
-        keep = min(chunk, n - start)
-        yield start, keep, _explicit_chunk(model, jnp.asarray(x[idx]))[:keep]
+@eqx.filter_jit
+def _explicit_fitted(model: ForceGP, mean: jax.Array, x):
+    """The explicit block's posterior mean energy and its gradient (C,), (C, D) at a chunk of
+    structures x (C, D): one reverse-mode pass of phi(x) . mean, not the 1 + D rows."""
+
+    def energy(xi):
+        v, _ = copies(model.config, model.stats, xi, jacobian=False)
+        return explicit_terms(model.config, model.stats, model.hyper, v, x=xi)[0] @ mean
+
+    return jax.vmap(jax.value_and_grad(energy))(x)
 
 
 def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray, *, chunk: int = 64):
@@ -74,10 +80,13 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
     columns = mult[groups]
     post = posterior.solve(posterior.scaled_statistics(suff, columns), noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
-    for start, keep, rows in _rows_in_chunks(model, x, chunk):
-        pred = np.asarray(rows @ post.mean)
-        res_y[start : start + keep] -= pred[:, 0]
-        res_g[start : start + keep] -= pred[:, 1:]
+    n = len(x)
+    for start in range(0, n, chunk):
+        keep = min(chunk, n - start)
+        xc = jnp.asarray(x[np.arange(start, start + chunk) % n])
+        value, grad = _explicit_fitted(model, post.mean, xc)
+        res_y[start : start + keep] -= np.asarray(value)[:keep]
+        res_g[start : start + keep] -= np.asarray(grad)[:keep]
     return model, res_y, res_g
 
 
