@@ -226,6 +226,19 @@ def test_evidence_starts_quick(tmp_path):
 
 
 @needs_data
+def test_stages_quick(tmp_path):
+    """Three models of one run on the same test structures: the explicit block alone, both
+    blocks, the final model; each a real fit (errors differ), the final one with its gamma."""
+    rows = run_script("stages", tmp_path)["rows"]
+    assert [r["stage"] for r in rows] == ["explicit", "joint", "final"]
+    assert len({r["n_test"] for r in rows}) == 1 and len({r["n_train"] for r in rows}) == 1
+    assert all(np.isfinite(r["forces_mae_mev_per_ang"]) for r in rows)
+    assert all(r["forces_mae_mev_per_ang"] > 0 for r in rows)
+    assert rows[0]["forces_mae_mev_per_ang"] != rows[1]["forces_mae_mev_per_ang"]
+    assert "misfit_gamma" in rows[2] and (tmp_path / "stages.jsonl").exists()
+
+
+@needs_data
 def test_env_sweep_quick(tmp_path):
     """One row per variant, each with its own basis size, searched and tested."""
     rows = run_script("env_sweep", tmp_path, "--variants", "", "env_lmax=1")["rows"]
