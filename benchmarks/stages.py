@@ -13,6 +13,7 @@ structures:
   its prefit chose by the evidence (the DSoftKI block's prior scale at the floor, 1e-6 of the
   standardised energy variance), not calibrated;
 - ``joint``: both blocks, the exact posterior of the fit (constant noise), not calibrated;
+  with the DSoftKI block's prior scale and the noise levels its evidence search chose;
 - ``final``: the model train_model returns (input-dependent noise, calibrated amplitude).
 
 Each stage's seconds are recorded beside it. A row per (molecule, stage) is appended to
@@ -49,6 +50,13 @@ def _errors(model, test) -> dict:
         "forces_coverage_95": m["forces_coverage_95"],
         "forces_zms": m["forces_zms"],
     }
+
+
+def _levels(model) -> dict:
+    """The DSoftKI block's prior scale and the noise stds (standardised units) of a fit."""
+    h = model.hyper
+    return {"soft_scale": float(h.scale), "noise_energy": float(h.noise_energy),
+            "noise_force": float(h.noise_force)}  # fmt: skip
 
 
 def run_molecule(molecule: str, args) -> list[dict]:
@@ -96,7 +104,8 @@ def run_molecule(molecule: str, args) -> list[dict]:
     alone = posterior.with_multipliers(model, [floor**0.5], noise_e, noise_f)
     alone = posterior.fit(alone, run.x, run.y, run.g, refine=False, chunk=run.chunk, mesh=run.mesh)
     seconds["explicit_posterior"] = time.perf_counter() - started
-    rows = [{"stage": "explicit", **_errors(alone, test), "seconds": seconds["prefit"]}]
+    rows = [{"stage": "explicit", **_errors(alone, test), "seconds": seconds["prefit"],
+             **_levels(alone)}]  # fmt: skip
     del alone
 
     started = time.perf_counter()
@@ -104,7 +113,8 @@ def run_molecule(molecule: str, args) -> list[dict]:
     seconds["epochs"] = time.perf_counter() - started
     model, seconds["fit"] = pipeline.fit(run, model, None, lambda *_: None)
     joint_seconds = seconds["epochs"] + seconds["fit"]
-    rows.append({"stage": "joint", **_errors(model, test), "seconds": joint_seconds})
+    rows.append({"stage": "joint", **_errors(model, test), "seconds": joint_seconds,
+                 **_levels(model)})  # fmt: skip
 
     started = time.perf_counter()
     model, meta = pipeline.finish(run, model, state, {}, lambda *_: None)
