@@ -493,7 +493,7 @@ def test_budgeted_epochs_are_fewer_beside_the_body_ordered_block(methanol_data):
 
     positions, e, f = methanol_data
     body = build_model(METHANOL_NUMBERS, positions, e, f, descriptor="atomic", env_dim=6, **BODY4)
-    assert budgeted_epochs(body) == RESIDUAL == 20
+    assert budgeted_epochs(body) == RESIDUAL == 5
     alone = type(body)(dataclasses.replace(body.config, explicit="none"), body.numbers, body.stats,
                        body.hyper)  # fmt: skip
     assert budgeted_epochs(alone) == LONG  # DSoftKI alone: no exact block fits first
