@@ -227,7 +227,7 @@ def _shown(name: str, fields: dict = CONFIG):
     show_default=True,
     type=AutoInt(minimum=1),
     help="Training epochs (auto: 60 for molecules whose permutation copies x (1 + 3N) are at "
-    "most 350, else 40; 20 with --env-body4, whose exact block fits first).",
+    "most 350, else 40; 5 with --env-body4, whose exact block fits first).",
 )
 @click.option(
     "--train-permutations",
