@@ -106,6 +106,13 @@ def noise_vector(config: Config, hyper: Hyper) -> jax.Array:
     return jnp.concatenate([hyper.noise_energy[None] ** 2, jnp.full((d,), hyper.noise_force**2)])
 
 
+def explicit_value(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
+    """The explicit block's values (F,) alone at one structure x (D,): raw_value's explicit
+    part, whose gradient by autodiff gives explicit_rows' gradient rows."""
+    v, _ = copies(config, stats, x, jacobian=False)
+    return explicit_terms(config, stats, hyper, v, x=x)[0]
+
+
 def explicit_rows(config: Config, stats: Stats, hyper: Hyper, x: jax.Array) -> jax.Array:
     """Rows (1+D, F) of the explicit block alone at one structure (symmetrised if configured)."""
     v, jac = copies_and_jacobian(config, stats, x, dense=False)

@@ -20,9 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..gp import evidence, posterior
-from ..gp.basis import explicit_rows
-from ..gp.explicit import explicit_terms
-from ..gp.features import copies
+from ..gp.basis import explicit_rows, explicit_value
 from ..gp.params import ForceGP
 from ..gp.statistics import accumulate_rows
 
@@ -38,8 +36,7 @@ def _explicit_fitted(model: ForceGP, mean: jax.Array, x):
     structures x (C, D): one reverse-mode pass of phi(x) . mean, not the 1 + D rows."""
 
     def energy(xi):
-        v, _ = copies(model.config, model.stats, xi, jacobian=False)
-        return explicit_terms(model.config, model.stats, model.hyper, v, x=xi)[0] @ mean
+        return explicit_value(model.config, model.stats, model.hyper, xi) @ mean
 
     return jax.vmap(jax.value_and_grad(energy))(x)
 
