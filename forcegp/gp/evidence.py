@@ -320,7 +320,8 @@ def _search(evaluate, st, first, bounds, max_iter, start_value, start_grad, star
     return res.x, float(res.fun)
 
 
-#: Newton's method: the first damping and the largest change of one log-parameter in a step.
+#: Newton's method: the first and smallest damping, and the largest change of one log-parameter
+#: in a step.
 NEWTON_DAMPING = 0.01
 NEWTON_STEP = 2.0
 
@@ -328,12 +329,14 @@ NEWTON_STEP = 2.0
 def _newton(evaluate, st, first, bounds, max_iter, known=None):
     """Newton's method on evaluate (params -> (NLL per observation, gradient, Fisher
     information, Hessian)) from ``first`` (known: evaluate(first), if done). Each step solves
-    (H + lam diag(F)) d = -g, or (F + lam diag(F)) d = -g (Fisher scoring) where that matrix is
-    not positive definite, with Levenberg-Marquardt damping that grows eightfold while the step
-    does not lower the NLL and shrinks fourfold after a step that does; d is clipped to
-    NEWTON_STEP per parameter. A parameter at a bound that the gradient pushes out, or with no
-    information, is held. Stops when an accepted step, or the Newton prediction of the rest,
-    gains less than TOL_NATS of total log evidence, or after max_iter steps. Returns (params,
+    (|H| + lam diag(F)) d = -g, |H| the Hessian with the signs of its negative eigenvalues
+    flipped in the units of diag(F) (the saddle-free Newton step: H alone points uphill where
+    it is not positive definite), with Levenberg-Marquardt damping that grows eightfold while
+    the step does not lower the NLL and shrinks fourfold, to no less than NEWTON_DAMPING,
+    after a step that does; d is clipped to NEWTON_STEP per parameter. A parameter at a bound
+    that the gradient pushes out, or with no information, is held. Stops when an accepted
+    step, or the Newton prediction of the rest, gains less than TOL_NATS of total log
+    evidence, or after max_iter steps. Returns (params,
     NLL per observation)."""
     lo, hi = np.array(bounds).T
     n_obs = st.n_e + st.n_f
@@ -354,12 +357,14 @@ def _newton(evaluate, st, first, bounds, max_iter, known=None):
                 break
         except np.linalg.LinAlgError:
             pass
+        # H in the units of the Fisher information's diagonal, and its eigendecomposition:
+        # the step divides by |eigenvalue| + lam, so a direction of negative curvature is
+        # followed downhill as far as one of positive curvature would be.
+        unit = np.sqrt(np.diag(damp))
+        curv, vec = np.linalg.eigh(h / unit[:, None] / unit[None, :])
+        along = vec.T @ (g / unit)
         while lam <= 1e8:
-            try:
-                step = -scipy.linalg.cho_solve(scipy.linalg.cho_factor(h + lam * damp), g)
-            except np.linalg.LinAlgError:  # far from the optimum: Fisher scoring's step
-                f = info[np.ix_(act, act)]
-                step = -np.linalg.solve(f + lam * damp + 1e-12 * np.max(damp) * np.eye(len(act)), g)
+            step = -(vec @ (along / (np.abs(curv) + lam))) / unit
             trial = x.copy()
             trial[act] = np.clip(x[act] + np.clip(step, -NEWTON_STEP, NEWTON_STEP), lo[act], hi[act])
             t_value, t_grad, t_info, t_hess = evaluate(trial)
@@ -370,7 +375,7 @@ def _newton(evaluate, st, first, bounds, max_iter, known=None):
             break
         gain = (value - t_value) * n_obs
         x, value, grad, info, hess = trial, t_value, t_grad, t_info, t_hess
-        lam /= 4.0
+        lam = max(lam / 4.0, NEWTON_DAMPING)
         if gain < TOL_NATS:
             break
     return x, float(value)
