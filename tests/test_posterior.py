@@ -189,7 +189,7 @@ def test_evidence_search_leaves_the_noise_plateau(monkeypatch):
     assert stuck[2] > 1.0, stuck
     assert nll(found) < nll(stuck) - 1.0
     assert len(searches) == 1  # the same start is not searched twice
-    # Newton's method (with Fisher scoring where the Hessian is not positive definite) leaves
+    # Newton's method (saddle-free steps where the Hessian is not positive definite) leaves
     # the plateau from the first start.
     newton = evidence.maximise(suff, groups, 1.0, 1.0, method="newton", restart=False)
     assert newton[0][1] > 100 and newton[2] < 0.02, newton

@@ -336,8 +336,7 @@ def _newton(evaluate, st, first, bounds, max_iter, known=None):
     after a step that does; d is clipped to NEWTON_STEP per parameter. A parameter at a bound
     that the gradient pushes out, or with no information, is held. Stops when an accepted
     step, or the Newton prediction of the rest, gains less than TOL_NATS of total log
-    evidence, or after max_iter steps. Returns (params,
-    NLL per observation)."""
+    evidence, or after max_iter steps. Returns (params, NLL per observation)."""
     lo, hi = np.array(bounds).T
     n_obs = st.n_e + st.n_f
     x = np.clip(first, lo, hi)
