@@ -213,8 +213,9 @@ def test_fit_search_quick(tmp_path):
 def test_evidence_starts_quick(tmp_path):
     """The searches run on one set of statistics; the second start never ends worse, and
     Newton's method from one start ends within 0.05 nats of L-BFGS from two."""
-    rows = run_script("evidence_starts", tmp_path, "--searches", "one", "two", "newton-one")["rows"]
-    one, two, newton = rows
+    rows = run_script("evidence_starts", tmp_path, "--searches", "one", "two", "newton-one",
+                      "newton-fisher")["rows"]  # fmt: skip
+    one, two, newton, fisher = rows
     assert one["starts"].startswith("L-BFGS, one") and two["starts"] == "L-BFGS, two"
     assert newton["starts"] == "Newton, one"
     assert one["K"] == two["K"] and two["nll_per_obs"] <= one["nll_per_obs"] + 1e-9
@@ -222,6 +223,7 @@ def test_evidence_starts_quick(tmp_path):
     # one search from one start, two from two, each with its evaluations counted
     assert len(one["evaluations"].split(" + ")) == 1 and len(two["evaluations"].split(" + ")) == 2
     assert all(int(c) > 0 for c in two["evaluations"].split(" + ")) and int(newton["evaluations"]) > 0
+    assert fisher["starts"] == "Newton, one, Fisher-scoring fallback" and int(fisher["evaluations"]) > 0
     assert np.isfinite(two["forces_mae_mev"]) and two["forces_mae_mev"] > 0
 
 

@@ -326,17 +326,29 @@ NEWTON_DAMPING = 0.01
 NEWTON_STEP = 2.0
 
 
-def _newton(evaluate, st, first, bounds, max_iter, known=None):
+def saddle_free(g: np.ndarray, h: np.ndarray, info: np.ndarray):
+    """The damped saddle-free Newton step as a function of the damping lam: d = -(|H| + lam
+    diag(F))^-1 g, |H| the Hessian h with the signs of its negative eigenvalues flipped in the
+    units of diag(F) (info's diagonal). H alone points uphill along a direction of negative
+    curvature; |H| follows it downhill as far as a positive curvature of the same size would.
+    One eigendecomposition serves every lam."""
+    unit = np.sqrt(np.diag(info))
+    curv, vec = np.linalg.eigh(h / unit[:, None] / unit[None, :])
+    along = vec.T @ (g / unit)
+    return lambda lam: -(vec @ (along / (np.abs(curv) + lam))) / unit
+
+
+def _newton(evaluate, st, first, bounds, max_iter, known=None, direction=saddle_free,
+            lam_floor=NEWTON_DAMPING):  # fmt: skip
     """Newton's method on evaluate (params -> (NLL per observation, gradient, Fisher
-    information, Hessian)) from ``first`` (known: evaluate(first), if done). Each step solves
-    (|H| + lam diag(F)) d = -g, |H| the Hessian with the signs of its negative eigenvalues
-    flipped in the units of diag(F) (the saddle-free Newton step: H alone points uphill where
-    it is not positive definite), with Levenberg-Marquardt damping that grows eightfold while
-    the step does not lower the NLL and shrinks fourfold, to no less than NEWTON_DAMPING,
-    after a step that does; d is clipped to NEWTON_STEP per parameter. A parameter at a bound
-    that the gradient pushes out, or with no information, is held. Stops when an accepted
-    step, or the Newton prediction of the rest, gains less than TOL_NATS of total log
-    evidence, or after max_iter steps. Returns (params, NLL per observation)."""
+    information, Hessian)) from ``first`` (known: evaluate(first), if done). Each step is
+    direction(g, H, F)(lam) (saddle_free: d = -(|H| + lam diag(F))^-1 g), with
+    Levenberg-Marquardt damping lam that grows eightfold while the step does not lower the NLL
+    and shrinks fourfold, to no less than lam_floor, after a step that does; d is clipped to
+    NEWTON_STEP per parameter. A parameter at a bound that the gradient pushes out, or with no
+    information, is held. Stops when an accepted step, or the Newton prediction of the rest,
+    gains less than TOL_NATS of total log evidence, or after max_iter steps. Returns (params,
+    NLL per observation)."""
     lo, hi = np.array(bounds).T
     n_obs = st.n_e + st.n_f
     x = np.clip(first, lo, hi)
@@ -349,21 +361,16 @@ def _newton(evaluate, st, first, bounds, max_iter, known=None):
         act = np.flatnonzero(~held)
         if len(act) == 0:
             break
-        g, h, damp = grad[act], hess[np.ix_(act, act)], np.diag(np.diag(info[np.ix_(act, act)]))
+        g, h = grad[act], hess[np.ix_(act, act)]
         try:  # the rest that Newton's method predicts, where the Hessian is positive definite
             rest = 0.5 * g @ scipy.linalg.cho_solve(scipy.linalg.cho_factor(h), g) * n_obs
             if rest < TOL_NATS:
                 break
         except np.linalg.LinAlgError:
             pass
-        # H in the units of the Fisher information's diagonal, and its eigendecomposition:
-        # the step divides by |eigenvalue| + lam, so a direction of negative curvature is
-        # followed downhill as far as one of positive curvature would be.
-        unit = np.sqrt(np.diag(damp))
-        curv, vec = np.linalg.eigh(h / unit[:, None] / unit[None, :])
-        along = vec.T @ (g / unit)
+        steps = direction(g, h, info[np.ix_(act, act)])
         while lam <= 1e8:
-            step = -(vec @ (along / (np.abs(curv) + lam))) / unit
+            step = steps(lam)
             trial = x.copy()
             trial[act] = np.clip(x[act] + np.clip(step, -NEWTON_STEP, NEWTON_STEP), lo[act], hi[act])
             t_value, t_grad, t_info, t_hess = evaluate(trial)
@@ -374,7 +381,7 @@ def _newton(evaluate, st, first, bounds, max_iter, known=None):
             break
         gain = (value - t_value) * n_obs
         x, value, grad, info, hess = trial, t_value, t_grad, t_info, t_hess
-        lam = max(lam / 4.0, NEWTON_DAMPING)
+        lam = max(lam / 4.0, lam_floor)
         if gain < TOL_NATS:
             break
     return x, float(value)
