@@ -18,11 +18,6 @@ on the same training and validation structures:
   with the DSoftKI block's prior scale and the noise levels its evidence search chose;
 - ``final``: the model train_model returns (input-dependent noise, calibrated amplitude).
 
-The final row also records the validation NLL of each input-dependent noise candidate gamma
-(misfit.GRID and 0) two ways: with the posterior refitted for each (finish's choice,
-``misfit_valid_nll``) and with the fit's posterior held, only the stds' noise term changing
-(``misfit_valid_nll_held_posterior``, a few validation predictions).
-
 Each stage's seconds are recorded beside it. A row per (molecule, stage) is appended to
 benchmarks/results/stages.jsonl and the table written to stages.md / stages.json.
 """
@@ -72,10 +67,9 @@ def _levels(model) -> dict:
 
 def run_molecule(molecule: str, args) -> list[dict]:
     from forcegp.data import read_dataset
-    from forcegp.gp import evidence, misfit, posterior
+    from forcegp.gp import evidence, posterior
     from forcegp.gp.config import SCALE_FLOOR
     from forcegp.training import pipeline
-    from forcegp.training.evaluation import held_out_nll, predict
     from forcegp.training.settings import TrainSettings
 
     if args.xtb:
@@ -132,24 +126,12 @@ def run_molecule(molecule: str, args) -> list[dict]:
     rows.append({"stage": "joint", **_errors(model, test), "seconds": joint_seconds,
                  **_levels(model)})  # fmt: skip
 
-    # The validation NLL of each input-dependent noise candidate with the fit's posterior held
-    # (only the noise term of the stds changes), beside finish's, which refits for each.
-    started = time.perf_counter()
-    proj, held = misfit.projection(model), {}
-    for gamma in (0.0, *misfit.GRID):
-        candidate = misfit.with_misfit(model, model.posterior, proj, gamma) if gamma else model
-        held[f"{gamma:g}"] = round(held_out_nll(predict(candidate, run.valid.positions), run.valid), 5)
-    seconds["held_posterior_choice"] = time.perf_counter() - started
-
     started = time.perf_counter()
     model, meta = pipeline.finish(run, model, state, {}, lambda *_: None)
     seconds["noise_and_calibration"] = time.perf_counter() - started
-    calibration = meta["training"]["calibration"]
+    gamma = meta["training"]["calibration"].get("misfit_gamma", 0.0)
     rows.append({"stage": "final", **_errors(model, test), "seconds": seconds["noise_and_calibration"],
-                 "misfit_gamma": calibration.get("misfit_gamma", 0.0),
-                 "misfit_valid_nll": calibration.get("misfit_valid_nll"),
-                 "misfit_valid_nll_held_posterior": held,
-                 "misfit_gamma_held_posterior": float(min(held, key=held.get))})  # fmt: skip
+                 "misfit_gamma": gamma})  # fmt: skip
     for row in rows:
         row.update(molecule=molecule, n_train=run.train.n_frames, n_valid=run.valid.n_frames,
                    n_test=test.n_frames, config=" ".join(args.config) or "default",

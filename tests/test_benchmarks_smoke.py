@@ -238,11 +238,6 @@ def test_stages_quick(tmp_path):
     assert all(r["forces_mae_mev_per_ang"] > 0 for r in rows)
     assert rows[0]["forces_mae_mev_per_ang"] != rows[1]["forces_mae_mev_per_ang"]
     assert "misfit_gamma" in rows[2] and (tmp_path / "stages.jsonl").exists()
-    # gamma = 0 is the fit itself both ways; the candidates' NLLs with the posterior held
-    # differ from the refitted ones.
-    held, refitted = rows[2]["misfit_valid_nll_held_posterior"], rows[2]["misfit_valid_nll"]
-    assert set(held) == set(refitted) and held["0"] == refitted["0"]
-    assert held["300"] != refitted["300"]
 
 
 @needs_data
