@@ -48,7 +48,7 @@ def main() -> None:
     y, g = initialise.standardise_targets(e, f, m.stats.energy_mean, m.stats.energy_scale)
     x = r.reshape(len(r), -1)
     if args.mode == "stagewise":
-        m, ry, rg = stagewise.explicit_prefit(m, x, y, g)
+        m, ry, rg, _ = stagewise.explicit_prefit(m, x, y, g)
         m = initialise.match_prior_scale(m, x, rg)
         state = loop.run(stagewise.soft_only(m), x, ry, rg, st, key=jax.random.key(1))
     else:

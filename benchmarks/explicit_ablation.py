@@ -47,7 +47,7 @@ def run(molecule: str, overrides: dict) -> tuple[float, float, int, float]:
     model = initialise.initialize(config, z, r, e, f, key=jax.random.key(0))
     y, g = initialise.standardise_targets(e, f, model.stats.energy_mean, model.stats.energy_scale)
     x = r.reshape(len(r), -1)
-    model, _, _ = stagewise.explicit_prefit(model, x, y, g)
+    model, *_ = stagewise.explicit_prefit(model, x, y, g)
     model = posterior.fit(model, x, y, g, refine=False)
     seconds = time.perf_counter() - started
     out = evaluation.predict(model, te["coords"], with_std=False)

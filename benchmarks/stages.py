@@ -102,7 +102,7 @@ def run_molecule(molecule: str, args) -> list[dict]:
     evidence.maximise = keep
     try:
         started = time.perf_counter()
-        model, y_res, g_res = pipeline.prefit(run, lambda *_: None)
+        model, y_res, g_res, explicit = pipeline.prefit(run, lambda *_: None)
         seconds["prefit"] = time.perf_counter() - started
     finally:
         evidence.maximise = maximise
@@ -121,7 +121,7 @@ def run_molecule(molecule: str, args) -> list[dict]:
     started = time.perf_counter()
     model, state, _ = pipeline.train_soft(run, model, y_res, g_res, None, False, lambda *_: None)
     seconds["epochs"] = time.perf_counter() - started
-    model, seconds["fit"] = pipeline.fit(run, model, None, lambda *_: None)
+    model, seconds["fit"] = pipeline.fit(run, model, None, lambda *_: None, explicit)
     joint_seconds = seconds["epochs"] + seconds["fit"]
     rows.append({"stage": "joint", **_errors(model, test), "seconds": joint_seconds,
                  **_levels(model)})  # fmt: skip

@@ -343,3 +343,54 @@ def test_rank_and_spearman():
     assert calibration.spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1], abs=1e-12)
     assert np.isnan(calibration.spearman([1.0], [2.0]))
     assert np.isnan(calibration.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+
+
+def test_the_fit_reuses_the_explicit_block_statistics_of_the_prefit(ethanol, monkeypatch):
+    """The explicit x explicit block of the fit's statistics is the prefit's, rescaled by its
+    evidence multipliers: DSoftKI's training leaves the explicit scales alone, so the fit
+    accumulates only the DSoftKI columns' products and gets the statistics a full
+    accumulation gives; with other explicit scales the prefit's are not used."""
+    from forcegp.gp import posterior, statistics
+
+    run = pipeline.prepare(ethanol, None, 0.2, TINY, TrainSettings(epochs=2, batch_size=8), 0,
+                           None, None)  # fmt: skip
+    model, y_res, g_res, explicit = pipeline.prefit(run, lambda *_: None)
+    model, _, _ = pipeline.train_soft(run, model, y_res, g_res, None, False, lambda *_: None)
+    known = explicit.for_model(model)
+    assert known is not None
+    full = statistics.accumulate(model, run.x, run.y, run.g, chunk=7)
+    reused = statistics.accumulate(model, run.x, run.y, run.g, chunk=7, known=known)
+    m = model.config.n_inducing
+    for name in ("a_e", "a_f"):
+        a, b = np.asarray(getattr(full, name)), np.asarray(getattr(reused, name))
+        np.testing.assert_allclose(a[m:, m:], np.asarray(getattr(known, name)), rtol=1e-9,
+                                   atol=1e-12 * np.abs(a).max())  # fmt: skip
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12 * np.abs(a).max())
+    for name in ("b_e", "b_f", "tt_e", "tt_f", "n_e", "n_f"):
+        np.testing.assert_allclose(np.asarray(getattr(reused, name)), np.asarray(getattr(full, name)))
+    # Other explicit scales: a full accumulation.
+    other = eqx.tree_at(lambda mo: mo.hyper.raw_scale_linear, model, model.hyper.raw_scale_linear + 1)
+    assert explicit.for_model(other) is None
+    # train_model hands them to the fit; its model is the one a full accumulation gives.
+    seen = []
+
+    def recorded(*args, **kwargs):
+        seen.append(kwargs.get("known"))
+        return statistics.accumulate(*args, **kwargs)
+
+    monkeypatch.setattr(posterior, "accumulate", recorded)
+    reused_model, _ = train(ethanol)
+    assert len(seen) == 1 and seen[0] is not None
+    monkeypatch.setattr(type(explicit), "for_model", lambda self, mo: None)
+    full_model, _ = train(ethanol)
+    assert seen[-1] is None
+    np.testing.assert_allclose(np.asarray(reused_model.posterior.mean),
+                               np.asarray(full_model.posterior.mean), rtol=1e-6, atol=1e-9)  # fmt: skip
+
+
+def test_explicit_statistics_are_kept_only_beside_room_for_a_training_step():
+    """room_beside_step: the held statistics and a training step within the memory cap."""
+    assert resources.room_beside_step(600, 300, 1000)
+    assert not resources.room_beside_step(800, 300, 1000)
+    assert resources.room_beside_step(None, 300, 1000)
+    assert not resources.room_beside_step(None, 1300, 1000)

@@ -9,6 +9,7 @@ once at the end (one reduction).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -87,18 +88,27 @@ def without_posterior(model: ForceGP) -> ForceGP:
     return eqx.tree_at(lambda m: m.posterior, model, None, is_leaf=lambda v: v is None)
 
 
-@jax.jit
-def _add_rows(acc: Sufficient, rows, t, mask) -> Sufficient:
+def _lead_products(a: jax.Array, lead: int | None) -> jax.Array:
+    """gram(a) (K, K), or with ``lead`` its first lead rows, a[..., :lead]^T a (lead, K)."""
+    if lead is None:
+        return gram(a)
+    a = a.reshape(-1, a.shape[-1])
+    return a[:, :lead].T @ a
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _add_rows(acc: Sufficient, rows, t, mask, lead: int | None = None) -> Sufficient:
     """Add one chunk's rows (C, 1+D, K), t (C, 1+D), mask (C,); acc leaves carry a leading
-    device axis."""
+    device axis. lead: accumulate only the first lead rows of a_e and a_f."""
     n_dev = acc.a_e.shape[0]
     c, r, k = rows.shape
     rows = rows.reshape(n_dev, c // n_dev, r, k) * mask.reshape(n_dev, c // n_dev, 1, 1)
     t = t.reshape(n_dev, c // n_dev, r) * mask.reshape(n_dev, c // n_dev, 1)
     ve, vf = rows[:, :, 0], rows[:, :, 1:]
+    products = jax.vmap(lambda a: _lead_products(a, lead))
     return Sufficient(
-        a_e=acc.a_e + jax.vmap(gram)(ve),
-        a_f=acc.a_f + jax.vmap(gram)(vf),
+        a_e=acc.a_e + products(ve),
+        a_f=acc.a_f + products(vf),
         b_e=acc.b_e + jnp.einsum("dck,dc->dk", ve, t[:, :, 0]),
         b_f=acc.b_f + jnp.einsum("dcik,dci->dk", vf, t[:, :, 1:]),
         tt_e=acc.tt_e + jnp.sum(t[:, :, 0] ** 2, axis=1),
@@ -117,32 +127,57 @@ def accumulate(
     chunk: int = 64,
     mesh: Mesh | None = None,
     progress: Callable[[int], None] | None = None,
+    known: Sufficient | None = None,
 ) -> Sufficient:
-    """Stream the sufficient statistics over structures x (n, D), y (n,), g (n, D) (standardised)."""
+    """Stream the sufficient statistics over structures x (n, D), y (n,), g (n, D) (standardised).
+
+    known: the statistics of the model's last F columns (the explicit block) on the same data,
+    already accumulated (training.stagewise.explicit_prefit's, at this model's scales); then
+    only the products of the first K - F columns with all K are accumulated, (K - F) / K of
+    the rows' products instead of about half of K x K, and known's blocks fill in the rest."""
     chol_zz = soft_cholesky(model.config, model.hyper)
     base = without_posterior(model)
     rows = lambda xc: chunk_rows(base, chol_zz, xc)  # noqa: E731
-    return accumulate_rows(rows, model.config.n_basis, x, y, g, chunk=chunk, mesh=mesh,
-                           progress=progress)  # fmt: skip
+    k = model.config.n_basis
+    if known is None:
+        return accumulate_rows(rows, k, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
+    lead = k - known.a_e.shape[0]
+    top = accumulate_rows(rows, k, x, y, g, chunk=chunk, mesh=mesh, progress=progress, lead=lead)
+    return with_known_block(top, known)
+
+
+def with_known_block(top: Sufficient, known: Sufficient) -> Sufficient:
+    """The full statistics from ``top`` (a_e, a_f: the first L rows (L, K) of the K x K
+    products; b, tt and n complete) and ``known`` (the last K - L columns' own products)."""
+    lead = top.a_e.shape[0]
+
+    def full(t, kn):
+        return jnp.block([[t[:, :lead], t[:, lead:]], [t[:, lead:].T, kn]])
+
+    return eqx.tree_at(lambda s: (s.a_e, s.a_f), top,
+                       (full(top.a_e, known.a_e), full(top.a_f, known.a_f)))  # fmt: skip
 
 
 def accumulate_rows(rows, k: int, x, y, g, *, chunk: int = 64, mesh: Mesh | None = None,
-                    progress: Callable[[int], None] | None = None) -> Sufficient:  # fmt: skip
+                    progress: Callable[[int], None] | None = None,
+                    lead: int | None = None) -> Sufficient:  # fmt: skip
     """The sufficient statistics of the rows (C, 1 + D, k) that rows(x_chunk) gives, streamed
     over structures x (n, D), y (n,), g (n, D) (the full basis in accumulate; the explicit
-    block alone in training.stagewise)."""
+    block alone in training.stagewise). lead: only the first ``lead`` rows (lead, k) of a_e
+    and a_f (the products of the first lead columns with all k)."""
+    m = k if lead is None else lead
 
     def zeros(n_dev):
         return Sufficient(
-            jnp.zeros((n_dev, k, k)),
-            jnp.zeros((n_dev, k, k)),
+            jnp.zeros((n_dev, m, k)),
+            jnp.zeros((n_dev, m, k)),
             jnp.zeros((n_dev, k)),
             jnp.zeros((n_dev, k)),
             *(jnp.zeros((n_dev,)) for _ in range(4)),
         )
 
     def step(acc, xc, tc, mc):
-        return _add_rows(acc, rows(xc), tc, mc)
+        return _add_rows(acc, rows(xc), tc, mc, lead)
 
     return stream(zeros, step, x, y, g, chunk=chunk, mesh=mesh, progress=progress)
 

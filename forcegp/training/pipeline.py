@@ -31,9 +31,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluation import amplified, calibrate, held_out_nll, predict, prediction_metrics
 from .initialise import initialize, match_prior_scale, standardise_targets
 from .loop import TrainState, optimizer
-from .resources import check_step_memory, chunk_for, make_mesh, misfit_pass_plan
+from .resources import check_step_memory, chunk_for, make_mesh, misfit_pass_plan, room_beside_step
 from .settings import TrainSettings, check_settings
-from .stagewise import explicit_prefit, fit_search, soft_only
+from .stagewise import ExplicitStatistics, explicit_prefit, fit_search, soft_only
 
 #: Largest number of atom permutations the symmetrised model averages over.
 MAX_SYMMETRY_PERMUTATIONS = Config.n_permutations
@@ -91,6 +91,7 @@ class Run:
     key: jax.Array  # the training key (batch order, permutation subsets)
     fingerprint: str  # of the training data
     run_settings: dict  # what a checkpoint must match
+    step_bytes: int | None  # a training step's planned memory (None: no figures)
 
     @property
     def train_mesh(self) -> Mesh | None:
@@ -127,25 +128,31 @@ def prepare(train, valid, valid_fraction, config_kwargs, settings, seed, devices
     n_dev = int(mesh.devices.size)
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
     x, y, g = standardised(model, train)
-    prepared = Run(train, valid, split, model, settings, x, y, g, mesh, chunk, max_memory,
-                   key_train, train.fingerprint(), run_settings)  # fmt: skip
+    train_mesh = mesh if n_dev > 1 else None
     # Planned from the compiled step, which training then reuses.
-    check_step_memory(
-        soft_only(model), x, y, g, settings, mesh=prepared.train_mesh, max_memory=max_memory
+    step_bytes = check_step_memory(
+        soft_only(model), x, y, g, settings, mesh=train_mesh, max_memory=max_memory
     )
-    return prepared
+    return Run(train, valid, split, model, settings, x, y, g, mesh, chunk, max_memory,
+               key_train, train.fingerprint(), run_settings, step_bytes)  # fmt: skip
 
 
-def prefit(run: Run, say: Progress) -> tuple[ForceGP, np.ndarray, np.ndarray]:
-    """The explicit block fitted exactly, and the residual DSoftKI is trained on (§7).
+def prefit(run: Run, say: Progress) -> tuple[ForceGP, np.ndarray, np.ndarray, ExplicitStatistics | None]:
+    """The explicit block fitted exactly, the residual DSoftKI is trained on (§7), and the
+    block's statistics for the fit (None where none, or where keeping them through training
+    would leave a training step too little memory).
 
     Deterministic given the seed, so a resumed run recomputes exactly the residuals of the
     interrupted one."""
     say("message", {"text": "fitting the explicit block"})
-    model, y_res, g_res = explicit_prefit(run.model, run.x, run.y, run.g, chunk=run.chunk)
+    model, y_res, g_res, explicit = explicit_prefit(run.model, run.x, run.y, run.g, chunk=run.chunk)
+    if explicit is not None:
+        held = sum(int(a.nbytes) for a in (explicit.suff.a_e, explicit.suff.a_f))
+        if not room_beside_step(run.step_bytes, held, run.max_memory, int(run.mesh.devices.size)):
+            explicit = None
     # Strongly typed leaves, as a checkpoint or model file gives them back: fresh, resumed and
     # loaded models then share every compilation (predict, the fit, the training step).
-    return strong_types(match_prior_scale(model, run.x, g_res)), y_res, g_res
+    return strong_types(match_prior_scale(model, run.x, g_res)), y_res, g_res, explicit
 
 
 def train_soft(run: Run, model: ForceGP, y_res, g_res, checkpoint, resume: bool, say: Progress):
@@ -193,8 +200,12 @@ def run_loop(run: Run, model, y_res, g_res, key, state, on_epoch) -> TrainState:
                     mesh=run.train_mesh, on_epoch=on_epoch)  # fmt: skip
 
 
-def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, float]:
-    """The exact posterior of the joint model on all training data (§8-§9)."""
+def fit(run: Run, model: ForceGP, checkpoint, say: Progress,
+        explicit: ExplicitStatistics | None = None) -> tuple[ForceGP, float]:  # fmt: skip
+    """The exact posterior of the joint model on all training data (§8-§9). explicit: the
+    prefit's statistics of the explicit block, which the fit's then reuse where the model's
+    explicit scales are still the prefit's (statistics.accumulate's ``known``)."""
+    known = explicit.for_model(model) if explicit is not None else None
     started, fitted = time.perf_counter(), {"n": 0}
 
     def on_chunk(n: int) -> None:
@@ -203,8 +214,8 @@ def fit(run: Run, model: ForceGP, checkpoint, say: Progress) -> tuple[ForceGP, f
 
     try:
         model = posterior.fit(model, run.x, run.y, run.g, chunk=run.chunk, mesh=run.mesh,
-                              progress=on_chunk,
-                              search=fit_search(model.config))  # fmt: skip
+                              progress=on_chunk, search=fit_search(model.config),
+                              known=known)  # fmt: skip
     except KeyboardInterrupt:
         saved = _saved_epoch(checkpoint, run.fingerprint, run.run_settings)
         done = {"epoch": run.settings.epochs, "saved": saved}
@@ -308,9 +319,11 @@ def train_model(
     say = progress or (lambda event, info: None)
     run = prepare(train, valid, valid_fraction, config_kwargs, settings or TrainSettings(), seed,
                   devices, max_memory)  # fmt: skip
-    model, y_res, g_res = prefit(run, say)
+    model, y_res, g_res, explicit = prefit(run, say)
     model, state, train_seconds = train_soft(run, model, y_res, g_res, checkpoint, resume, say)
-    model, fit_seconds = fit(run, model, checkpoint, say)
+    del y_res, g_res
+    model, fit_seconds = fit(run, model, checkpoint, say, explicit)
+    del explicit
     return finish(run, model, state, {"train": train_seconds, "fit": fit_seconds}, say)
 
 

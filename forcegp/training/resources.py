@@ -282,16 +282,16 @@ def step_plan_bytes(
 
 def check_step_memory(
     model: ForceGP, x, y, g, settings: TrainSettings, *, mesh=None, max_memory: float | None = None
-) -> None:
+) -> int | None:
     """ResourceError, before any training, where one training step would need more than
     max_memory (or the share of available memory the fit may plan for): the batch's feature
     rows grow with the batch, the permuted copies and the molecule, and an out-of-memory kill
-    mid-training would lose the run."""
+    mid-training would lose the run. Returns the step's planned bytes (None: no figures)."""
     need = step_memory_bytes(model, x, y, g, settings, mesh=mesh)
     n_dev = 1 if mesh is None else mesh.devices.size
     limit, what = memory_limit(max_memory, n_dev)
     if need is None or limit is None or need <= limit:
-        return
+        return need
     batch = batch_size(settings, len(x), n_dev)
     fits = int(batch * limit / need) // n_dev * n_dev
     hint = f"about {fits} would fit" if fits >= 1 else "even 1 would not fit"
@@ -302,6 +302,14 @@ def check_step_memory(
         f"{what} ({limit / 2**30:.2f} GiB); lower `batch_size` ({hint}), `train_permutations` "
         "or `n_inducing`, or raise `max_memory`"
     )
+
+
+def room_beside_step(step_bytes: int | None, held_bytes: int, max_memory: float | None,
+                     n_devices: int = 1) -> bool:  # fmt: skip
+    """Whether ``held_bytes`` kept through training still leave room for a training step
+    (step_bytes, check_step_memory's plan) within max_memory or the memory available now."""
+    limit, _ = memory_limit(max_memory, n_devices)
+    return limit is None or (step_bytes or 0) + held_bytes <= limit
 
 
 def memory_bytes(model: ForceGP, n_candidates: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from ..gp import evidence, posterior
 from ..gp.basis import explicit_rows, explicit_value
 from ..gp.params import ForceGP
-from ..gp.statistics import accumulate_rows
+from ..gp.statistics import Sufficient, accumulate_rows
 
 
 @eqx.filter_jit
@@ -41,11 +41,38 @@ def _explicit_fitted(model: ForceGP, mean: jax.Array, x):
     return jax.vmap(jax.value_and_grad(energy))(x)
 
 
+def _scale_leaves(model: ForceGP) -> tuple:
+    """The leaves that explicit_prefit sets: the explicit block's scales."""
+    h = model.hyper
+    return h.raw_scale_linear, h.raw_scale_quadratic, h.raw_scale_pair, model.stats.body_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplicitStatistics:
+    """The explicit block's sufficient statistics on the training data at the scales of the
+    model explicit_prefit returned (``leaves``), for the final fit: its statistics' explicit
+    x explicit block is this, so it accumulates only the DSoftKI columns' products."""
+
+    suff: Sufficient
+    leaves: tuple
+
+    def for_model(self, model: ForceGP) -> Sufficient | None:
+        """suff where ``model``'s explicit scales are still the prefit's (DSoftKI's training
+        leaves them alone), else None."""
+        now = _scale_leaves(model)
+        same = all(
+            (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+            for a, b in zip(self.leaves, now, strict=True)
+        )
+        return self.suff if same else None
+
+
 def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray, *, chunk: int = 64):
-    """Fit the explicit block alone; return (model with its scale/noise set, residual y, residual g).
-    chunk: structures per compiled call (resources.choose_chunk's, as for the fit)."""
+    """Fit the explicit block alone; return (model with its scale/noise set, residual y, residual
+    g, ExplicitStatistics or None without an explicit block). chunk: structures per compiled
+    call (resources.choose_chunk's, as for the fit)."""
     if model.config.explicit == "none":
-        return model, y, g
+        return model, y, g, None
     rows = lambda xc: _explicit_chunk(model, xc)  # noqa: E731
     suff = accumulate_rows(rows, model.config.n_explicit, x, y, g, chunk=chunk)
     # The explicit columns' groups (linear terms, products, atomic pair powers, body-ordered
@@ -58,24 +85,10 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
     )
     # Only the explicit block's scales change; DSoftKI keeps its own output scale.
     new = posterior.with_multipliers(model, [1.0, *mult], float(h.noise_energy), float(h.noise_force))
-    model = eqx.tree_at(
-        lambda m: (
-            m.hyper.raw_scale_linear,
-            m.hyper.raw_scale_quadratic,
-            m.hyper.raw_scale_pair,
-            m.stats.body_scale,
-        ),
-        model,
-        (
-            new.hyper.raw_scale_linear,
-            new.hyper.raw_scale_quadratic,
-            new.hyper.raw_scale_pair,
-            new.stats.body_scale,
-        ),
-        is_leaf=lambda v: v is None,
-    )
-    columns = mult[groups]
-    post = posterior.solve(posterior.scaled_statistics(suff, columns), noise_e, noise_f, scale=1.0)
+    model = eqx.tree_at(_scale_leaves, model, _scale_leaves(new), is_leaf=lambda v: v is None)
+    scaled = posterior.scaled_statistics(suff, mult[groups])  # those of the new scales' rows
+    del suff
+    post = posterior.solve(scaled, noise_e, noise_f, scale=1.0)
     res_y, res_g = np.array(y, dtype=np.float64), np.array(g, dtype=np.float64)
     n = len(x)
     for start in range(0, n, chunk):
@@ -84,7 +97,7 @@ def explicit_prefit(model: ForceGP, x: np.ndarray, y: np.ndarray, g: np.ndarray,
         value, grad = _explicit_fitted(model, post.mean, xc)
         res_y[start : start + keep] -= np.asarray(value)[:keep]
         res_g[start : start + keep] -= np.asarray(grad)[:keep]
-    return model, res_y, res_g
+    return model, res_y, res_g, ExplicitStatistics(scaled, _scale_leaves(model))
 
 
 def prefit_search(config) -> dict:
