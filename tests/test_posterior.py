@@ -486,6 +486,15 @@ MULTI_DEVICE = textwrap.dedent(
     four = posterior.fit(*data, chunk=8, mesh=mesh4)
     close(four.hyper, one.hyper, 1e-6)
     close(four.posterior, one.posterior, 1e-6)
+    # With the explicit block's own products known (the fit after the prefit), the rest is
+    # accumulated sharded the same way.
+    pbx = Problem(SMALL_NUMBERS, SMALL_REFERENCE, 12, seed=0, n_features=0)
+    datax = (pbx.model, pbx.x, pbx.y, pbx.g)
+    full = statistics.accumulate(*datax, chunk=8, mesh=mesh1)
+    m = pbx.model.config.n_inducing
+    known = statistics.Sufficient(full.a_e[m:, m:], full.a_f[m:, m:], full.b_e[m:], full.b_f[m:],
+                                  full.tt_e, full.tt_f, full.n_e, full.n_f)
+    close(statistics.accumulate(*datax, chunk=8, mesh=mesh4, known=known), full, 1e-8)
     # The pass of the input-dependent noise (gp.misfit) is sharded the same way.
     from forcegp.gp import misfit
     proj = misfit.projection(one, columns=4)

@@ -152,6 +152,7 @@ def with_known_block(top: Sufficient, known: Sufficient) -> Sufficient:
     lead = top.a_e.shape[0]
 
     def full(t, kn):
+        kn = jax.device_put(kn, t.sharding)  # beside top's blocks (replicated over a mesh)
         return jnp.block([[t[:, :lead], t[:, lead:]], [t[:, lead:].T, kn]])
 
     return eqx.tree_at(lambda s: (s.a_e, s.a_f), top,
