@@ -122,6 +122,7 @@ def run_molecule(molecule: str, args) -> list[dict]:
     model, state, _ = pipeline.train_soft(run, model, y_res, g_res, None, False, lambda *_: None)
     seconds["epochs"] = time.perf_counter() - started
     model, seconds["fit"] = pipeline.fit(run, model, None, lambda *_: None, explicit)
+    del explicit  # as train_model: the prefit's statistics are not kept past the fit
     joint_seconds = seconds["epochs"] + seconds["fit"]
     rows.append({"stage": "joint", **_errors(model, test), "seconds": joint_seconds,
                  **_levels(model)})  # fmt: skip

@@ -131,16 +131,3 @@ def test_the_noise_pass_reuses_the_fits_compiled_rows(small_problem):
         jax.monitoring.unregister_event_duration_listener(listen)
     assert names, "the candidates' accumulation itself is compiled here"
     assert not [n for n in names if "chunk_rows" in n], names
-
-
-def test_next_candidates_walk_to_a_minimum_over_the_grid():
-    """The search adds the grid's neighbours of the best candidate that are not yet known, and
-    stops where the best one's neighbours are all known (or it is at the grid's edge)."""
-    assert misfit.GRID == (10.0, 30.0, 100.0, 300.0)
-    first = {0.0: -1.0, 10.0: -2.0, 30.0: -3.0, 100.0: -2.5}
-    assert misfit.next_candidates(first) == []  # 30 is a minimum: 10 and 100 known
-    assert misfit.next_candidates({**first, 100.0: -4.0}) == [300.0]
-    assert misfit.next_candidates({**first, 10.0: -5.0}) == []  # 0 and 30 known
-    assert misfit.next_candidates({**first, 0.0: -9.0}) == []  # the constant noise
-    assert misfit.next_candidates({0.0: -1.0, 10.0: -2.0}) == [30.0]
-    assert misfit.next_candidates({0.0: -1.0, 300.0: -2.0}) == [100.0]

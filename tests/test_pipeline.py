@@ -92,39 +92,19 @@ def test_train_and_evaluate(ethanol, trained):
 
 
 def test_the_input_dependent_noise_is_chosen_on_the_validation_data(ethanol, trained):
-    """gamma is the candidate (or 0) with the lowest held-out NLL, a minimum over the grid (its
-    neighbours in it were tried too); the saved model holds the misfit of that gamma (or none
-    for 0), and its NLL on the validation data is that value."""
+    """gamma is the candidate (or 0) with the lowest held-out NLL; the saved model holds the
+    misfit of that gamma (or none for 0), and its NLL on the validation data is that value."""
     model, meta, events = trained
     cal = meta["training"]["calibration"]
     nll = cal["misfit_valid_nll"]
-    first = misfit.first_candidates(model.config)
-    assert {"0", *(f"{g:g}" for g in first)} <= set(nll)
+    assert set(nll) == {"0", *(f"{g:g}" for g in misfit.GRID)}
     assert f"{cal['misfit_gamma']:g}" == min(nll, key=nll.get)
-    assert misfit.next_candidates({float(k): v for k, v in nll.items()}) == []
-    assert cal["misfit_passes"] == (1 if len(nll) == 1 + len(first) else 2)
     assert (model.posterior.misfit is None) == (cal["misfit_gamma"] == 0.0)
     # Calibration multiplies every std by one factor, which held_out_nll profiles out.
     valid = ethanol.split(0.2, seed=0)[1]
     again = evaluation.held_out_nll(evaluation.predict(model, valid.positions), valid)
     assert again == pytest.approx(min(nll.values()), abs=2e-5)
     assert ("message", {"text": "fitting the input-dependent noise"}) in events
-
-
-def test_the_noise_search_walks_from_one_candidate_to_the_same_choice(ethanol, trained, monkeypatch):
-    """From one candidate at the grid's other end, one pass each, the search walks along the
-    grid to the gamma that the first pass of three and its neighbours chose (the held-out NLL
-    of this model is unimodal in gamma), with the same NLL for every candidate both runs
-    tried."""
-    cal = trained[1]["training"]["calibration"]
-    far = misfit.GRID[-1] if cal["misfit_gamma"] <= misfit.GRID[1] else misfit.GRID[0]
-    monkeypatch.setattr(misfit, "first_candidates", lambda config: (far,))
-    _, meta = train(ethanol)
-    walked = meta["training"]["calibration"]
-    assert walked["misfit_gamma"] == cal["misfit_gamma"]
-    assert walked["misfit_passes"] == len(walked["misfit_valid_nll"]) - 1 >= 2
-    for key in set(walked["misfit_valid_nll"]) & set(cal["misfit_valid_nll"]):
-        assert walked["misfit_valid_nll"][key] == pytest.approx(cal["misfit_valid_nll"][key], abs=1e-5)
 
 
 def test_the_input_dependent_noise_can_be_off_and_is_skipped_without_memory(ethanol, monkeypatch):

@@ -17,8 +17,8 @@ every prediction adds gamma u(x) to the variance of each output. Posterior.misfi
 sqrt(gamma) B.
 
 gamma is chosen from GRID (or 0, the constant noise) by the Gaussian likelihood of held-out data
-(training.pipeline), first_candidates and then next_candidates; one pass over the training data
-accumulates the capacitance matrices of several candidates (systems).
+(training.pipeline); one pass over the training data accumulates the capacitance matrices of
+every candidate (systems).
 """
 
 from __future__ import annotations
@@ -36,27 +36,6 @@ from .statistics import chunk_rows, device_mesh, gram, stream, without_posterior
 
 #: The candidate values of gamma (besides 0), one capacitance matrix each in the pass.
 GRID = (10.0, 30.0, 100.0, 300.0)
-#: The candidates of the first pass (first_candidates), by model: around the choices measured
-#: on rMD17 and the flexible molecules (docs/method.md §15); next_candidates adds the rest
-#: where the best is at the pass's edge.
-FIRST = {"body_ordered": (10.0, 30.0, 100.0), "other": (30.0, 100.0, 300.0)}
-
-
-def first_candidates(config) -> tuple[float, ...]:
-    """The first pass's candidates for a model of this config: body-ordered models chose 10
-    or 30 (26 of 27 recorded runs), the others mostly 100 or 300 (7 of 10)."""
-    return FIRST["body_ordered" if config.env_body4 else "other"]
-
-
-def next_candidates(nll: dict) -> list[float]:
-    """The candidates of (0, *GRID) beside the best one in ``nll`` (gamma -> validation NLL)
-    that ``nll`` lacks: a local search for its minimum over the grid, which ends at the grid's
-    best where the NLL is unimodal in gamma (docs/method.md §15)."""
-    grid = (0.0, *GRID)
-    i = grid.index(min(nll, key=nll.get))
-    return [gamma for gamma in grid[max(i - 1, 0) : i + 2] if gamma not in nll]
-
-
 #: Columns s of the projection B.
 COLUMNS = 128
 

@@ -227,17 +227,14 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     """The input-dependent noise (gp.misfit, docs/method.md §15): gamma from misfit.GRID, or 0
     (the constant noise of the fit), whichever gives the validation data the highest Gaussian
     likelihood with the overall amplitude profiled out (evaluation.held_out_nll); the model
-    with the posterior refitted for it. The candidates misfit.first_candidates come first,
-    then those beside the best until it is a minimum over the grid (misfit.next_candidates).
-    One pass over the training data serves as many candidates as fit in memory (all three of
-    the first, unless K is large); where not even one fits, the noise stays constant. Returns
-    (model, its prediction with stds on the validation data or None where none was made, what
-    was chosen)."""
+    with the posterior refitted for it. One pass over the training data serves as many
+    candidates as fit in memory (all of them, unless K is large); where not even one fits, the
+    noise stays constant. Returns (model, its prediction with stds on the validation data or
+    None where none was made, what was chosen)."""
     if not run.settings.misfit_noise:
         return model, None, {"misfit_gamma": 0.0}
     n_dev = int(run.mesh.devices.size)
-    first = misfit.first_candidates(model.config)
-    per_pass, chunk = misfit_pass_plan(model, run.chunk, n_dev, len(first), run.max_memory)
+    per_pass, chunk = misfit_pass_plan(model, run.chunk, n_dev, len(misfit.GRID), run.max_memory)
     if per_pass == 0:
         say("message", {"text": "input-dependent noise skipped: too little memory for its pass"})
         return model, None, {"misfit_gamma": 0.0, "misfit_skipped": "memory"}
@@ -246,12 +243,11 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
     proj = misfit.projection(model)
     pred = predict(model, run.valid.positions)
     nll = {0.0: held_out_nll(pred, run.valid)}
-    best, todo, passes = (model, pred), list(first), 0
-    while todo:
-        gammas, todo = todo[:per_pass], todo[per_pass:]
+    best = (model, pred)
+    for first in range(0, len(misfit.GRID), per_pass):
+        gammas = misfit.GRID[first : first + per_pass]
         p, b = misfit.systems(model, proj, gammas, run.x, run.y, run.g, chunk=chunk,
                               mesh=run.mesh)  # fmt: skip
-        passes += 1
         for i, gamma in enumerate(gammas):
             candidate = misfit.with_misfit(model, posterior.solve_system(p[i], b[i]), proj, gamma)
             pred = predict(candidate, run.valid.positions)
@@ -260,11 +256,9 @@ def misfit_noise(run: Run, model: ForceGP, say: Progress) -> tuple[ForceGP, dict
                 best = (candidate, pred)
             nll[gamma] = value
         del p, b
-        todo = todo or misfit.next_candidates(nll)
     return *best, {
         "misfit_gamma": min(nll, key=nll.get),
-        "misfit_valid_nll": {f"{key:g}": round(value, 5) for key, value in sorted(nll.items())},
-        "misfit_passes": passes,
+        "misfit_valid_nll": {f"{key:g}": round(value, 5) for key, value in nll.items()},
         "misfit_seconds": round(time.perf_counter() - started, 3),
     }
 
