@@ -128,13 +128,13 @@ def prepare(train, valid, valid_fraction, config_kwargs, settings, seed, devices
     n_dev = int(mesh.devices.size)
     run_settings = {**settings.to_dict(), "seed": int(seed), "n_devices": n_dev, **split}
     x, y, g = standardised(model, train)
-    train_mesh = mesh if n_dev > 1 else None
+    prepared = Run(train, valid, split, model, settings, x, y, g, mesh, chunk, max_memory,
+                   key_train, train.fingerprint(), run_settings, None)  # fmt: skip
     # Planned from the compiled step, which training then reuses.
     step_bytes = check_step_memory(
-        soft_only(model), x, y, g, settings, mesh=train_mesh, max_memory=max_memory
+        soft_only(model), x, y, g, settings, mesh=prepared.train_mesh, max_memory=max_memory
     )
-    return Run(train, valid, split, model, settings, x, y, g, mesh, chunk, max_memory,
-               key_train, train.fingerprint(), run_settings, step_bytes)  # fmt: skip
+    return dataclasses.replace(prepared, step_bytes=step_bytes)
 
 
 def prefit(run: Run, say: Progress) -> tuple[ForceGP, np.ndarray, np.ndarray, ExplicitStatistics | None]:
